@@ -1,0 +1,5 @@
+"""Allow `python -m rjn`."""
+
+from rjn.cli import main
+
+main()

@@ -1,0 +1,442 @@
+"""rjn's remote helper: runs on the remote host, standard library only (Python 3.8+).
+
+It is sent over ssh's stdin on each call, runs one action and answers with JSON lines
+on stdout: {"log": ...} while it works, then {"ok": {...}} or {"error": {...}}.
+It keeps its records in <project>/.rjn/, private to the user.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+RJN_DIR = ".rjn"
+SOCKET_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+def emit(**message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def log(text):
+    emit(log=text)
+
+
+class Fail(Exception):
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# -- places -------------------------------------------------------------------------
+
+
+def project_dir(raw):
+    path = os.path.abspath(os.path.expanduser(raw))
+    try:
+        os.makedirs(os.path.join(path, RJN_DIR), mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise Fail(
+            "cannot create the project directory %s: %s" % (path, exc.strerror),
+            "set [remote] dir to a folder you can write to",
+        )
+    return path
+
+
+def private(path):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def rjn_dir(project):
+    return private(os.path.join(project, RJN_DIR))
+
+
+def data_home():
+    return os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+
+
+def venv_python(project):
+    return os.path.join(project, RJN_DIR, "venv", "bin", "python")
+
+
+def socket_path(project):
+    """A private unix socket for Jupyter: in the project if short enough, else in /tmp."""
+    path = os.path.join(project, RJN_DIR, "jupyter.sock")
+    if len(path.encode()) < SOCKET_MAX and ":" not in path:
+        return path
+    digest = hashlib.sha256(project.encode()).hexdigest()[:16]
+    folder = os.path.join("/tmp", "rjn-%d" % os.getuid())
+    private(folder)
+    if os.stat(folder).st_uid != os.getuid():
+        raise Fail("%s belongs to another user" % folder)
+    return os.path.join(folder, digest + ".sock")
+
+
+def read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_private(path, text):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+# -- the Jupyter server ----------------------------------------------------------------
+
+
+def http_status(record, timeout=3.0):
+    """GET /api/status from the server in `record`; the HTTP status, or None if unreachable."""
+    token = record.get("token", "")
+    request = (
+        "GET /api/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
+        "Connection: close\r\n\r\n" % token
+    ).encode()
+    try:
+        if record.get("sock"):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(timeout)
+            conn.connect(record["sock"])
+        else:
+            conn = socket.create_connection(("127.0.0.1", record["port"]), timeout=timeout)
+        with conn:
+            conn.sendall(request)
+            head = conn.recv(64).decode("latin-1")
+        return int(head.split()[1])
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
+
+
+def pid_is_jupyter(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return b"jupyter" in handle.read()
+    except OSError:
+        # No /proc (macOS): signal 0 tells whether the process exists at all.
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def server_state(project):
+    """The project's server as recorded, with whether it is alive and answering."""
+    record = read_json(os.path.join(project, RJN_DIR, "server.json"))
+    if not record:
+        return {"alive": False}
+    token = read_json(os.path.join(project, RJN_DIR, "token.json")) or {}
+    record["token"] = token.get("token", "")
+    alive = pid_is_jupyter(record.get("pid", -1))
+    status = http_status(record) if alive else None
+    record["alive"] = status == 200
+    record["running"] = alive
+    return record
+
+
+def start(args):
+    project = project_dir(args["dir"])
+    current = server_state(project)
+    if current["alive"]:
+        current["started"] = False
+        return current
+    if current.get("running"):
+        stop_pid(current["pid"])
+    python = venv_python(project)
+    jupyter = os.path.join(os.path.dirname(python), "jupyter")
+    if not os.path.exists(jupyter):
+        raise Fail("Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
+                   "run `rjn open` again; it installs the environment first")
+    folder = rjn_dir(project)
+    token = secrets.token_urlsafe(32)
+    write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
+    record = {"app": args.get("app", "lab"), "dir": project}
+    argv = [jupyter, record["app"], "--no-browser", "--ServerApp.root_dir=" + project]
+    if args.get("listen", "socket") == "socket":
+        record["sock"] = socket_path(project)
+        if os.path.exists(record["sock"]):
+            os.unlink(record["sock"])
+        argv += ["--ServerApp.sock=" + record["sock"], "--ServerApp.sock_mode=0600"]
+    else:
+        record["port"] = free_port()
+        argv += ["--ServerApp.ip=127.0.0.1", "--ServerApp.port=%d" % record["port"],
+                 "--ServerApp.port_retries=0"]
+    idle = int(args.get("idle_timeout", 0)) * 60
+    if idle:
+        argv += ["--ServerApp.shutdown_no_activity_timeout=%d" % idle,
+                 "--MappingKernelManager.cull_idle_timeout=%d" % idle,
+                 "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10)]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    env = dict(os.environ)
+    # The token travels in the environment, never in argv, and Jupyter logs it masked.
+    env["JUPYTER_TOKEN"] = token
+    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
+    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+    logfile = os.path.join(folder, "jupyter.log")
+    with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
+        # A session of its own and no tie to ssh's pipes: it outlives the connection.
+        proc = subprocess.Popen(argv, cwd=project, env=env, stdin=devnull, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    record["pid"] = proc.pid
+    record["started_at"] = time.time()
+    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    record["token"] = token
+    deadline = time.monotonic() + float(args.get("ready_timeout", 120))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Fail("Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
+                       "the full log is %s on the remote" % logfile)
+        if http_status(record, timeout=2) == 200:
+            record.update(alive=True, running=True, started=True)
+            return record
+        time.sleep(0.1)
+    stop_pid(proc.pid)
+    raise Fail("Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120),
+                                                          tail(logfile)),
+               "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tail(path, lines=8):
+    try:
+        with open(path, errors="replace") as handle:
+            return " / ".join(line.strip() for line in handle.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_pid(pid, grace=10.0):
+    """Stop a server's process group: SIGTERM, then SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive_pid(pid):
+                return
+            time.sleep(0.1)
+
+
+def alive_pid(pid):
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def stop(args):
+    project = project_dir(args["dir"])
+    current = server_state(project)
+    stopped = False
+    if current.get("running"):
+        pid = current["pid"]
+        if current["alive"]:
+            shutdown(current)
+            deadline = time.monotonic() + 10
+            while alive_pid(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        stop_pid(pid)
+        stopped = True
+    folder = os.path.join(project, RJN_DIR)
+    for name in ("server.json", "token.json"):
+        if os.path.exists(os.path.join(folder, name)):
+            os.unlink(os.path.join(folder, name))
+    if current.get("sock") and os.path.exists(current["sock"]):
+        os.unlink(current["sock"])
+    return {"stopped": stopped}
+
+
+def shutdown(record):
+    """Ask Jupyter to shut down through its API: kernels are stopped cleanly."""
+    request = (
+        "POST /api/shutdown HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n" % record["token"]
+    ).encode()
+    try:
+        if record.get("sock"):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(5)
+            conn.connect(record["sock"])
+        else:
+            conn = socket.create_connection(("127.0.0.1", record["port"]), timeout=5)
+        with conn:
+            conn.sendall(request)
+            conn.recv(64)
+    except OSError:
+        pass
+
+
+# -- the environment -------------------------------------------------------------------
+
+
+def env_record(project):
+    return read_json(os.path.join(project, RJN_DIR, "env.json")) or {}
+
+
+def run_logged(argv, **kwargs):
+    """Run a command, streaming its output as log lines; return (code, last lines)."""
+    log("$ " + " ".join(argv))
+    lines = []
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, **kwargs)
+    except OSError as exc:
+        return 127, [str(exc)]
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            lines.append(line)
+            del lines[:-40]
+            log(line)
+    return proc.wait(), lines
+
+
+def find_uv():
+    """uv on PATH, or in rjn's own small venv, bootstrapped with pip if needed."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    home = os.path.join(data_home(), "rjn", "uv")
+    uv = os.path.join(home, "bin", "uv")
+    if os.path.exists(uv):
+        return uv
+    log("uv not found on the remote: installing it into " + home)
+    code, _ = run_logged([sys.executable, "-m", "venv", home])
+    if code == 0:
+        code, _ = run_logged([os.path.join(home, "bin", "python"), "-m", "pip", "install",
+                              "--quiet", "uv"])
+    if code == 0 and os.path.exists(uv):
+        return uv
+    log("could not install uv; falling back to pip")
+    return None
+
+
+def failing_package(lines):
+    """The package an installer choked on, if its output names one."""
+    markers = ("No matching distribution found for ", "Because ", "Failed to build ",
+               "× No solution found", "error: ", "ERROR: ")
+    for line in reversed(lines):
+        for marker in markers:
+            if marker in line:
+                return line.strip()
+    return lines[-1] if lines else "no output"
+
+
+def ensure_env(args):
+    project = project_dir(args["dir"])
+    wanted = {"hash": args["hash"], "python": sys.version}
+    if env_record(project) == wanted and os.path.exists(venv_python(project)):
+        return {"changed": False}
+    venv = os.path.join(project, RJN_DIR, "venv")
+    requirements = os.path.join(project, args["requirements"])
+    packages = list(args.get("packages", []))
+    req = ["-r", requirements] if os.path.exists(requirements) else []
+    started = time.monotonic()
+    uv = None if args.get("no_uv") else find_uv()
+    # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is in the system's.
+    uv_env = dict(os.environ, UV_SYSTEM_CERTS=os.environ.get("UV_SYSTEM_CERTS", "1"),
+                  UV_NATIVE_TLS=os.environ.get("UV_NATIVE_TLS", "1"))
+    if uv:
+        if not os.path.exists(venv_python(project)):
+            code, lines = run_logged([uv, "venv", "--python", sys.executable, venv], env=uv_env)
+            if code:
+                raise Fail("could not create the environment: " + failing_package(lines))
+        code, lines = run_logged([uv, "pip", "install", "--python", venv_python(project)]
+                                 + req + packages, env=uv_env)
+    else:
+        if not os.path.exists(venv_python(project)):
+            code, lines = run_logged([sys.executable, "-m", "venv", venv])
+            if code:
+                raise Fail("could not create the environment: " + failing_package(lines),
+                           "install the venv module on the remote (Debian: python3-venv)")
+        code, lines = run_logged([venv_python(project), "-m", "pip", "install",
+                                  "--disable-pip-version-check"] + req + packages)
+    if code:
+        raise Fail("installing the requirements failed: " + failing_package(lines),
+                   "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
+                   "or in your own requirements.txt; `rjn open -v` shows the installer's output")
+    write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
+    return {"changed": True, "seconds": round(time.monotonic() - started, 1),
+            "installer": "uv" if uv else "pip"}
+
+
+# -- probing -----------------------------------------------------------------------------
+
+
+def probe(args):
+    """Everything `rjn open` needs to decide what to skip, in one round trip."""
+    project = project_dir(args["dir"])
+    usage = shutil.disk_usage(project)
+    return {
+        "dir": project,
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "env_current": (env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
+                        and os.path.exists(venv_python(project))),
+        "server": server_state(project),
+        "disk_free": usage.free,
+        "has_rsync": shutil.which("rsync") is not None,
+    }
+
+
+ACTIONS = {"probe": probe, "env": ensure_env, "start": start, "stop": stop}
+
+
+def main(argv):
+    action, raw = argv[1], argv[2]
+    try:
+        if sys.version_info < (3, 8):
+            raise Fail("the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
+                       "set [remote] python to a newer interpreter")
+        emit(ok=ACTIONS[action](json.loads(raw)))
+    except Fail as exc:
+        emit(error={"message": exc.message, "hint": exc.hint})
+        return 3
+    except OSError as exc:
+        hint = None
+        if exc.errno == errno.ENOSPC:
+            hint = "the remote disk is full: free space, or set [remote] dir elsewhere"
+        emit(error={"message": "%s: %s" % (action, exc), "hint": hint})
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,263 @@
+"""Use cases: each takes a Config, does the work through the action modules, returns a result."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rjn import env, requirements, server, state, sync, tunnel
+from rjn.config import Config
+from rjn.errors import RjnError
+from rjn.remote import Remote
+from rjn.requirements import Requirements
+
+
+class Reporter(Protocol):
+    """How use cases tell the user what they are doing; the CLI renders it."""
+
+    def step(self, title: str) -> contextlib.AbstractContextManager[Any]: ...
+
+    def log(self, line: str) -> None: ...
+
+    def progress(self, percent: int) -> None: ...
+
+
+class Quiet:
+    """A reporter that says nothing (for scripts, tests and --json)."""
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        yield
+
+    def log(self, line: str) -> None:
+        pass
+
+    def progress(self, percent: int) -> None:
+        pass
+
+
+def make_remote(config: Config) -> Remote:
+    """The Remote for a project's host; masters are shared by every project on that host."""
+    return Remote(config.remote, control_dir=state.runtime_dir(), log_dir=state.state_dir())
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What `rjn open` did and where the server is."""
+
+    project: str
+    host: str
+    remote_dir: str
+    port: int
+    url: str
+    tokened_url: str
+    logged_in: bool
+    pushed_files: int
+    env_installed: bool
+    server_started: bool
+    requirements: tuple[str, ...]
+    requirements_generated: bool
+    unreadable: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def write_requirements(config: Config, previous: state.ProjectState | None) -> Requirements:
+    """requirements.txt, rescanned only when a source file changed since the last open."""
+    fingerprint = requirements.sources_fingerprint(config.root)
+    path = config.root / config.requirements.file
+    if previous and previous.sources_hash == fingerprint and path.exists():
+        text = path.read_text(encoding="utf-8")
+        lines = tuple(ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#"))
+        return Requirements(path, lines, generated=text.startswith(requirements.HEADER))
+    return requirements.write(config)
+
+
+def open_project(config: Config, report: Reporter) -> Opened:
+    """Connect, write requirements, push, install, start Jupyter and tunnel it: reuse all that lives."""
+    root = config.root
+    with state.locked(root):
+        previous = state.load(root)
+        remote = make_remote(config)
+        with report.step("Writing requirements"):
+            reqs = write_requirements(config, previous)
+        wanted = env.wanted_hash(config, reqs)
+        with report.step(f"Connecting to {remote.host}"):
+            logged_in = remote.connect()
+        with report.step("Checking the remote"):
+            info = remote.agent("probe", {"dir": config.remote_dir, "env_hash": wanted}, timeout=60)
+        remote_dir: str = info["dir"]
+        notes = []
+        with report.step(f"Syncing to {remote.host}:{remote_dir}"):
+            pushed = sync.push(remote, config, remote_dir, report.progress)
+        env_installed = False
+        if not info["env_current"]:
+            with report.step("Installing the environment"):
+                env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
+            env_installed = True
+        live = server.Server.from_record(info["server"])
+        if live and env_installed:
+            notes.append("the environment changed: restart running kernels to use it")
+        if live is None:
+            with report.step(f"Starting Jupyter {config.jupyter.app}"):
+                live = server.start(remote, config, remote_dir)
+        with report.step("Opening the tunnel"):
+            port = tunnel.ensure(
+                remote,
+                config,
+                live,
+                previous.local_port if previous else None,
+                previous.forward_target if previous else None,
+            )
+        record = state.ProjectState(
+            root=str(root),
+            host=remote.host,
+            control_path=str(remote.control_path),
+            remote_dir=remote_dir,
+            local_port=port,
+            forward_target=live.target,
+            token=live.token,
+            server_pid=live.pid,
+            app=live.app,
+            env_hash=wanted,
+            sources_hash=requirements.sources_fingerprint(root),
+            pulled=previous.pulled if previous else {},
+        )
+        state.save(record)
+    return Opened(
+        project=config.name,
+        host=remote.host,
+        remote_dir=remote_dir,
+        port=port,
+        url=record.url or "",
+        tokened_url=record.tokened_url() or "",
+        logged_in=logged_in,
+        pushed_files=pushed.files,
+        env_installed=env_installed,
+        server_started=live.started,
+        requirements=reqs.lines,
+        requirements_generated=reqs.generated,
+        unreadable=reqs.skipped_files,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class Status:
+    """What is true now, checked, not remembered."""
+
+    project: str
+    host: str
+    open: bool
+    master: bool = False
+    tunnel: bool = False
+    server: bool | None = None
+    remote_dir: str | None = None
+    port: int | None = None
+    url: str | None = None
+    tokened_url: str | None = None
+    server_pid: int | None = None
+    problems: tuple[str, ...] = field(default=())
+
+
+def status(config: Config) -> Status:
+    """Check master, tunnel and server; say what is wrong and how to repair it."""
+    saved = state.load(config.root)
+    if saved is None:
+        return Status(project=config.name, host=config.remote.host, open=False)
+    remote = make_remote(config)
+    master = remote.master_alive()
+    tunnel_ok = bool(saved.local_port and saved.token) and (
+        tunnel.probe(saved.local_port or 0, saved.token or "") == 200
+    )
+    alive: bool | None = True if tunnel_ok else None
+    pid = saved.server_pid
+    if not tunnel_ok and master:
+        info = remote.agent("probe", {"dir": config.remote_dir}, timeout=30)
+        alive = bool(info["server"].get("alive"))
+        pid = info["server"].get("pid") if alive else None
+    problems = []
+    if not master:
+        problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
+    elif alive is False:
+        problems.append("the Jupyter server is not running: `rjn open` starts it")
+    elif not tunnel_ok and saved.local_port:
+        problems.append("the tunnel does not answer: `rjn open` repairs it")
+    return Status(
+        project=config.name,
+        host=remote.host,
+        open=bool(saved.local_port),
+        master=master,
+        tunnel=tunnel_ok,
+        server=alive,
+        remote_dir=saved.remote_dir,
+        port=saved.local_port,
+        url=saved.url,
+        tokened_url=saved.tokened_url() if tunnel_ok else None,
+        server_pid=pid,
+        problems=tuple(problems),
+    )
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What `rjn close` stopped."""
+
+    project: str
+    tunnel_closed: bool
+    server_stopped: bool
+    master_released: bool
+
+
+def close(config: Config, *, stop_server: bool) -> Closed:
+    """Close the tunnel; with stop_server, stop Jupyter and release the master if no one needs it."""
+    root = config.root
+    with state.locked(root):
+        saved = state.load(root)
+        remote = make_remote(config)
+        tunnel_closed = False
+        if saved and saved.local_port and saved.forward_target:
+            tunnel.close(remote, saved.local_port, saved.forward_target)
+            tunnel_closed = True
+        stopped = released = False
+        if stop_server:
+            remote.connect()
+            stopped = server.stop(remote, config.remote_dir)
+            state.forget(root)
+            if not _master_in_use(remote, exclude=root):
+                remote.disconnect()
+                released = True
+        elif saved:
+            saved.local_port = None
+            state.save(saved)
+    return Closed(config.name, tunnel_closed, stopped, released)
+
+
+def _master_in_use(remote: Remote, exclude: Path) -> bool:
+    """Whether another open project's tunnel rides on this master."""
+    mine = str(remote.control_path)
+    return any(
+        s.control_path == mine and s.local_port and Path(s.root) != exclude
+        for s in state.all_projects()
+    )
+
+
+def requirements_only(config: Config) -> Requirements:
+    """Write requirements.txt and return it (`rjn requirements`)."""
+    return requirements.write(config)
+
+
+def shell(config: Config, command: list[str] | None) -> int:
+    """An interactive shell, or one command, in the remote project dir with the env activated."""
+    remote = make_remote(config)
+    remote.connect()
+    info = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)
+    activate = f"{info['dir']}/.rjn/venv/bin/activate"
+    # One fixed script; paths and the user's command reach it as positional arguments (data).
+    script = 'cd "$1" && { [ -f "$2" ] && . "$2"; shift 2; if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi; }'
+    code = remote.shell(["sh", "-c", script, "rjn", info["dir"], activate, *(command or [])])
+    if code == 255 and not remote.master_alive():
+        raise RjnError(f"the connection to {remote.host} was lost")
+    return code

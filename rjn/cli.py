@@ -1,0 +1,137 @@
+"""The `rjn` command line: parse, call a use case, render; errors are caught here and only here."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from rjn import __version__, app, config, ui
+from rjn.errors import RjnError
+
+cli = typer.Typer(
+    name="rjn",
+    help="Work in a Jupyter notebook on a remote machine as easily as on your laptop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_options: dict[str, object] = {"config": None, "debug": False}
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="remote.toml to use (default: the nearest one upward).",
+                 dir_okay=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        ui.out.print(f"rjn {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(
+    config_path: ConfigOption = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """rjn opens a project's notebooks on a remote Jupyter server, tunnelled to your browser."""
+    _options["config"] = config_path
+    _options["debug"] = debug
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
+    """Register a command whose expected errors are rendered once, here, without a traceback."""
+
+    def register(function: F) -> F:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except RjnError as error:
+                if _options["debug"]:
+                    raise
+                ui.show_error(error)
+                raise typer.Exit(error.exit_code) from None
+            except KeyboardInterrupt:
+                ui.interrupted()
+                raise typer.Exit(130) from None
+
+        cli.command(name, **settings)(run)
+        return function
+
+    return register
+
+
+def _config() -> config.Config:
+    path = _options["config"]
+    return config.load(path if isinstance(path, Path) else config.find(Path.cwd()))
+
+
+@command("open")
+def open_(
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the browser.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show installer output.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Sync the project, make sure Jupyter runs remotely, tunnel it and open the browser."""
+    result = app.open_project(_config(), app.Quiet() if as_json else ui.Steps(verbose))
+    if as_json:
+        ui.print_json(result)
+    else:
+        ui.show_opened(result)
+    if browser and not ui.open_browser(result.tokened_url):
+        ui.err.print("  (no browser found: open the URL above)")
+
+
+@command()
+def status(as_json: JsonOption = False) -> None:
+    """Show the connection, server and tunnel of this project, checked now."""
+    result = app.status(_config())
+    ui.print_json(result) if as_json else ui.show_status(result)
+
+
+@command()
+def close(
+    server: Annotated[
+        bool, typer.Option("--server", help="Also stop the remote Jupyter server and its kernels.")
+    ] = False,
+) -> None:
+    """Close the tunnel; with --server, stop Jupyter too and release the connection."""
+    ui.show_closed(app.close(_config(), stop_server=server))
+
+
+@command()
+def requirements() -> None:
+    """Write requirements.txt from the project's imports and notebooks, and show it."""
+    result = app.requirements_only(_config())
+    where = "written" if result.generated else "kept (your own file)"
+    ui.err.print(f"{result.path} {where}:")
+    for line in result.lines:
+        ui.out.print(line)
+
+
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def shell(
+    command: Annotated[list[str] | None, typer.Argument(help="A command to run instead of a shell.")] = None,
+) -> None:
+    """A shell (or one command) in the remote project folder, with its environment active."""
+    raise typer.Exit(app.shell(_config(), command))
+
+
+def main() -> None:
+    """Entry point for the `rjn` console script."""
+    cli()

@@ -1,0 +1,274 @@
+"""remote.toml -> frozen dataclasses; every key checked, every error names file, table and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rjn.errors import ConfigError
+
+CONFIG_NAME = "remote.toml"
+
+# Directories never pushed: version control, environments, caches and rjn's own remote state.
+DEFAULT_EXCLUDES = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".venv/",
+    "venv/",
+    "env/",
+    ".nox/",
+    ".tox/",
+    "__pycache__/",
+    "*.pyc",
+    ".ipynb_checkpoints/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    "node_modules/",
+    ".rjn/",
+    ".DS_Store",
+)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where the remote is and how to reach it."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    identity: str | None = None
+    proxy_jump: str | None = None
+    ssh_config: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    dir: str | None = None
+    python: str = "python3"
+    connect_timeout: int = 20
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """What goes to the remote and what comes back."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    results: tuple[str, ...] = ("results", "figures")
+    patterns: tuple[str, ...] = ("*.png", "*.pdf", "*.svg", "*.jpg", "*.jpeg")
+
+
+@dataclass(frozen=True)
+class JupyterConfig:
+    """How the remote Jupyter server runs."""
+
+    app: Literal["lab", "notebook"] = "lab"
+    listen: Literal["socket", "port"] = "socket"
+    local_port: int | Literal["auto"] = "auto"
+    idle_timeout: int = 0
+    packages: tuple[str, ...] = ()
+    ready_timeout: int = 120
+
+
+@dataclass(frozen=True)
+class RequirementsConfig:
+    """How requirements.txt is made."""
+
+    generate: bool = True
+    file: str = "requirements.txt"
+    extra: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    map: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A project's whole configuration."""
+
+    path: Path
+    remote: RemoteConfig
+    sync: SyncConfig = SyncConfig()
+    jupyter: JupyterConfig = JupyterConfig()
+    requirements: RequirementsConfig = RequirementsConfig()
+
+    @property
+    def root(self) -> Path:
+        """The project folder: where remote.toml lives."""
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        """The project's name, from its folder."""
+        return self.root.name
+
+    @property
+    def remote_dir(self) -> str:
+        """The remote project directory, as the remote should expand it."""
+        return self.remote.dir or f"~/rjn/{self.name}"
+
+
+TABLES: dict[str, type] = {
+    "remote": RemoteConfig,
+    "sync": SyncConfig,
+    "jupyter": JupyterConfig,
+    "requirements": RequirementsConfig,
+}
+
+# An ssh destination or jump host never starts with '-': that would be read as an option.
+_HOSTLIKE = re.compile(r"^[A-Za-z0-9_.@:\[\]%+,-]+$")
+
+
+def find(start: Path) -> Path:
+    """Find remote.toml in `start` or the nearest parent folder."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {start} or any parent folder",
+        hint=f"create one with `rjn init`, or pass --config PATH (see the {CONFIG_NAME} "
+        "reference in the README)",
+    )
+
+
+def load(path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Read and check a remote.toml, then apply overrides given as {table: {key: value}}."""
+    path = path.resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", hint="create it, or pass --config PATH") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    for table, values in (overrides or {}).items():
+        raw.setdefault(table, {}).update({k: v for k, v in values.items() if v is not None})
+    return parse(raw, path)
+
+
+def parse(raw: Mapping[str, Any], path: Path) -> Config:
+    """Turn a parsed TOML document into a Config, naming file, table and key in every error."""
+    for table in raw:
+        if table not in TABLES:
+            raise ConfigError(
+                f"{path}: unknown table [{table}]{_did_you_mean(table, TABLES)}",
+                hint=f"known tables: {', '.join(f'[{t}]' for t in TABLES)}",
+            )
+        if not isinstance(raw[table], dict):
+            raise ConfigError(f"{path}: '{table}' must be a table, written [{table}]")
+    if "remote" not in raw or "host" not in raw["remote"]:
+        raise ConfigError(
+            f"{path}: [remote] host is required",
+            hint='add  [remote]\\nhost = "my-server"  (an ssh host or an alias from ~/.ssh/config)',
+        )
+    sections = {name: _build(cls, raw.get(name, {}), path, name) for name, cls in TABLES.items()}
+    config = Config(path=path, **sections)
+    _check(config)
+    return config
+
+
+def _build(cls: type, values: Mapping[str, Any], path: Path, table: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"{path}: [{table}] unknown key '{key}'{_did_you_mean(key, names)}",
+                hint=f"keys of [{table}]: {', '.join(sorted(names))}",
+            )
+        kwargs[key] = _convert(value, hints[key], f"{path}: [{table}] {key}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against the type `hint`; return it in the dataclass's form."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is Mapping:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+        return dict(value)
+    # bool is an int in Python; TOML keeps them apart and so do we.
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    return {int: "an integer", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _check(config: Config) -> None:
+    """Checks that span keys, or that types alone cannot express."""
+    where = f"{config.path}: [remote]"
+    remote = config.remote
+    for key in ("host", "proxy_jump"):
+        value = getattr(remote, key)
+        if value is not None and (not value or value.startswith("-") or not _HOSTLIKE.match(value)):
+            raise ConfigError(f"{where} {key}: {value!r} is not a host name or ssh alias")
+    if remote.user is not None and (not remote.user or remote.user.startswith("-")):
+        raise ConfigError(f"{where} user: {remote.user!r} is not a user name")
+    if remote.port is not None and not 0 < remote.port < 65536:
+        raise ConfigError(f"{where} port: {remote.port} is not a TCP port")
+    if remote.connect_timeout <= 0:
+        raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
+    for option in remote.ssh_options:
+        if "=" not in option or option.startswith("-"):
+            raise ConfigError(
+                f"{where} ssh_options: {option!r} is not an ssh option",
+                hint='write options as "Name=value", e.g. "ServerAliveInterval=30"',
+            )
+    if remote.dir is not None and not remote.dir.strip():
+        raise ConfigError(f"{where} dir: must not be empty")
+    if not remote.python:
+        raise ConfigError(f"{where} python: must not be empty")
+    jupyter = config.jupyter
+    if jupyter.local_port != "auto" and not 1024 <= jupyter.local_port < 65536:
+        raise ConfigError(
+            f"{config.path}: [jupyter] local_port: {jupyter.local_port} must be 1024-65535 or \"auto\""
+        )
+    if jupyter.idle_timeout < 0:
+        raise ConfigError(f"{config.path}: [jupyter] idle_timeout: minutes must be 0 (never) or more")
+    for folder in config.sync.results:
+        if not folder or folder.startswith(("/", "..")) or ".." in Path(folder).parts:
+            raise ConfigError(
+                f"{config.path}: [sync] results: {folder!r} must be a folder inside the project"
+            )
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,266 @@
+"""One OpenSSH ControlMaster per host carries every command, rsync and tunnel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rjn import proc
+from rjn.config import RemoteConfig
+from rjn.errors import ConnectionFailed, RemoteError, RjnError
+
+# What OpenSSH says, mapped to what it means and what to try.
+_FAILURES = (
+    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "the host key changed",
+     "if the server was really reinstalled, remove the old key with `ssh-keygen -R HOST`; "
+     "otherwise someone may be intercepting the connection: do not connect"),
+    ("Host key verification failed", "the host key is not known",
+     "connect once with `ssh HOST` to check and accept the host key, then run rjn again"),
+    ("Could not resolve hostname", "the host name does not resolve (DNS)",
+     "check the spelling of [remote] host, or the Host alias in ~/.ssh/config"),
+    ("Name or service not known", "the host name does not resolve (DNS)",
+     "check the spelling of [remote] host, or the Host alias in ~/.ssh/config"),
+    ("Connection refused", "the connection was refused",
+     "check that sshd runs on the host and that [remote] port is right"),
+    ("timed out", "the connection timed out",
+     "check the network, VPN or ProxyJump; the host may be down"),
+    ("No route to host", "there is no route to the host",
+     "check the network or VPN, or the host may be down"),
+    ("Permission denied", "authentication failed",
+     "check [remote] user and identity, and that your key is in the server's "
+     "authorized_keys; `ssh -v HOST` shows what was tried"),
+    ("Too many authentication failures", "authentication failed",
+     "set [remote] identity so that ssh offers only the right key"),
+    ("Connection closed", "the server closed the connection",
+     "check the server's sshd logs, or MaxStartups limits"),
+)
+
+
+def explain(host: str, stderr: str) -> ConnectionFailed:
+    """Turn OpenSSH's stderr into an error that says host, cause and what to try."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    detail = next(
+        (ln for ln in reversed(lines) if not ln.startswith(("@", "Warning:", "debug"))), ""
+    )
+    for needle, cause, hint in _FAILURES:
+        if needle in stderr:
+            return ConnectionFailed(
+                f"cannot connect to {host}: {cause}" + (f" ({detail})" if detail else ""),
+                hint=hint.replace("HOST", host),
+            )
+    return ConnectionFailed(
+        f"cannot connect to {host}" + (f": {detail}" if detail else ""),
+        hint=f"try `ssh {host}` by hand to see what fails",
+    )
+
+
+def agent_source() -> bytes:
+    """The remote helper script, sent over stdin on each call (nothing to install remotely)."""
+    return (resources.files("rjn") / "agent.py").read_bytes()
+
+
+class Remote:
+    """A remote host reached through one OpenSSH ControlMaster."""
+
+    def __init__(self, config: RemoteConfig, control_dir: Path, log_dir: Path) -> None:
+        self.config = config
+        self.host = config.host
+        self.control_template = str(control_dir / "%C")
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.host)
+        self.log_path = log_dir / f"ssh-{safe}.log"
+
+    # -- argv building ---------------------------------------------------------------
+
+    def options(self) -> list[str]:
+        """ssh options shared by every call: the config's, then the control socket."""
+        cfg = self.config
+        opts: list[str] = []
+        if cfg.ssh_config:
+            opts += ["-F", os.path.expanduser(cfg.ssh_config)]
+        if cfg.user:
+            opts += ["-l", cfg.user]
+        if cfg.port:
+            opts += ["-p", str(cfg.port)]
+        if cfg.identity:
+            opts += ["-i", os.path.expanduser(cfg.identity), "-o", "IdentitiesOnly=yes"]
+        if cfg.proxy_jump:
+            opts += ["-J", cfg.proxy_jump]
+        for option in cfg.ssh_options:
+            opts += ["-o", option]
+        # ssh parses option values itself, so a path with spaces needs its own quotes.
+        opts += ["-o", f"ControlPath={_ssh_quote(self.control_template)}"]
+        return opts
+
+    def ssh_argv(self, *args: str, command: Sequence[str] | None = None) -> list[str]:
+        """argv for one ssh call over the master; `command` is quoted once, here."""
+        argv = ["ssh", *self.options(), "-o", "ControlMaster=no", *args, "--", self.host]
+        if command is not None:
+            argv.append(shlex.join(command))
+        return argv
+
+    def rsync_shell(self) -> str:
+        """The -e value for rsync: ssh over the master (rsync splits it like a shell would)."""
+        return shlex.join(["ssh", *self.options(), "-o", "ControlMaster=no"])
+
+    def rsync_target(self, path: str) -> str:
+        """host:path for rsync."""
+        return f"{self.host}:{path}"
+
+    @cached_property
+    def resolved(self) -> dict[str, str]:
+        """What ~/.ssh/config makes of the host (`ssh -G`): hostname, user, port, controlpath."""
+        result = proc.run(["ssh", *self.options(), "-G", "--", self.host], timeout=30)
+        if not result.ok:
+            raise explain(self.host, result.err)
+        values: dict[str, str] = {}
+        for line in result.out.splitlines():
+            key, _, value = line.partition(" ")
+            values.setdefault(key, value)
+        return values
+
+    @property
+    def control_path(self) -> Path:
+        """The master's socket path, as ssh expands %C."""
+        return Path(self.resolved["controlpath"])
+
+    # -- the master ------------------------------------------------------------------
+
+    def master_alive(self) -> bool:
+        """Whether a master for this host is up (a local check, no network)."""
+        if not self.control_path.exists():
+            return False
+        return proc.run(self.ssh_argv("-O", "check"), timeout=10).ok
+
+    def connect(self) -> bool:
+        """Make sure the master is up; returns True if it had to log in."""
+        if self.master_alive():
+            return False
+        # A socket left by a dead master would make ssh give up multiplexing.
+        self.control_path.unlink(missing_ok=True)
+        self.log_path.write_text("")
+        interactive = sys.stdin.isatty()
+        timeout = self.config.connect_timeout
+        argv = [
+            "ssh", *self.options(),
+            "-o", "ControlMaster=yes",
+            "-o", "ControlPersist=yes",
+            "-o", f"ConnectTimeout={timeout}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4",
+            # Without a terminal nobody can answer a prompt: fail at once instead of hanging.
+            "-o", f"BatchMode={'no' if interactive else 'yes'}",
+            "-E", str(self.log_path),
+            "-N", "-f", "--", self.host,
+        ]  # fmt: skip
+        code = proc.spawn_detached(argv, log=self.log_path, timeout=timeout + (600 if interactive else 30))
+        if code != 0 or not self.master_alive():
+            raise explain(self.host, self.log_path.read_text(errors="replace"))
+        return True
+
+    def disconnect(self) -> None:
+        """Stop the master (and every tunnel it carries)."""
+        if self.master_alive():
+            proc.run(self.ssh_argv("-O", "exit"), timeout=15)
+
+    # -- commands, helper and tunnels -----------------------------------------------------
+
+    def run(
+        self,
+        command: Sequence[str],
+        *,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        on_out: Callable[[str], Any] | None = None,
+        on_err: Callable[[str], Any] | None = None,
+    ) -> proc.Completed:
+        """Run a command on the remote; its argv reaches the remote shell quoted, as data."""
+        result = proc.run(
+            self.ssh_argv("-T", command=command),
+            input=input,
+            timeout=timeout,
+            on_out=on_out,
+            on_err=on_err,
+        )
+        if result.code == 255 and not self.master_alive():
+            raise explain(self.host, result.err)
+        return result
+
+    def agent(
+        self,
+        action: str,
+        args: dict[str, Any],
+        *,
+        python: str | None = None,
+        on_log: Callable[[str], Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run one action of rjn's remote helper in one exec; return its JSON answer."""
+        python = python or self.config.python
+        source = agent_source()
+        # The helper comes over stdin so the remote needs nothing installed; what stdin
+        # carries after it stays free for the helper to read.
+        boot = f"import sys;exec(compile(sys.stdin.buffer.read({len(source)}),'rjn-agent','exec'))"
+        answer: dict[str, Any] = {}
+
+        def line(text: str) -> None:
+            try:
+                message = json.loads(text)
+            except ValueError:
+                message = {"log": text}  # a chatty login script; show it, don't choke on it
+            if not isinstance(message, dict):
+                return
+            if "log" in message and on_log:
+                on_log(str(message["log"]))
+            answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
+
+        result = self.run(
+            [python, "-c", boot, action, json.dumps(args)],
+            input=source,
+            timeout=timeout,
+            on_out=line,
+        )
+        if "error" in answer:
+            error = answer["error"]
+            raise RemoteError(f"{self.host}: {error['message']}", hint=error.get("hint"))
+        if "ok" in answer:
+            ok: dict[str, Any] = answer["ok"]
+            return ok
+        if result.code == 127:
+            raise RemoteError(
+                f"{self.host}: the remote python '{python}' was not found",
+                hint="install Python 3.8+ on the remote, or set [remote] python to its path",
+            )
+        tail = " / ".join(result.err.strip().splitlines()[-5:])
+        raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {result.code}): {tail}")
+
+    def forward(self, local_port: int, target: str) -> None:
+        """Forward 127.0.0.1:local_port to `target` (a remote unix socket or host:port)."""
+        spec = f"127.0.0.1:{local_port}:{target}"
+        result = proc.run(self.ssh_argv("-O", "forward", "-L", spec), timeout=15)
+        if not result.ok:
+            raise RjnError(
+                f"cannot forward local port {local_port} to {self.host}: {result.err.strip()}",
+                hint="another program may use the port; set [jupyter] local_port, or \"auto\"",
+            )
+
+    def cancel_forward(self, local_port: int, target: str) -> None:
+        """Stop forwarding local_port (no error if it was not forwarded)."""
+        if self.master_alive():
+            spec = f"127.0.0.1:{local_port}:{target}"
+            proc.run(self.ssh_argv("-O", "cancel", "-L", spec), timeout=15)
+
+    def shell(self, command: Sequence[str] | None = None) -> int:
+        """An interactive session (or a command with a terminal) over the master."""
+        tty = "-t" if sys.stdin.isatty() else "-T"
+        return proc.foreground(self.ssh_argv(tty, command=command))
+
+
+def _ssh_quote(value: str) -> str:
+    return f'"{value}"' if any(c.isspace() for c in value) else value

@@ -1,0 +1,103 @@
+"""The tunnel: a local 127.0.0.1 port forwarded by the master to the remote server."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rjn.config import Config
+from rjn.errors import RjnError
+from rjn.remote import Remote
+from rjn.server import Server
+from rjn.waits import wait_until
+
+# Stable ports are drawn from here: high enough to avoid common services, below ephemeral ports.
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+
+def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
+    """HTTP status of GET /api/status through the tunnel, or None if nothing answers."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stable_port(root: Path) -> int:
+    """The port a project gets when it is free: the same every time, so bookmarks keep working."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).digest()
+    return PORT_BASE + int.from_bytes(digest[:4], "big") % PORT_SPAN
+
+
+def any_free_port() -> int:
+    """A port the kernel says is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def choose_port(config: Config, previous: int | None) -> int:
+    """The configured port (which must be free), else the previous or stable one, else any."""
+    wanted = config.jupyter.local_port
+    if wanted != "auto":
+        if not is_free(wanted):
+            raise RjnError(
+                f"local port {wanted} is in use",
+                hint=f'stop what uses it, or set [jupyter] local_port = "auto" in {config.path}',
+            )
+        return wanted
+    for candidate in (previous, stable_port(config.root)):
+        if candidate and is_free(candidate):
+            return candidate
+    return any_free_port()
+
+
+def ensure(
+    remote: Remote,
+    config: Config,
+    server: Server,
+    previous_port: int | None,
+    previous_target: str | None,
+) -> int:
+    """A working tunnel to `server`: the previous one if it answers, else a new forward."""
+    if previous_port and probe(previous_port, server.token) == 200:
+        return previous_port
+    if previous_port and previous_target:
+        remote.cancel_forward(previous_port, previous_target)
+    port = choose_port(config, previous_port)
+    remote.forward(port, server.target)
+    wait_until(
+        lambda: probe(port, server.token) == 200,
+        timeout=15,
+        what=f"the tunnel 127.0.0.1:{port} -> {remote.host} did not answer",
+        hint=f"run `rjn status`; the master's log is {remote.log_path}",
+    )
+    return port
+
+
+def close(remote: Remote, port: int, target: str) -> None:
+    """Stop forwarding `port`."""
+    with contextlib.suppress(RjnError):
+        remote.cancel_forward(port, target)

@@ -1,0 +1,158 @@
+"""Presentation: progress while work runs, results as text or JSON, errors rendered once."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import html
+import json
+import sys
+import time
+import webbrowser
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from rjn import state
+from rjn.app import Closed, Opened, Status
+from rjn.errors import RjnError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Steps:
+    """A Reporter that shows each step with a spinner, a bar when progress is known, and time."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._title = ""
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self._title = title
+        bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._bar, self._task = bar, bar.add_task(title, total=None)
+        try:
+            with bar:
+                yield
+        except BaseException:
+            err.print(f"[red]✗[/] {escape(title)}")
+            raise
+        finally:
+            self._bar = self._task = None
+        err.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
+
+    def log(self, line: str) -> None:
+        if self.verbose:
+            err.print(f"  [dim]{escape(line)}[/]")
+        elif self._bar is not None and self._task is not None:
+            short = line if len(line) < 70 else line[:67] + "..."
+            self._bar.update(self._task, description=f"{self._title} [dim]{escape(short)}[/]")
+
+    def progress(self, percent: int) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=100, completed=percent)
+
+
+def print_json(value: Any) -> None:
+    """A result as JSON on stdout (dataclasses become objects)."""
+    data = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    out.print_json(json.dumps(data, default=str))
+
+
+def show_opened(result: Opened) -> None:
+    """The outcome of `rjn open`: what was reused, and the URL, always."""
+    if result.requirements_generated:
+        err.print(f"  requirements: {', '.join(result.requirements) or '(none beyond Jupyter)'}")
+    else:
+        err.print("  requirements: kept your own requirements.txt")
+    for name in result.unreadable:
+        err.print(f"  [yellow]note:[/] could not read imports from {escape(name)}")
+    reused = [
+        what
+        for what, fresh in (
+            ("connection", result.logged_in),
+            ("environment", result.env_installed),
+            ("server", result.server_started),
+        )
+        if not fresh
+    ]
+    if reused:
+        err.print(f"  reused: {', '.join(reused)}")
+    for note in result.notes:
+        err.print(f"  [yellow]note:[/] {escape(note)}")
+    err.print(f"[bold]{escape(result.project)}[/] is open on {escape(result.host)}:")
+    out.print(result.tokened_url)
+
+
+def show_status(result: Status) -> None:
+    """`rjn status` as a few aligned lines."""
+    if not result.open and result.server is None:
+        out.print(f"{escape(result.project)}: not open (host {escape(result.host)})")
+        return
+
+    def mark(value: bool | None) -> str:
+        return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]unknown[/]"}[value]
+
+    out.print(f"[bold]{escape(result.project)}[/] on {escape(result.host)}:{escape(result.remote_dir or '')}")
+    out.print(f"  connection  {mark(result.master)}")
+    pid = f" (pid {result.server_pid})" if result.server and result.server_pid else ""
+    out.print(f"  server      {mark(result.server)}{pid}")
+    out.print(f"  tunnel      {mark(result.tunnel)}" + (f" 127.0.0.1:{result.port}" if result.port else ""))
+    if result.tokened_url:
+        out.print(f"  url         {result.tokened_url}")
+    for problem in result.problems:
+        out.print(f"  [yellow]![/] {escape(problem)}")
+
+
+def show_closed(result: Closed) -> None:
+    """What `rjn close` stopped."""
+    done = [
+        what
+        for what, flag in (
+            ("tunnel closed", result.tunnel_closed),
+            ("server stopped", result.server_stopped),
+            ("connection released", result.master_released),
+        )
+        if flag
+    ]
+    err.print(f"{escape(result.project)}: {', '.join(done) or 'nothing was open'}")
+
+
+def open_browser(tokened_url: str) -> bool:
+    """Open the browser through a private redirect file, so the token is in no process's argv."""
+    page = state.state_dir() / "open.html"
+    target = html.escape(tokened_url, quote=True)
+    state.write_private(
+        page,
+        f'<!doctype html><meta http-equiv="refresh" content="0;url={target}">'
+        f'<a href="{target}">Open Jupyter</a>',
+    )
+    return webbrowser.open(page.as_uri())
+
+
+def show_error(error: RjnError) -> None:
+    """An expected failure: one line of what, one of what to try."""
+    err.print(f"[bold red]error:[/] {escape(error.message)}")
+    if error.hint:
+        err.print(f"[bold]hint:[/] {escape(error.hint)}")
+
+
+def interrupted() -> None:
+    """Ctrl-C."""
+    print("\ninterrupted", file=sys.stderr)

@@ -1,0 +1,143 @@
+"""A throwaway OpenSSH server on loopback: its own host key, key-only login, known_hosts written.
+
+Used by the tests and by `nox -s demo`. Works as root and as an ordinary user.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ALIAS = "rjn-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _sshd_binary() -> str:
+    found = shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None
+    )
+    if not found:
+        raise RuntimeError("sshd is not installed (Debian: apt-get install openssh-server)")
+    return found
+
+
+class TestHost:
+    """An sshd on 127.0.0.1 and a client config (alias `rjn-test`) that trusts only its key."""
+
+    def __init__(self, base: Path, remote_env: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.port = _free_port()
+        self.user = getpass.getuser()
+        self.remote_env = remote_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssh_config = base / "ssh_config"
+        self.known_hosts = base / "known_hosts"
+        self.client_key = base / "id_ed25519"
+        self.host_key = base / "ssh_host_ed25519_key"
+        self.log = base / "sshd.log"
+
+    def _keygen(self, path: Path) -> None:
+        if not path.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rjn-test", "-f", str(path)],
+                check=True,
+            )
+
+    def write_files(self) -> None:
+        """Keys, sshd_config, known_hosts and the client config."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._keygen(self.host_key)
+        self._keygen(self.client_key)
+        (self.base / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
+        host_pub = Path(f"{self.host_key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        setenv = " ".join(f"{k}={v}" for k, v in self.remote_env.items())
+        (self.base / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.base / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "AllowTcpForwarding yes",
+                    "AllowStreamLocalForwarding yes",
+                    "MaxSessions 100",
+                    "MaxStartups 100",
+                    "LogLevel VERBOSE",
+                    *([f"SetEnv {setenv}"] if setenv else []),
+                    "",
+                ]
+            )
+        )
+        self.ssh_config.write_text(
+            "\n".join(
+                [
+                    f"Host {ALIAS}",
+                    "    HostName 127.0.0.1",
+                    f"    Port {self.port}",
+                    f"    User {self.user}",
+                    f"    IdentityFile {self.client_key}",
+                    "    IdentitiesOnly yes",
+                    f"    UserKnownHostsFile {self.known_hosts}",
+                    "    StrictHostKeyChecking yes",
+                    "    LogLevel ERROR",
+                    "",
+                ]
+            )
+        )
+
+    def start(self) -> TestHost:
+        """Start sshd and wait until it greets."""
+        self.write_files()
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        self.proc = subprocess.Popen(
+            [_sshd_binary(), "-D", "-e", "-f", str(self.base / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    if conn.recv(4) == b"SSH-":
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sshd did not answer on port {self.port}: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        """Stop sshd (sessions it forked end with their connections)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def remote_toml(self, remote_dir: Path, **extra_tables: str) -> str:
+        """A remote.toml that reaches this host through its alias and client config."""
+        text = (
+            "[remote]\n"
+            f'host = "{ALIAS}"\n'
+            f'ssh_config = "{self.ssh_config}"\n'
+            f'dir = "{remote_dir}"\n'
+        )
+        return text + "".join(f"\n[{name}]\n{body}\n" for name, body in extra_tables.items())

@@ -15,6 +15,9 @@ from rjn.remote import Remote
 from rjn.server import Server
 from rjn.waits import wait_until
 
+# The tunnel is on loopback: an HTTP proxy from the environment must not see it (or the token).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 # Stable ports are drawn from here: high enough to avoid common services, below ephemeral ports.
 PORT_BASE, PORT_SPAN = 20000, 10000
 
@@ -25,7 +28,7 @@ def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
         f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             status: int = response.status
             return status
     except urllib.error.HTTPError as exc:

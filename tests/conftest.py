@@ -1,0 +1,103 @@
+"""Fixtures: a real sshd on loopback, isolated rjn state, and projects to open."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sshd import TestHost  # noqa: E402
+
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Analysis\n", "import fake_md\n"]},
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": ["%matplotlib inline\n", "!pip list\n", "import yaml\n", "from helpers import twice\n"],
+        },
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.fixture(scope="session")
+def short_tmp() -> Iterator[Path]:
+    """A short base path: unix socket paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="rjn-t"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def host(short_tmp: Path) -> Iterator[TestHost]:
+    """A throwaway OpenSSH server on 127.0.0.1 that trusts one key."""
+    test_host = TestHost(short_tmp / "host", remote_env={"XDG_DATA_HOME": str(short_tmp / "rdata")})
+    test_host.start()
+    yield test_host
+    test_host.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rjn_env(short_tmp: Path) -> Iterator[dict[str, str]]:
+    """rjn's state and runtime dirs, private to the test session."""
+    env = {"XDG_STATE_HOME": str(short_tmp / "state"), "XDG_RUNTIME_DIR": str(short_tmp / "run")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    # Leave nothing running: stop every master the session started (their tunnels go with them).
+    for sock in (short_tmp / "run" / "rjn").glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True)
+    subprocess.run(["pkill", "-f", str(short_tmp / "remote")], capture_output=True)
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_rjn(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user runs it, with no terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "rjn", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def make_project(host: TestHost, short_tmp: Path) -> Callable[..., Path]:
+    """Make a small project (code, a notebook, data) whose remote.toml points at the test host."""
+    made: list[Path] = []
+
+    def make(name: str, remote_name: str | None = None, **tables: str) -> Path:
+        root = short_tmp / "local" / name
+        root.mkdir(parents=True)
+        remote_dir = short_tmp / "remote" / (remote_name or name)
+        (root / "remote.toml").write_text(host.remote_toml(remote_dir, **tables))
+        (root / "helpers.py").write_text("def twice(x):\n    return 2 * x\n")
+        (root / "analysis.ipynb").write_text(json.dumps(NOTEBOOK))
+        (root / "data").mkdir()
+        (root / "data" / "points.csv").write_text("x,y\n1,2\n3,4\n")
+        (root / ".git").mkdir()
+        (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+        made.append(root)
+        return root
+
+    return make

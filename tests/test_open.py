@@ -1,0 +1,197 @@
+"""`rjn open`, `status` and `close` end to end: real sshd, rsync, uv and JupyterLab."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import websocket
+from conftest import run_rjn
+
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+URL = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([\w-]+)")
+
+
+def api(port: int, path: str, token: str | None, method: str = "GET") -> tuple[int, dict]:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers, method=method)
+    try:
+        with DIRECT.open(request, timeout=10) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except urllib.error.URLError:
+        return 0, {}
+
+
+def opened(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    assert result.returncode == 0, result.stderr
+    match = URL.search(result.stdout)
+    assert match, result.stdout
+    return int(match.group(1)), match.group(2)
+
+
+def execute(port: int, token: str, code: str) -> str:
+    """Run code in a new kernel through the tunnel, over the kernel's websocket; return stdout."""
+    status, kernel = api(port, "/api/kernels", token, method="POST")
+    assert status == 201
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels",
+        header=[f"Authorization: token {token}"],
+        timeout=60,
+    )
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False},
+    }))  # fmt: skip
+    output = []
+    try:
+        while True:
+            message = json.loads(ws.recv())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = message["msg_type"]
+            if kind == "stream":
+                output.append(message["content"]["text"])
+            elif kind == "error":
+                raise AssertionError(message["content"]["evalue"])
+            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                return "".join(output)
+    finally:
+        ws.close()
+        api(port, f"/api/kernels/{kernel['id']}", token, method="DELETE")
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Path:
+    return make_project("alpha")
+
+
+@pytest.fixture(scope="module")
+def first_open(project: Path) -> subprocess.CompletedProcess[str]:
+    return run_rjn("open", "--no-browser", cwd=project)
+
+
+def test_open_serves_jupyter_through_the_tunnel(first_open, project: Path) -> None:
+    port, token = opened(first_open)
+    assert api(port, "/api/status", token)[0] == 200
+    assert api(port, "/api/status", None)[0] == 403  # the token is required
+    assert "Installing the environment" in first_open.stderr
+    assert "Starting Jupyter" in first_open.stderr
+
+
+def test_open_writes_requirements_from_code_and_notebooks(first_open, project: Path) -> None:
+    lines = (project / "requirements.txt").read_text().splitlines()
+    assert lines[0].startswith("# Written by rjn")
+    # yaml comes from the notebook; helpers is local; magics and markdown are not code.
+    assert lines[1:] == ["pyyaml"]
+
+
+def test_open_pushes_code_notebooks_and_data_but_not_git(first_open, project: Path, short_tmp: Path) -> None:
+    remote = short_tmp / "remote" / "alpha"
+    assert (remote / "helpers.py").read_text() == (project / "helpers.py").read_text()
+    assert (remote / "analysis.ipynb").exists()
+    assert (remote / "data" / "points.csv").read_text() == "x,y\n1,2\n3,4\n"
+    assert (remote / "requirements.txt").exists()
+    assert not (remote / ".git").exists()
+
+
+def test_kernel_runs_code_in_the_project_environment(first_open) -> None:
+    port, token = opened(first_open)
+    out = execute(port, token, "import yaml, helpers, os\nprint(helpers.twice(21), os.path.exists('data/points.csv'))")
+    assert out.strip() == "42 True"
+
+
+def test_server_is_private(first_open, short_tmp: Path) -> None:
+    _, token = opened(first_open)
+    sock = short_tmp / "remote" / "alpha" / ".rjn" / "jupyter.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    # The token is in no process's arguments and in no log.
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert "jupyter" in ps and token not in ps
+    log = (short_tmp / "remote" / "alpha" / ".rjn" / "jupyter.log").read_text()
+    assert "ServerApp" in log and token not in log
+
+
+def test_open_again_reuses_everything(first_open, project: Path) -> None:
+    port, token = opened(first_open)
+    again = run_rjn("open", "--no-browser", cwd=project)
+    assert opened(again) == (port, token)
+    assert "reused: connection, environment, server" in again.stderr
+    assert "Installing" not in again.stderr and "Starting" not in again.stderr
+
+
+def test_status_reports_what_is_up(first_open, project: Path) -> None:
+    port, _ = opened(first_open)
+    result = run_rjn("status", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["master"] and status["tunnel"] and status["server"]
+    assert status["port"] == port and not status["problems"]
+
+
+def test_push_never_overwrites_newer_remote_work(first_open, project: Path, short_tmp: Path) -> None:
+    remote_nb = short_tmp / "remote" / "alpha" / "analysis.ipynb"
+    remote_nb.write_text('{"edited": "in the remote Jupyter"}')
+    past = time.time() - 3600
+    os.utime(project / "analysis.ipynb", (past, past))
+    result = run_rjn("open", "--no-browser", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert remote_nb.read_text() == '{"edited": "in the remote Jupyter"}'
+
+
+def test_changed_imports_update_the_environment(first_open, project: Path) -> None:
+    (project / "model.py").write_text("import tomli_w\n")
+    result = run_rjn("open", "--no-browser", cwd=project)
+    port, token = opened(result)
+    assert "tomli_w" in (project / "requirements.txt").read_text()
+    assert "Installing the environment" in result.stderr
+    assert "restart running kernels" in result.stderr
+    assert execute(port, token, "import tomli_w; print('ok')").strip() == "ok"
+
+
+def test_two_projects_at_once_then_close(first_open, project: Path, make_project, short_tmp) -> None:
+    port_a, token_a = opened(first_open)
+    beta = make_project("beta")
+    port_b, token_b = opened(run_rjn("open", "--no-browser", cwd=beta))
+    assert port_b != port_a
+    assert api(port_a, "/api/status", token_a)[0] == 200
+    assert api(port_b, "/api/status", token_b)[0] == 200
+
+    # close: the tunnel goes, the server stays.
+    closed = run_rjn("close", cwd=beta)
+    assert closed.returncode == 0, closed.stderr
+    assert api(port_b, "/api/status", token_b)[0] != 200
+    status = json.loads(run_rjn("status", "--json", cwd=beta).stdout)
+    assert status["server"] is True and status["tunnel"] is False
+
+    # close --server: beta's Jupyter is gone, alpha (same master) still answers.
+    closed = run_rjn("close", "--server", cwd=beta)
+    assert closed.returncode == 0, closed.stderr
+    assert "server stopped" in closed.stderr
+    assert "connection released" not in closed.stderr
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert str(short_tmp / "remote" / "beta") not in ps
+    assert api(port_a, "/api/status", token_a)[0] == 200
+
+    # The last project out releases the master.
+    closed = run_rjn("close", "--server", cwd=project)
+    assert "server stopped" in closed.stderr and "connection released" in closed.stderr
+    status = json.loads(run_rjn("status", "--json", cwd=project).stdout)
+    assert status["open"] is False

@@ -128,7 +128,9 @@ def _stdlib() -> set[str]:
 
 def _pipreqs_mapping() -> dict[str, str]:
     with open(pipreqs.join("mapping")) as handle:
-        return dict(line.strip().split(":", 1) for line in handle if ":" in line)
+        pairs = (line.strip().split(":", 1) for line in handle if ":" in line)
+        # Package names are case-insensitive; pipreqs spells some oddly (Requests, PyYAML).
+        return {module: package.lower() for module, package in pairs}
 
 
 def scan(root: Path, config: RequirementsConfig) -> tuple[list[str], list[str]]:

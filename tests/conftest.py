@@ -86,11 +86,11 @@ def make_project(host: TestHost, short_tmp: Path) -> Callable[..., Path]:
     """Make a small project (code, a notebook, data) whose remote.toml points at the test host."""
     made: list[Path] = []
 
-    def make(name: str, remote_name: str | None = None, **tables: str) -> Path:
+    def make(name: str, remote_name: str | None = None, remote_extra: str = "", **tables: str) -> Path:
         root = short_tmp / "local" / name
         root.mkdir(parents=True)
         remote_dir = short_tmp / "remote" / (remote_name or name)
-        (root / "remote.toml").write_text(host.remote_toml(remote_dir, **tables))
+        (root / "remote.toml").write_text(host.remote_toml(remote_dir, remote_extra, **tables))
         (root / "helpers.py").write_text("def twice(x):\n    return 2 * x\n")
         (root / "analysis.ipynb").write_text(json.dumps(NOTEBOOK))
         (root / "data").mkdir()

@@ -35,6 +35,8 @@ def _sshd_binary() -> str:
 class TestHost:
     """An sshd on 127.0.0.1 and a client config (alias `rjn-test`) that trusts only its key."""
 
+    __test__ = False  # a fixture, not a test class
+
     def __init__(self, base: Path, remote_env: dict[str, str] | None = None) -> None:
         self.base = base
         self.port = _free_port()
@@ -132,12 +134,17 @@ class TestHost:
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
-    def remote_toml(self, remote_dir: Path, **extra_tables: str) -> str:
+    def remote_toml(self, remote_dir: Path, remote_extra: str = "", **extra_tables: str) -> str:
         """A remote.toml that reaches this host through its alias and client config."""
         text = (
             "[remote]\n"
             f'host = "{ALIAS}"\n'
             f'ssh_config = "{self.ssh_config}"\n'
-            f'dir = "{remote_dir}"\n'
+            f"dir = {_toml_string(str(remote_dir))}\n"
+            f"{remote_extra}"
         )
         return text + "".join(f"\n[{name}]\n{body}\n" for name, body in extra_tables.items())
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,175 @@
+"""Pure logic: config checking, argv building, requirement mapping, error wording."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rjn import config as cfg
+from rjn import requirements, sync, tunnel
+from rjn.errors import ConfigError
+from rjn.remote import Remote, explain
+
+TOML = '[remote]\nhost = "gpu-box"\n'
+
+
+def load(tmp_path: Path, text: str) -> cfg.Config:
+    path = tmp_path / "remote.toml"
+    path.write_text(text)
+    return cfg.load(path)
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, TOML)
+    assert config.remote.host == "gpu-box"
+    assert config.remote_dir == f"~/rjn/{tmp_path.name}"
+    assert config.jupyter.app == "lab" and config.jupyter.local_port == "auto"
+    assert config.sync.results == ("results", "figures")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[remote]\nuser = 'me'\n", "[remote] host is required"),
+        (TOML + "[jupyter]\napp = 'classic'\n", "[jupyter] app: expected one of 'lab', 'notebook'"),
+        (TOML + "[jupyter]\nlocal_port = 'any'\n", "[jupyter] local_port: expected an integer or 'auto'"),
+        (TOML + "[jupyter]\nlocal_port = 80\n", "local_port: 80 must be 1024-65535"),
+        (TOML + "[sync]\nexclude = 'x'\n", "[sync] exclude: expected a list of strings"),
+        (TOML + "[sync]\nresults = ['../outside']\n", "must be a folder inside the project"),
+        (TOML + "[requirements]\ngenerate = 1\n", "[requirements] generate: expected true or false"),
+        (TOML + "[requirements]\nmap = { cv2 = 3 }\n", "[requirements] map: expected a table of strings"),
+        (TOML + "[slurmm]\n", "unknown table [slurmm]"),
+        ("[remote]\nhost = '-oProxyCommand=evil'\n", "is not a host name or ssh alias"),
+        (TOML + "port = true\n", "[remote] port: expected an integer, got True"),
+        (TOML + "ssh_options = ['-v']\n", "is not an ssh option"),
+        ("[remote\nhost=", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    assert message in caught.value.message
+    assert str(tmp_path / "remote.toml") in caught.value.message
+
+
+def test_overrides_are_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "remote.toml").write_text(TOML)
+    config = cfg.load(tmp_path / "remote.toml", {"remote": {"host": "other", "port": None}})
+    assert config.remote.host == "other" and config.remote.port is None
+    with pytest.raises(ConfigError, match="port: expected an integer"):
+        cfg.load(tmp_path / "remote.toml", {"remote": {"port": "x"}})
+
+
+def test_find_walks_up(tmp_path: Path) -> None:
+    (tmp_path / "remote.toml").write_text(TOML)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert cfg.find(tmp_path / "a" / "b") == tmp_path / "remote.toml"
+
+
+# -- argv building ------------------------------------------------------------------------
+
+
+def make_remote(tmp_path: Path, **remote: object) -> Remote:
+    config = cfg.RemoteConfig(host="gpu-box", **remote)  # type: ignore[arg-type]
+    return Remote(config, control_dir=tmp_path / "run dir", log_dir=tmp_path)
+
+
+def test_ssh_argv_quotes_the_remote_command_once(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, user="me", port=2222, proxy_jump="bastion", identity="~/.ssh/k")
+    argv = remote.ssh_argv("-T", command=["ls", "a b", "$(rm -rf ~)", "x;y"])
+    assert argv[0] == "ssh"
+    assert argv[argv.index("-l") + 1] == "me" and argv[argv.index("-p") + 1] == "2222"
+    assert argv[argv.index("-J") + 1] == "bastion"
+    assert argv[argv.index("-i") + 1] == str(Path.home() / ".ssh" / "k")
+    # The host comes after "--", the command is a single argument that splits back exactly.
+    assert argv[-3:-1] == ["--", "gpu-box"]
+    assert shlex.split(argv[-1]) == ["ls", "a b", "$(rm -rf ~)", "x;y"]
+    # A control path with spaces is quoted for ssh's own option parser.
+    assert f'ControlPath="{tmp_path / "run dir"}/%C"' in argv
+
+
+def test_rsync_shell_splits_back_into_the_ssh_argv(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, ssh_config="/etc/my ssh/config")
+    assert shlex.split(remote.rsync_shell()) == ["ssh", *remote.options(), "-o", "ControlMaster=no"]
+
+
+def test_push_filters_protect_results_and_exclude_caches(tmp_path: Path) -> None:
+    config = load(tmp_path, TOML + "[sync]\ninclude = ['keep.venv']\nexclude = ['*.ckpt']\n")
+    filters = sync.push_filters(config)
+    assert filters[0] == "--include=keep.venv"
+    assert "--exclude=/results/" in filters and "--exclude=/figures/" in filters
+    assert "--exclude=.git/" in filters and filters[-1] == "--exclude=*.ckpt"
+
+
+def test_stable_port_is_stable_and_in_range(tmp_path: Path) -> None:
+    port = tunnel.stable_port(tmp_path)
+    assert port == tunnel.stable_port(tmp_path)
+    assert tunnel.PORT_BASE <= port < tunnel.PORT_BASE + tunnel.PORT_SPAN
+    assert port != tunnel.stable_port(tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "cause"),
+    [
+        ("ssh: Could not resolve hostname nope: Name or service not known", "does not resolve"),
+        ("ssh: connect to host 1.2.3.4 port 22: Connection refused", "was refused"),
+        ("ssh: connect to host 1.2.3.4 port 22: Connection timed out", "timed out"),
+        ("me@box: Permission denied (publickey).", "authentication failed"),
+        ("@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\nHost key verification failed.",
+         "host key changed"),
+        ("No ED25519 host key is known for box and you have requested strict checking.\n"
+         "Host key verification failed.", "host key is not known"),
+    ],
+)
+def test_ssh_failures_are_explained(stderr: str, cause: str) -> None:
+    error = explain("box", stderr)
+    assert error.message.startswith("cannot connect to box: ") and cause in error.message
+    assert error.hint
+
+
+# -- requirements -----------------------------------------------------------------------------
+
+
+def notebook(*cells: str) -> str:
+    return json.dumps({"cells": [{"cell_type": "code", "source": c} for c in cells]})
+
+
+def test_notebook_code_drops_magics_and_shell_lines() -> None:
+    code = requirements.notebook_code(notebook("%matplotlib inline\nimport numpy", "%%bash\nimport nope", "!pip install x\nimport pandas as pd"))
+    assert requirements.imports_of(code) == {"numpy", "pandas"}
+
+
+def test_scan_maps_imports_and_skips_stdlib_local_and_broken(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "utils.py").write_text("import os, json\n")
+    (tmp_path / "main.py").write_text(
+        "import sklearn.linear_model\nimport cv2\nfrom skimage import io\nfrom PIL import Image\n"
+        "import yaml\nimport utils, pkg\nfrom . import sibling\nimport torch\nimport mylab\n"
+    )
+    (tmp_path / "broken.py").write_text("def (:\n")
+    (tmp_path / "nb.ipynb").write_text(notebook("import seaborn as sns"))
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "junk.py").write_text("import should_not_appear\n")
+    config = cfg.RequirementsConfig(map={"mylab": "mylab-tools"}, ignore=("torch",))
+    packages, skipped = requirements.scan(tmp_path, config)
+    assert packages == ["mylab-tools", "opencv-python", "pillow", "pyyaml", "scikit-image",
+                        "scikit-learn", "seaborn"]
+    assert skipped == ["broken.py"]
+
+
+def test_write_keeps_a_user_file_and_merges_extras(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import numpy\nimport requests\n")
+    config = load(tmp_path, TOML + "[requirements]\nextra = ['numpy<2', 'rich']\n")
+    written = requirements.write(config)
+    assert written.generated and written.lines == ("requests", "numpy<2", "rich")
+    own = "numpy==1.26.4\n"
+    (tmp_path / "requirements.txt").write_text(own)
+    kept = requirements.write(config)
+    assert not kept.generated and (tmp_path / "requirements.txt").read_text() == own

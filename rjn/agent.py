@@ -162,8 +162,10 @@ def start(args):
     python = venv_python(project)
     jupyter = os.path.join(os.path.dirname(python), "jupyter")
     if not os.path.exists(jupyter):
-        raise Fail("Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
-                   "run `rjn open` again; it installs the environment first")
+        raise Fail(
+            "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
+            "run `rjn open` again; it installs the environment first",
+        )
     folder = rjn_dir(project)
     token = secrets.token_urlsafe(32)
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
@@ -176,13 +178,18 @@ def start(args):
         argv += ["--ServerApp.sock=" + record["sock"], "--ServerApp.sock_mode=0600"]
     else:
         record["port"] = free_port()
-        argv += ["--ServerApp.ip=127.0.0.1", "--ServerApp.port=%d" % record["port"],
-                 "--ServerApp.port_retries=0"]
+        argv += [
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port=%d" % record["port"],
+            "--ServerApp.port_retries=0",
+        ]
     idle = int(args.get("idle_timeout", 0)) * 60
     if idle:
-        argv += ["--ServerApp.shutdown_no_activity_timeout=%d" % idle,
-                 "--MappingKernelManager.cull_idle_timeout=%d" % idle,
-                 "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10)]
+        argv += [
+            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
+            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
+            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
+        ]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     env = dict(os.environ)
@@ -194,8 +201,16 @@ def start(args):
     logfile = os.path.join(folder, "jupyter.log")
     with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
         # A session of its own and no tie to ssh's pipes: it outlives the connection.
-        proc = subprocess.Popen(argv, cwd=project, env=env, stdin=devnull, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=project,
+            env=env,
+            stdin=devnull,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     record["pid"] = proc.pid
     record["started_at"] = time.time()
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
@@ -203,16 +218,19 @@ def start(args):
     deadline = time.monotonic() + float(args.get("ready_timeout", 120))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise Fail("Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
-                       "the full log is %s on the remote" % logfile)
+            raise Fail(
+                "Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
+                "the full log is %s on the remote" % logfile,
+            )
         if http_status(record, timeout=2) == 200:
             record.update(alive=True, running=True, started=True)
             return record
         time.sleep(0.1)
     stop_pid(proc.pid)
-    raise Fail("Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120),
-                                                          tail(logfile)),
-               "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile)
+    raise Fail(
+        "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
+        "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
+    )
 
 
 def free_port():
@@ -316,8 +334,13 @@ def run_logged(argv, **kwargs):
     log("$ " + " ".join(argv))
     lines = []
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, **kwargs)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **kwargs,
+        )
     except OSError as exc:
         return 127, [str(exc)]
     for raw in proc.stdout:
@@ -341,8 +364,9 @@ def find_uv():
     log("uv not found on the remote: installing it into " + home)
     code, _ = run_logged([sys.executable, "-m", "venv", home])
     if code == 0:
-        code, _ = run_logged([os.path.join(home, "bin", "python"), "-m", "pip", "install",
-                              "--quiet", "uv"])
+        code, _ = run_logged(
+            [os.path.join(home, "bin", "python"), "-m", "pip", "install", "--quiet", "uv"]
+        )
     if code == 0 and os.path.exists(uv):
         return uv
     log("could not install uv; falling back to pip")
@@ -351,8 +375,14 @@ def find_uv():
 
 def failing_package(lines):
     """The package an installer choked on, if its output names one."""
-    markers = ("No matching distribution found for ", "Because ", "Failed to build ",
-               "× No solution found", "error: ", "ERROR: ")
+    markers = (
+        "No matching distribution found for ",
+        "Because ",
+        "Failed to build ",
+        "× No solution found",
+        "error: ",
+        "ERROR: ",
+    )
     for line in reversed(lines):
         for marker in markers:
             if marker in line:
@@ -372,30 +402,44 @@ def ensure_env(args):
     started = time.monotonic()
     uv = None if args.get("no_uv") else find_uv()
     # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is in the system's.
-    uv_env = dict(os.environ, UV_SYSTEM_CERTS=os.environ.get("UV_SYSTEM_CERTS", "1"),
-                  UV_NATIVE_TLS=os.environ.get("UV_NATIVE_TLS", "1"))
+    uv_env = dict(
+        os.environ,
+        UV_SYSTEM_CERTS=os.environ.get("UV_SYSTEM_CERTS", "1"),
+        UV_NATIVE_TLS=os.environ.get("UV_NATIVE_TLS", "1"),
+    )
     if uv:
         if not os.path.exists(venv_python(project)):
             code, lines = run_logged([uv, "venv", "--python", sys.executable, venv], env=uv_env)
             if code:
                 raise Fail("could not create the environment: " + failing_package(lines))
-        code, lines = run_logged([uv, "pip", "install", "--python", venv_python(project)]
-                                 + req + packages, env=uv_env)
+        code, lines = run_logged(
+            [uv, "pip", "install", "--python", venv_python(project)] + req + packages, env=uv_env
+        )
     else:
         if not os.path.exists(venv_python(project)):
             code, lines = run_logged([sys.executable, "-m", "venv", venv])
             if code:
-                raise Fail("could not create the environment: " + failing_package(lines),
-                           "install the venv module on the remote (Debian: python3-venv)")
-        code, lines = run_logged([venv_python(project), "-m", "pip", "install",
-                                  "--disable-pip-version-check"] + req + packages)
+                raise Fail(
+                    "could not create the environment: " + failing_package(lines),
+                    "install the venv module on the remote (Debian: python3-venv)",
+                )
+        code, lines = run_logged(
+            [venv_python(project), "-m", "pip", "install", "--disable-pip-version-check"]
+            + req
+            + packages
+        )
     if code:
-        raise Fail("installing the requirements failed: " + failing_package(lines),
-                   "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
-                   "or in your own requirements.txt; `rjn open -v` shows the installer's output")
+        raise Fail(
+            "installing the requirements failed: " + failing_package(lines),
+            "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
+            "or in your own requirements.txt; `rjn open -v` shows the installer's output",
+        )
     write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
-    return {"changed": True, "seconds": round(time.monotonic() - started, 1),
-            "installer": "uv" if uv else "pip"}
+    return {
+        "changed": True,
+        "seconds": round(time.monotonic() - started, 1),
+        "installer": "uv" if uv else "pip",
+    }
 
 
 # -- probing -----------------------------------------------------------------------------
@@ -408,8 +452,10 @@ def probe(args):
     return {
         "dir": project,
         "python": "%d.%d.%d" % sys.version_info[:3],
-        "env_current": (env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
-                        and os.path.exists(venv_python(project))),
+        "env_current": (
+            env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
+            and os.path.exists(venv_python(project))
+        ),
         "server": server_state(project),
         "disk_free": usage.free,
         "has_rsync": shutil.which("rsync") is not None,
@@ -423,8 +469,10 @@ def main(argv):
     action, raw = argv[1], argv[2]
     try:
         if sys.version_info < (3, 8):
-            raise Fail("the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
-                       "set [remote] python to a newer interpreter")
+            raise Fail(
+                "the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
+                "set [remote] python to a newer interpreter",
+            )
         emit(ok=ACTIONS[action](json.loads(raw)))
     except Fail as exc:
         emit(error={"message": exc.message, "hint": exc.hint})

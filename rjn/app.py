@@ -76,7 +76,7 @@ def write_requirements(config: Config, previous: state.ProjectState | None) -> R
 
 
 def open_project(config: Config, report: Reporter) -> Opened:
-    """Connect, write requirements, push, install, start Jupyter and tunnel it: reuse all that lives."""
+    """Connect, write requirements, push, install, start Jupyter, tunnel it; reuse what lives."""
     root = config.root
     with state.locked(root):
         previous = state.load(root)
@@ -212,7 +212,7 @@ class Closed:
 
 
 def close(config: Config, *, stop_server: bool) -> Closed:
-    """Close the tunnel; with stop_server, stop Jupyter and release the master if no one needs it."""
+    """Close the tunnel; with stop_server, stop Jupyter and release the master if unused."""
     root = config.root
     with state.locked(root):
         saved = state.load(root)
@@ -256,7 +256,10 @@ def shell(config: Config, command: list[str] | None) -> int:
     info = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)
     activate = f"{info['dir']}/.rjn/venv/bin/activate"
     # One fixed script; paths and the user's command reach it as positional arguments (data).
-    script = 'cd "$1" && { [ -f "$2" ] && . "$2"; shift 2; if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi; }'
+    script = (
+        'cd "$1" || exit 1; [ -f "$2" ] && . "$2"; shift 2; '
+        'if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi'
+    )
     code = remote.shell(["sh", "-c", script, "rjn", info["dir"], activate, *(command or [])])
     if code == 255 and not remote.master_alive():
         raise RjnError(f"the connection to {remote.host} was lost")

@@ -21,12 +21,16 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_options: dict[str, object] = {"config": None, "debug": False}
+_options: dict[str, object] = {"config": None, "debug": False, "remote": {}}
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="remote.toml to use (default: the nearest one upward).",
-                 dir_okay=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="remote.toml to use (default: the nearest one upward).",
+        dir_okay=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -40,6 +44,16 @@ def _version(value: bool) -> None:
 @cli.callback()
 def _main(
     config_path: ConfigOption = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", "-H", help="Override [remote] host (an ssh host or alias)."),
+    ] = None,
+    ssh_config: Annotated[
+        str | None, typer.Option("--ssh-config", help="Override [remote] ssh_config (ssh -F).")
+    ] = None,
+    remote_dir: Annotated[
+        str | None, typer.Option("--remote-dir", help="Override [remote] dir.")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
@@ -48,6 +62,7 @@ def _main(
     """rjn opens a project's notebooks on a remote Jupyter server, tunnelled to your browser."""
     _options["config"] = config_path
     _options["debug"] = debug
+    _options["remote"] = {"host": host, "ssh_config": ssh_config, "dir": remote_dir}
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,13 +93,18 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
 
 def _config() -> config.Config:
     path = _options["config"]
-    return config.load(path if isinstance(path, Path) else config.find(Path.cwd()))
+    overrides = {"remote": _options["remote"]}
+    return config.load(path if isinstance(path, Path) else config.find(Path.cwd()), overrides)  # type: ignore[arg-type]
 
 
 @command("open")
 def open_(
-    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the browser.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show installer output.")] = False,
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="Open the browser.")
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show installer output.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Sync the project, make sure Jupyter runs remotely, tunnel it and open the browser."""
@@ -126,7 +146,9 @@ def requirements() -> None:
 
 @command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def shell(
-    command: Annotated[list[str] | None, typer.Argument(help="A command to run instead of a shell.")] = None,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="A command to run instead of a shell.")
+    ] = None,
 ) -> None:
     """A shell (or one command) in the remote project folder, with its environment active."""
     raise typer.Exit(app.shell(_config(), command))

@@ -145,7 +145,9 @@ def load(path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file", hint="create it, or pass --config PATH") from None
+        raise ConfigError(
+            f"{path}: no such file", hint="create it, or pass --config PATH"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -258,10 +260,13 @@ def _check(config: Config) -> None:
     jupyter = config.jupyter
     if jupyter.local_port != "auto" and not 1024 <= jupyter.local_port < 65536:
         raise ConfigError(
-            f"{config.path}: [jupyter] local_port: {jupyter.local_port} must be 1024-65535 or \"auto\""
+            f"{config.path}: [jupyter] local_port: {jupyter.local_port} "
+            'must be 1024-65535 or "auto"'
         )
     if jupyter.idle_timeout < 0:
-        raise ConfigError(f"{config.path}: [jupyter] idle_timeout: minutes must be 0 (never) or more")
+        raise ConfigError(
+            f"{config.path}: [jupyter] idle_timeout: minutes must be 0 (never) or more"
+        )
     for folder in config.sync.results:
         if not folder or folder.startswith(("/", "..")) or ".." in Path(folder).parts:
             raise ConfigError(

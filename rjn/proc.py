@@ -115,20 +115,23 @@ def spawn_detached(argv: Sequence[str], *, log: Path, timeout: float) -> int:
     caller would wait for an EOF that never comes. The terminal stays reachable,
     through /dev/tty, for password and 2FA prompts.
     """
-    with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
-        with open(log, "ab") as err:
-            try:
-                proc = _command(argv[0])(
-                    *argv[1:],
-                    _in=devnull_in,
-                    _out=devnull_out,
-                    _err=err,
-                    _ok_code=_ALL_CODES,
-                    _return_cmd=True,
-                    _timeout=timeout,
-                )
-            except sh.TimeoutException:
-                raise Timeout(f"'{argv[0]}' did not finish within {timeout:.0f}s") from None
+    with (
+        open(os.devnull, "rb") as devnull_in,
+        open(os.devnull, "wb") as devnull_out,
+        open(log, "ab") as err,
+    ):
+        try:
+            proc = _command(argv[0])(
+                *argv[1:],
+                _in=devnull_in,
+                _out=devnull_out,
+                _err=err,
+                _ok_code=_ALL_CODES,
+                _return_cmd=True,
+                _timeout=timeout,
+            )
+        except sh.TimeoutException:
+            raise Timeout(f"'{argv[0]}' did not finish within {timeout:.0f}s") from None
     code: int = proc.exit_code
     return code
 

@@ -18,28 +18,58 @@ from rjn.errors import ConnectionFailed, RemoteError, RjnError
 
 # What OpenSSH says, mapped to what it means and what to try.
 _FAILURES = (
-    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "the host key changed",
-     "if the server was really reinstalled, remove the old key with `ssh-keygen -R HOST`; "
-     "otherwise someone may be intercepting the connection: do not connect"),
-    ("Host key verification failed", "the host key is not known",
-     "connect once with `ssh HOST` to check and accept the host key, then run rjn again"),
-    ("Could not resolve hostname", "the host name does not resolve (DNS)",
-     "check the spelling of [remote] host, or the Host alias in ~/.ssh/config"),
-    ("Name or service not known", "the host name does not resolve (DNS)",
-     "check the spelling of [remote] host, or the Host alias in ~/.ssh/config"),
-    ("Connection refused", "the connection was refused",
-     "check that sshd runs on the host and that [remote] port is right"),
-    ("timed out", "the connection timed out",
-     "check the network, VPN or ProxyJump; the host may be down"),
-    ("No route to host", "there is no route to the host",
-     "check the network or VPN, or the host may be down"),
-    ("Permission denied", "authentication failed",
-     "check [remote] user and identity, and that your key is in the server's "
-     "authorized_keys; `ssh -v HOST` shows what was tried"),
-    ("Too many authentication failures", "authentication failed",
-     "set [remote] identity so that ssh offers only the right key"),
-    ("Connection closed", "the server closed the connection",
-     "check the server's sshd logs, or MaxStartups limits"),
+    (
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "the host key changed",
+        "if the server was really reinstalled, remove the old key with `ssh-keygen -R HOST`; "
+        "otherwise someone may be intercepting the connection: do not connect",
+    ),
+    (
+        "Host key verification failed",
+        "the host key is not known",
+        "connect once with `ssh HOST` to check and accept the host key, then run rjn again",
+    ),
+    (
+        "Could not resolve hostname",
+        "the host name does not resolve (DNS)",
+        "check the spelling of [remote] host, or the Host alias in ~/.ssh/config",
+    ),
+    (
+        "Name or service not known",
+        "the host name does not resolve (DNS)",
+        "check the spelling of [remote] host, or the Host alias in ~/.ssh/config",
+    ),
+    (
+        "Connection refused",
+        "the connection was refused",
+        "check that sshd runs on the host and that [remote] port is right",
+    ),
+    (
+        "timed out",
+        "the connection timed out",
+        "check the network, VPN or ProxyJump; the host may be down",
+    ),
+    (
+        "No route to host",
+        "there is no route to the host",
+        "check the network or VPN, or the host may be down",
+    ),
+    (
+        "Permission denied",
+        "authentication failed",
+        "check [remote] user and identity, and that your key is in the server's "
+        "authorized_keys; `ssh -v HOST` shows what was tried",
+    ),
+    (
+        "Too many authentication failures",
+        "authentication failed",
+        "set [remote] identity so that ssh offers only the right key",
+    ),
+    (
+        "Connection closed",
+        "the server closed the connection",
+        "check the server's sshd logs, or MaxStartups limits",
+    ),
 )
 
 
@@ -159,7 +189,9 @@ class Remote:
             "-E", str(self.log_path),
             "-N", "-f", "--", self.host,
         ]  # fmt: skip
-        code = proc.spawn_detached(argv, log=self.log_path, timeout=timeout + (600 if interactive else 30))
+        code = proc.spawn_detached(
+            argv, log=self.log_path, timeout=timeout + (600 if interactive else 30)
+        )
         if code != 0 or not self.master_alive():
             raise explain(self.host, self.log_path.read_text(errors="replace"))
         return True
@@ -247,7 +279,7 @@ class Remote:
         if not result.ok:
             raise RjnError(
                 f"cannot forward local port {local_port} to {self.host}: {result.err.strip()}",
-                hint="another program may use the port; set [jupyter] local_port, or \"auto\"",
+                hint='another program may use the port; set [jupyter] local_port, or "auto"',
             )
 
     def cancel_forward(self, local_port: int, target: str) -> None:

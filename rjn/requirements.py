@@ -22,7 +22,9 @@ from rjn.config import Config, RequirementsConfig
 from rjn.errors import ConfigError
 from rjn.state import write_private
 
-HEADER = "# Written by rjn from the project's imports; edit remote.toml [requirements], not this file."
+HEADER = (
+    "# Written by rjn from the project's imports; edit remote.toml [requirements], not this file."
+)
 
 # Where pipreqs' mapping is wrong or silent (it maps sklearn to scikit_learn, has no cv2).
 CORRECTIONS = {
@@ -45,9 +47,25 @@ CORRECTIONS = {
 # Present in every rjn environment already, or part of Jupyter itself.
 ALWAYS_THERE = {"ipykernel", "IPython", "jupyter"}
 
-SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "env", ".nox", ".tox", "__pycache__",
-             ".ipynb_checkpoints", "node_modules", ".rjn", "build", "dist", ".mypy_cache",
-             ".pytest_cache", ".ruff_cache"}
+SKIP_DIRS = {
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    "env",
+    ".nox",
+    ".tox",
+    "__pycache__",
+    ".ipynb_checkpoints",
+    "node_modules",
+    ".rjn",
+    "build",
+    "dist",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,9 @@ def local_modules(root: Path, files: list[Path]) -> set[str]:
     names.update(p.parent.name for p in files if p.name == "__init__.py")
     for layout in (root, root / "src"):
         if layout.is_dir():
-            names.update(d.name for d in layout.iterdir() if d.is_dir() and (d / "__init__.py").exists())
+            names.update(
+                d.name for d in layout.iterdir() if d.is_dir() and (d / "__init__.py").exists()
+            )
     return names
 
 

@@ -144,9 +144,13 @@ def locked(root: Path, timeout: float = 120) -> Iterator[None]:
                 return False
             return True
 
-        wait_until(take, timeout=timeout, interval=0.2,
-                   what=f"another rjn command kept {root.name} busy",
-                   hint="wait for it to finish, or stop it")
+        wait_until(
+            take,
+            timeout=timeout,
+            interval=0.2,
+            what=f"another rjn command kept {root.name} busy",
+            hint="wait for it to finish, or stop it",
+        )
         try:
             yield
         finally:

@@ -36,7 +36,9 @@ def push_filters(config: Config) -> list[str]:
     return args
 
 
-def push(remote: Remote, config: Config, remote_dir: str, progress: Progress | None = None) -> Transfer:
+def push(
+    remote: Remote, config: Config, remote_dir: str, progress: Progress | None = None
+) -> Transfer:
     """Copy the project to the remote. Never deletes there, never replaces a newer remote file."""
     argv = [
         "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
@@ -80,5 +82,7 @@ def _rsync_error(remote: Remote, result: proc.Completed) -> RemoteError:
             hint="install rsync there (Debian/Ubuntu: apt install rsync)",
         )
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    detail = next((ln for ln in lines if not ln.startswith("rsync error")), lines[-1] if lines else "")
+    detail = next(
+        (ln for ln in lines if not ln.startswith("rsync error")), lines[-1] if lines else ""
+    )
     return RemoteError(f"{remote.host}: rsync failed (exit {result.code}): {detail}")

@@ -47,8 +47,10 @@ class Steps:
             transient=True,
         )
         self._bar, self._task = bar, bar.add_task(title, total=None)
+        # Off a terminal a live display has nothing to redraw: just print the outcome lines.
+        live = bar if err.is_terminal else contextlib.nullcontext()
         try:
-            with bar:
+            with live:
                 yield
         except BaseException:
             err.print(f"[red]✗[/] {escape(title)}")
@@ -71,7 +73,8 @@ class Steps:
 
 def print_json(value: Any) -> None:
     """A result as JSON on stdout (dataclasses become objects)."""
-    data = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    data = dataclasses.asdict(value) if is_record else value
     out.print_json(json.dumps(data, default=str))
 
 
@@ -109,11 +112,17 @@ def show_status(result: Status) -> None:
     def mark(value: bool | None) -> str:
         return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]unknown[/]"}[value]
 
-    out.print(f"[bold]{escape(result.project)}[/] on {escape(result.host)}:{escape(result.remote_dir or '')}")
+    out.print(
+        f"[bold]{escape(result.project)}[/] on "
+        f"{escape(result.host)}:{escape(result.remote_dir or '')}"
+    )
     out.print(f"  connection  {mark(result.master)}")
     pid = f" (pid {result.server_pid})" if result.server and result.server_pid else ""
     out.print(f"  server      {mark(result.server)}{pid}")
-    out.print(f"  tunnel      {mark(result.tunnel)}" + (f" 127.0.0.1:{result.port}" if result.port else ""))
+    out.print(
+        f"  tunnel      {mark(result.tunnel)}"
+        + (f" 127.0.0.1:{result.port}" if result.port else "")
+    )
     if result.tokened_url:
         out.print(f"  url         {result.tokened_url}")
     for problem in result.problems:

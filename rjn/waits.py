@@ -19,7 +19,7 @@ def wait_until(
     hint: str | None = None,
     interval: float = 0.1,
 ) -> T:
-    """Call `check` until it returns something truthy; raise Timeout naming `what` after `timeout` s."""
+    """Call `check` until it returns something truthy; after `timeout` s raise Timeout(what)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()

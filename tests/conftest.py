@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sshd import TestHost  # noqa: E402
+from sshd import TestHost
 
 NOTEBOOK = {
     "cells": [
@@ -25,7 +25,12 @@ NOTEBOOK = {
             "metadata": {},
             "execution_count": None,
             "outputs": [],
-            "source": ["%matplotlib inline\n", "!pip list\n", "import yaml\n", "from helpers import twice\n"],
+            "source": [
+                "%matplotlib inline\n",
+                "!pip list\n",
+                "import yaml\n",
+                "from helpers import twice\n",
+            ],
         },
     ],
     "metadata": {},
@@ -86,7 +91,9 @@ def make_project(host: TestHost, short_tmp: Path) -> Callable[..., Path]:
     """Make a small project (code, a notebook, data) whose remote.toml points at the test host."""
     made: list[Path] = []
 
-    def make(name: str, remote_name: str | None = None, remote_extra: str = "", **tables: str) -> Path:
+    def make(
+        name: str, remote_name: str | None = None, remote_extra: str = "", **tables: str
+    ) -> Path:
         root = short_tmp / "local" / name
         root.mkdir(parents=True)
         remote_dir = short_tmp / "remote" / (remote_name or name)

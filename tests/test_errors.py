@@ -58,7 +58,9 @@ def test_unresolvable_host(tmp_path: Path) -> None:
 def _with_known_hosts(host: TestHost, tmp_path: Path, known: str) -> Path:
     """A project whose ssh config trusts `known` instead of the test host's real key."""
     config = tmp_path / "ssh_config"
-    config.write_text(host.ssh_config.read_text().replace(str(host.known_hosts), str(tmp_path / "kh")))
+    config.write_text(
+        host.ssh_config.read_text().replace(str(host.known_hosts), str(tmp_path / "kh"))
+    )
     (tmp_path / "kh").write_text(known)
     toml = host.remote_toml(tmp_path / "remote").replace(str(host.ssh_config), str(config))
     return write_project(tmp_path / "p", toml)
@@ -71,7 +73,9 @@ def test_unknown_host_key_is_not_trusted(host: TestHost, tmp_path: Path) -> None
 
 
 def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True
+    )
     kind, key = (tmp_path / "other.pub").read_text().split()[:2]
     project = _with_known_hosts(host, tmp_path, f"[127.0.0.1]:{host.port} {kind} {key}\n")
     err = failed(run_rjn("open", "--no-browser", cwd=project), 3)
@@ -79,11 +83,16 @@ def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
 
 
 def test_wrong_key_is_an_auth_failure(host: TestHost, tmp_path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")],
+        check=True,
+    )
     toml = host.remote_toml(tmp_path / "remote", f'identity = "{tmp_path / "stranger"}"\n')
     # The alias' own IdentityFile is still offered by ssh; point the alias at the stranger only.
     config = tmp_path / "ssh_config"
-    config.write_text(host.ssh_config.read_text().replace(str(host.client_key), str(tmp_path / "stranger")))
+    config.write_text(
+        host.ssh_config.read_text().replace(str(host.client_key), str(tmp_path / "stranger"))
+    )
     write_project(tmp_path / "p", toml.replace(str(host.ssh_config), str(config)))
     err = failed(run_rjn("open", "--no-browser", cwd=tmp_path / "p"), 3)
     assert "authentication failed" in err
@@ -116,7 +125,7 @@ def test_port_in_use(make_project: Callable[..., Path]) -> None:
     run_rjn("close", "--server", cwd=project)
 
 
-@pytest.mark.parametrize("weird", ["sp ace's $(touch PWNED); `touch PWNED2` \"q\""])
+@pytest.mark.parametrize("weird", ['sp ace\'s $(touch PWNED); `touch PWNED2` "q"'])
 def test_hostile_values_reach_the_remote_as_data(make_project, short_tmp: Path, weird: str) -> None:
     """Spaces, quotes, $() and ; in the remote dir: created literally, never run as shell."""
     project = make_project("hostile", remote_name=f"h {weird}")

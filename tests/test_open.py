@@ -24,7 +24,9 @@ URL = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([\w-]+)")
 
 def api(port: int, path: str, token: str | None, method: str = "GET") -> tuple[int, dict]:
     headers = {"Authorization": f"token {token}"} if token else {}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers, method=method)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers=headers, method=method
+    )
     try:
         with DIRECT.open(request, timeout=10) as response:
             body = response.read()
@@ -102,7 +104,9 @@ def test_open_writes_requirements_from_code_and_notebooks(first_open, project: P
     assert lines[1:] == ["pyyaml"]
 
 
-def test_open_pushes_code_notebooks_and_data_but_not_git(first_open, project: Path, short_tmp: Path) -> None:
+def test_open_pushes_code_notebooks_and_data_but_not_git(
+    first_open, project: Path, short_tmp: Path
+) -> None:
     remote = short_tmp / "remote" / "alpha"
     assert (remote / "helpers.py").read_text() == (project / "helpers.py").read_text()
     assert (remote / "analysis.ipynb").exists()
@@ -113,7 +117,11 @@ def test_open_pushes_code_notebooks_and_data_but_not_git(first_open, project: Pa
 
 def test_kernel_runs_code_in_the_project_environment(first_open) -> None:
     port, token = opened(first_open)
-    out = execute(port, token, "import yaml, helpers, os\nprint(helpers.twice(21), os.path.exists('data/points.csv'))")
+    out = execute(
+        port,
+        token,
+        "import yaml, helpers, os\nprint(helpers.twice(21), os.path.exists('data/points.csv'))",
+    )
     assert out.strip() == "42 True"
 
 
@@ -146,7 +154,9 @@ def test_status_reports_what_is_up(first_open, project: Path) -> None:
     assert status["port"] == port and not status["problems"]
 
 
-def test_push_never_overwrites_newer_remote_work(first_open, project: Path, short_tmp: Path) -> None:
+def test_push_never_overwrites_newer_remote_work(
+    first_open, project: Path, short_tmp: Path
+) -> None:
     remote_nb = short_tmp / "remote" / "alpha" / "analysis.ipynb"
     remote_nb.write_text('{"edited": "in the remote Jupyter"}')
     past = time.time() - 3600
@@ -166,7 +176,9 @@ def test_changed_imports_update_the_environment(first_open, project: Path) -> No
     assert execute(port, token, "import tomli_w; print('ok')").strip() == "ok"
 
 
-def test_two_projects_at_once_then_close(first_open, project: Path, make_project, short_tmp) -> None:
+def test_two_projects_at_once_then_close(
+    first_open, project: Path, make_project, short_tmp
+) -> None:
     port_a, token_a = opened(first_open)
     beta = make_project("beta")
     port_b, token_b = opened(run_rjn("open", "--no-browser", cwd=beta))

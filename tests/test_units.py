@@ -38,12 +38,21 @@ def test_defaults(tmp_path: Path) -> None:
     [
         ("[remote]\nuser = 'me'\n", "[remote] host is required"),
         (TOML + "[jupyter]\napp = 'classic'\n", "[jupyter] app: expected one of 'lab', 'notebook'"),
-        (TOML + "[jupyter]\nlocal_port = 'any'\n", "[jupyter] local_port: expected an integer or 'auto'"),
+        (
+            TOML + "[jupyter]\nlocal_port = 'any'\n",
+            "[jupyter] local_port: expected an integer or 'auto'",
+        ),
         (TOML + "[jupyter]\nlocal_port = 80\n", "local_port: 80 must be 1024-65535"),
         (TOML + "[sync]\nexclude = 'x'\n", "[sync] exclude: expected a list of strings"),
         (TOML + "[sync]\nresults = ['../outside']\n", "must be a folder inside the project"),
-        (TOML + "[requirements]\ngenerate = 1\n", "[requirements] generate: expected true or false"),
-        (TOML + "[requirements]\nmap = { cv2 = 3 }\n", "[requirements] map: expected a table of strings"),
+        (
+            TOML + "[requirements]\ngenerate = 1\n",
+            "[requirements] generate: expected true or false",
+        ),
+        (
+            TOML + "[requirements]\nmap = { cv2 = 3 }\n",
+            "[requirements] map: expected a table of strings",
+        ),
         (TOML + "[slurmm]\n", "unknown table [slurmm]"),
         ("[remote]\nhost = '-oProxyCommand=evil'\n", "is not a host name or ssh alias"),
         (TOML + "port = true\n", "[remote] port: expected an integer, got True"),
@@ -121,10 +130,16 @@ def test_stable_port_is_stable_and_in_range(tmp_path: Path) -> None:
         ("ssh: connect to host 1.2.3.4 port 22: Connection refused", "was refused"),
         ("ssh: connect to host 1.2.3.4 port 22: Connection timed out", "timed out"),
         ("me@box: Permission denied (publickey).", "authentication failed"),
-        ("@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\nHost key verification failed.",
-         "host key changed"),
-        ("No ED25519 host key is known for box and you have requested strict checking.\n"
-         "Host key verification failed.", "host key is not known"),
+        (
+            "@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\n"
+            "Host key verification failed.",
+            "host key changed",
+        ),
+        (
+            "No ED25519 host key is known for box and you have requested strict checking.\n"
+            "Host key verification failed.",
+            "host key is not known",
+        ),
     ],
 )
 def test_ssh_failures_are_explained(stderr: str, cause: str) -> None:
@@ -141,7 +156,13 @@ def notebook(*cells: str) -> str:
 
 
 def test_notebook_code_drops_magics_and_shell_lines() -> None:
-    code = requirements.notebook_code(notebook("%matplotlib inline\nimport numpy", "%%bash\nimport nope", "!pip install x\nimport pandas as pd"))
+    code = requirements.notebook_code(
+        notebook(
+            "%matplotlib inline\nimport numpy",
+            "%%bash\nimport nope",
+            "!pip install x\nimport pandas as pd",
+        )
+    )
     assert requirements.imports_of(code) == {"numpy", "pandas"}
 
 
@@ -159,8 +180,15 @@ def test_scan_maps_imports_and_skips_stdlib_local_and_broken(tmp_path: Path) -> 
     (tmp_path / ".venv" / "junk.py").write_text("import should_not_appear\n")
     config = cfg.RequirementsConfig(map={"mylab": "mylab-tools"}, ignore=("torch",))
     packages, skipped = requirements.scan(tmp_path, config)
-    assert packages == ["mylab-tools", "opencv-python", "pillow", "pyyaml", "scikit-image",
-                        "scikit-learn", "seaborn"]
+    assert packages == [
+        "mylab-tools",
+        "opencv-python",
+        "pillow",
+        "pyyaml",
+        "scikit-image",
+        "scikit-learn",
+        "seaborn",
+    ]
     assert skipped == ["broken.py"]
 
 

@@ -1,0 +1,88 @@
+"""Sessions: `nox -s demo` (the whole flow on a throwaway sshd), `tests`, `lint`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["tests", "lint"]
+nox.options.default_venv_backend = "uv|virtualenv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: unit tests and end-to-end tests on a real sshd, rsync and JupyterLab."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", "rjn", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Open this repo on a throwaway sshd on loopback, check the URL answers, then clean up.
+
+    `nox -s demo -- --keep` leaves it running until Ctrl-C, to try it in a browser.
+    """
+    session.install("-e", ".")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sshd import ALIAS, TestHost
+
+    base = Path(tempfile.mkdtemp(prefix="rjn-demo"))
+    env = {"XDG_STATE_HOME": str(base / "state"), "XDG_RUNTIME_DIR": str(base / "run")}
+    host = TestHost(base / "host", remote_env={"XDG_DATA_HOME": str(base / "rdata")}).start()
+    session.log(
+        f"throwaway sshd on 127.0.0.1:{host.port} (alias {ALIAS}); remote dir {base}/remote"
+    )
+    rjn = [
+        "rjn",
+        "--host",
+        ALIAS,
+        "--ssh-config",
+        str(host.ssh_config),
+        "--remote-dir",
+        str(base / "remote"),
+    ]
+    try:
+        session.run(*rjn, "open", "--no-browser", env=env)
+        session.run(*rjn, "open", "--no-browser", env=env)  # the second open reuses everything
+        session.run(*rjn, "status", env=env)
+        _check_answers(session, env, rjn)
+        if "--keep" in session.posargs:
+            session.log("running; press Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.run(*rjn, "close", "--server", env=env, success_codes=[0, 1, 2, 3, 4, 5])
+        host.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _check_answers(session: nox.Session, env: dict[str, str], rjn: list[str]) -> None:
+    import json
+
+    status = json.loads(session.run(*rjn, "status", "--json", env=env, silent=True) or "{}")
+    url = status["tokened_url"]
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(url, timeout=30) as response:
+        if response.status != 200 or b"JupyterLab" not in response.read():
+            session.error(f"{status['url']} did not serve JupyterLab")
+    session.log(f"OK: {status['url']} serves JupyterLab through the tunnel")
+    if not os.environ.get("CI"):
+        session.log(f"open it: {url}")

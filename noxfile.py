@@ -58,8 +58,10 @@ def demo(session: nox.Session) -> None:
         str(base / "remote"),
     ]
     try:
-        session.run(*rjn, "open", "--no-browser", env=env)
-        session.run(*rjn, "open", "--no-browser", env=env)  # the second open reuses everything
+        session.run(*rjn, "open", "--no-browser", "--no-watch", env=env)
+        session.run(
+            *rjn, "open", "--no-browser", "--no-watch", env=env
+        )  # the second open reuses everything
         session.run(*rjn, "status", env=env)
         _check_answers(session, env, rjn)
         if "--keep" in session.posargs:

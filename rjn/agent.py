@@ -442,6 +442,165 @@ def ensure_env(args):
     }
 
 
+# -- watching results -------------------------------------------------------------------
+
+# Where inotify sees only this host's writes (or none): the writer is usually another node.
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "beegfs",
+    "ceph",
+    "fuse.sshfs",
+    "fuse.glusterfs",
+    "glusterfs",
+    "panfs",
+    "afs",
+    "9p",
+    "fuse.juicefs",
+}
+
+
+def fs_type(path):
+    """The filesystem type of the mount holding `path` (Linux /proc/mounts), or ''."""
+    best, kind = "", ""
+    try:
+        with open("/proc/mounts") as handle:
+            for line in handle:
+                fields = line.split()
+                mount = fields[1].replace("\\040", " ")
+                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
+def watch(args):
+    """Stream {"file": relpath} for each result file closed after writing or moved into place.
+
+    Runs until stdin closes (the local rjn went away). Falls back to polling where inotify
+    cannot see writes; polling reports a file once its size and mtime held still for a round.
+    """
+    import fnmatch
+    import threading
+
+    project = project_dir(args["dir"])
+    folders = [os.path.join(project, f) for f in args["results"]]
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    patterns = args["patterns"]
+    interval = float(args.get("interval", 1.0))
+    lock = threading.Lock()
+
+    def report(path):
+        if any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns):
+            with lock:
+                emit(file=os.path.relpath(path, project))
+
+    def until_stdin_closes():
+        sys.stdin.buffer.read()
+        os._exit(0)
+
+    mode, reason = args.get("mode", "auto"), ""
+    kind = fs_type(project)
+    if mode == "auto":
+        mode = "poll" if kind in NETWORK_FS else "events"
+        if mode == "poll":
+            reason = "%s does not report other hosts' writes to inotify" % kind
+    if mode == "events":
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers.inotify import InotifyObserver
+        except ImportError:
+            mode, reason = "poll", "watchdog with inotify is not available here"
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    if mode == "events":
+
+        class Handler(FileSystemEventHandler):
+            def on_closed(self, event):  # closed after writing: complete
+                report(event.src_path)
+
+            def on_moved(self, event):  # renamed into place: complete
+                report(event.dest_path)
+
+            def on_created(self, event):
+                # Files written into a brand-new folder before its watch was added send no
+                # close event of their own: report those no process still has open to write.
+                if event.is_directory:
+                    for root, _, files in os.walk(event.src_path):
+                        for name in files:
+                            path = os.path.join(root, name)
+                            if not open_for_writing(path):
+                                report(path)
+
+        observer = InotifyObserver()
+        for folder in folders:
+            observer.schedule(Handler(), folder, recursive=True)
+        observer.start()
+        emit(ready={"mode": "events", "fs": kind, "reason": reason})
+        while True:
+            time.sleep(3600)
+    emit(ready={"mode": "poll", "fs": kind, "reason": reason, "interval": interval})
+    poll(folders, report, interval)
+
+
+def open_for_writing(path):
+    """Whether any of our processes holds `path` open for writing (Linux /proc)."""
+    target = os.path.realpath(path)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != target:
+                    continue
+                with open("/proc/%s/fdinfo/%s" % (pid, fd)) as info:
+                    flags = int(info.readline().split()[1], 8)
+                if flags & (os.O_WRONLY | os.O_RDWR):
+                    return True
+            except (OSError, ValueError, IndexError):
+                continue
+    return False
+
+
+def poll(folders, report, interval):
+    def scan():
+        seen = {}
+        for folder in folders:
+            for root, _, files in os.walk(folder):
+                for name in files:
+                    path = os.path.join(root, name)
+                    try:
+                        info = os.stat(path)
+                    except OSError:
+                        continue
+                    seen[path] = (info.st_size, info.st_mtime_ns)
+        return seen
+
+    reported = scan()  # what is there at start is not new
+    previous = dict(reported)
+    while True:
+        time.sleep(interval)
+        current = scan()
+        for path, stamp in current.items():
+            # Unchanged for a whole round, and not yet reported in this state: complete.
+            if previous.get(path) == stamp and reported.get(path) != stamp:
+                reported[path] = stamp
+                report(path)
+        previous = current
+
+
 # -- probing -----------------------------------------------------------------------------
 
 
@@ -462,7 +621,7 @@ def probe(args):
     }
 
 
-ACTIONS = {"probe": probe, "env": ensure_env, "start": start, "stop": stop}
+ACTIONS = {"probe": probe, "env": ensure_env, "start": start, "stop": stop, "watch": watch}
 
 
 def main(argv):

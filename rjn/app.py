@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rjn import env, requirements, server, state, sync, tunnel
+from rjn import env, requirements, server, state, sync, tunnel, watch
 from rjn.config import Config
 from rjn.errors import RjnError
 from rjn.remote import Remote
@@ -123,7 +123,6 @@ def open_project(config: Config, report: Reporter) -> Opened:
             app=live.app,
             env_hash=wanted,
             sources_hash=requirements.sources_fingerprint(root),
-            pulled=previous.pulled if previous else {},
         )
         state.save(record)
     return Opened(
@@ -264,3 +263,48 @@ def shell(config: Config, command: list[str] | None) -> int:
     if code == 255 and not remote.master_alive():
         raise RjnError(f"the connection to {remote.host} was lost")
     return code
+
+
+def watch_results(
+    config: Config,
+    on_ready: Callable[[watch.Ready], Any],
+    on_pulled: Callable[[sync.Pulled, float], Any],
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Pull each new or changed result file as soon as it is complete, until Ctrl-C."""
+    saved = state.load(config.root)
+    if saved is None or not saved.remote_dir:
+        raise RjnError(f"{config.name} is not open", hint="run `rjn open` first")
+    remote = make_remote(config)
+    remote.connect()
+    watch.watch(remote, config, saved.remote_dir, on_ready, on_pulled, config.sync.watch, stop)
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What `rjn sync` moved."""
+
+    project: str
+    direction: str
+    files: tuple[sync.Pulled, ...] = ()
+    pushed_files: int = 0
+
+
+def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
+    """Pull all results now (only changed files); with push, send the project as `open` does."""
+    remote = make_remote(config)
+    with report.step(f"Connecting to {remote.host}"):
+        remote.connect()
+    saved = state.load(config.root)
+    remote_dir = saved.remote_dir if saved and saved.remote_dir else None
+    if remote_dir is None:
+        remote_dir = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
+    if push:
+        with report.step("Writing requirements"):
+            requirements.write(config)
+        with report.step(f"Pushing to {remote.host}:{remote_dir}"):
+            sent = sync.push(remote, config, remote_dir, report.progress)
+        return Synced(config.name, "push", pushed_files=sent.files)
+    with report.step(f"Pulling results from {remote.host}"):
+        pulled = sync.pull(remote, config, remote_dir, None, report.progress)
+    return Synced(config.name, "pull", files=tuple(pulled))

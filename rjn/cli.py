@@ -102,19 +102,53 @@ def open_(
     browser: Annotated[
         bool, typer.Option("--browser/--no-browser", help="Open the browser.")
     ] = True,
+    watch: Annotated[
+        bool, typer.Option("--watch/--no-watch", help="Keep pulling new figures until Ctrl-C.")
+    ] = True,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show installer output.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Sync the project, make sure Jupyter runs remotely, tunnel it and open the browser."""
-    result = app.open_project(_config(), app.Quiet() if as_json else ui.Steps(verbose))
+    """Sync, start or reuse Jupyter remotely, tunnel it, open the browser, then pull new figures.
+
+    Watching goes on until Ctrl-C; the server and tunnel stay up after it.
+    """
+    project = _config()
+    result = app.open_project(project, app.Quiet() if as_json else ui.Steps(verbose))
     if as_json:
         ui.print_json(result)
     else:
         ui.show_opened(result)
     if browser and not ui.open_browser(result.tokened_url):
         ui.err.print("  (no browser found: open the URL above)")
+    if watch:
+        _watch(project)
+
+
+def _watch(project: config.Config) -> None:
+    try:
+        app.watch_results(project, ui.show_ready, ui.show_pulled)
+    except KeyboardInterrupt:
+        ui.err.print("stopped watching; the server and tunnel stay up (`rjn close` stops them)")
+
+
+@command()
+def watch() -> None:
+    """Pull each new or changed result figure as soon as it is fully written, until Ctrl-C."""
+    _watch(_config())
+
+
+@command()
+def sync(
+    push: Annotated[
+        bool, typer.Option("--push", help="Push the project instead, as open does.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull all results now (only changed files; local edits are never overwritten)."""
+    result = app.sync_now(_config(), app.Quiet() if as_json else ui.Steps(), push=push)
+    ui.print_json(result) if as_json else ui.show_synced(result)
 
 
 @command()

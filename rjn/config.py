@@ -35,6 +35,7 @@ DEFAULT_EXCLUDES = (
     ".ruff_cache/",
     "node_modules/",
     ".rjn/",
+    ".rjn-incoming-*/",
     ".DS_Store",
 )
 
@@ -63,6 +64,7 @@ class SyncConfig:
     exclude: tuple[str, ...] = ()
     results: tuple[str, ...] = ("results", "figures")
     patterns: tuple[str, ...] = ("*.png", "*.pdf", "*.svg", "*.jpg", "*.jpeg")
+    watch: Literal["auto", "events", "poll"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from rjn.requirements import Requirements
 def packages(config: Config) -> list[str]:
     """What every rjn environment has besides the project's requirements."""
     app = "jupyterlab" if config.jupyter.app == "lab" else "notebook"
-    return [app, "ipykernel", *config.jupyter.packages]
+    # watchdog runs the remote side of `rjn watch`.
+    return [app, "ipykernel", "watchdog", *config.jupyter.packages]
 
 
 def wanted_hash(config: Config, requirements: Requirements) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,14 +88,15 @@ def run(
 class _splitter:
     """Collects a stream and hands complete lines to a callback."""
 
-    def __init__(self, callback: Callable[[str], Any] | None, sink: list[str]) -> None:
+    def __init__(self, callback: Callable[[str], Any] | None, sink: list[str] | None) -> None:
         self.callback = callback
         self.sink = sink
         self.pending = ""
 
     def __call__(self, chunk: str | bytes) -> None:
         text = chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
-        self.sink.append(text)
+        if self.sink is not None:
+            self.sink.append(text)
         if self.callback is None:
             return
         self.pending += text
@@ -144,3 +147,57 @@ def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:
         code: int = exc.exit_code
         return code
     return 0
+
+
+class Background:
+    """A command running in the background whose stdin stays open until `close`."""
+
+    def __init__(self, command: Any, feed: queue.Queue[bytes | None], err: list[str]) -> None:
+        self._command = command
+        self._feed = feed
+        self._err = err
+
+    def alive(self) -> bool:
+        return bool(self._command.is_alive())
+
+    @property
+    def code(self) -> int | None:
+        code: int | None = None if self.alive() else self._command.exit_code
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def close(self, timeout: float = 10) -> int | None:
+        """Close its stdin (the polite stop), then terminate it if it lingers."""
+        self._feed.put(None)
+        try:
+            self._command.wait(timeout=timeout)
+        except sh.TimeoutException:
+            self._command.terminate()
+            with contextlib.suppress(sh.TimeoutException):
+                self._command.wait(timeout=5)
+        except sh.ErrorReturnCode:
+            pass
+        return self.code
+
+
+def start(argv: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]) -> Background:
+    """Start argv in the background: feed it `stdin` (kept open) and hand its stdout lines over."""
+    feed: queue.Queue[bytes | None] = queue.Queue()
+    feed.put(stdin)
+    err: list[str] = []
+    command = _command(argv[0])(
+        *argv[1:],
+        _in=feed,
+        _out=_splitter(on_out, None),
+        _err=_splitter(None, err),
+        _out_bufsize=0,
+        _bg=True,
+        _bg_exc=False,
+        _tty_out=False,
+        _ok_code=_ALL_CODES,
+        _decode_errors="replace",
+    )
+    return Background(command, feed, err)

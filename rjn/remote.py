@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ def explain(host: str, stderr: str) -> ConnectionFailed:
     )
 
 
+@cache
 def agent_source() -> bytes:
     """The remote helper script, sent over stdin on each call (nothing to install remotely)."""
     return (resources.files("rjn") / "agent.py").read_bytes()
@@ -235,28 +236,18 @@ class Remote:
     ) -> dict[str, Any]:
         """Run one action of rjn's remote helper in one exec; return its JSON answer."""
         python = python or self.config.python
-        source = agent_source()
-        # The helper comes over stdin so the remote needs nothing installed; what stdin
-        # carries after it stays free for the helper to read.
-        boot = f"import sys;exec(compile(sys.stdin.buffer.read({len(source)}),'rjn-agent','exec'))"
         answer: dict[str, Any] = {}
 
-        def line(text: str) -> None:
-            try:
-                message = json.loads(text)
-            except ValueError:
-                message = {"log": text}  # a chatty login script; show it, don't choke on it
-            if not isinstance(message, dict):
-                return
+        def on_message(message: dict[str, Any]) -> None:
             if "log" in message and on_log:
                 on_log(str(message["log"]))
             answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
 
         result = self.run(
-            [python, "-c", boot, action, json.dumps(args)],
-            input=source,
+            _agent_command(python, action, args),
+            input=agent_source(),
             timeout=timeout,
-            on_out=line,
+            on_out=_messages(on_message),
         )
         if "error" in answer:
             error = answer["error"]
@@ -271,6 +262,21 @@ class Remote:
             )
         tail = " / ".join(result.err.strip().splitlines()[-5:])
         raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {result.code}): {tail}")
+
+    def agent_stream(
+        self,
+        action: str,
+        args: dict[str, Any],
+        *,
+        python: str,
+        on_message: Callable[[dict[str, Any]], Any],
+    ) -> proc.Background:
+        """Start a long-running helper action; its JSON messages go to `on_message`.
+
+        It stops when we close its stdin (or the connection drops).
+        """
+        argv = self.ssh_argv("-T", command=_agent_command(python, action, args))
+        return proc.start(argv, stdin=agent_source(), on_out=_messages(on_message))
 
     def forward(self, local_port: int, target: str) -> None:
         """Forward 127.0.0.1:local_port to `target` (a remote unix socket or host:port)."""
@@ -292,6 +298,28 @@ class Remote:
         """An interactive session (or a command with a terminal) over the master."""
         tty = "-t" if sys.stdin.isatty() else "-T"
         return proc.foreground(self.ssh_argv(tty, command=command))
+
+
+def _agent_command(python: str, action: str, args: dict[str, Any]) -> list[str]:
+    """The helper comes over stdin, so the remote needs nothing installed; whatever stdin
+    carries after the source stays free for the helper to read."""
+    size = len(agent_source())
+    boot = f"import sys;exec(compile(sys.stdin.buffer.read({size}),'rjn-agent','exec'))"
+    return [python, "-c", boot, action, json.dumps(args)]
+
+
+def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:
+    """Parse the helper's JSON lines; any other line (a chatty login script) becomes a log."""
+
+    def line(text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = {"log": text}
+        if isinstance(message, dict):
+            handler(message)
+
+    return line
 
 
 def _ssh_quote(value: str) -> str:

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class ProjectState:
     app: str = "lab"
     env_hash: str | None = None
     sources_hash: str | None = None
-    pulled: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def url(self) -> str | None:

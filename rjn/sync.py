@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rjn import proc
+from rjn import proc, state
 from rjn.config import DEFAULT_EXCLUDES, Config
 from rjn.errors import RemoteError
 from rjn.remote import Remote
@@ -52,14 +58,20 @@ def push(
     return _rsync(remote, argv, progress)
 
 
-def _rsync(remote: Remote, argv: list[str], progress: Progress | None) -> Transfer:
+def _rsync(
+    remote: Remote,
+    argv: list[str],
+    progress: Progress | None,
+    input: str | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> Transfer:
     def on_line(line: str) -> None:
         match = _PERCENT.search(f" {line} ")
         if match and progress:
             progress(int(match.group(1)))
 
-    result = proc.run(argv, on_out=on_line)
-    if result.code != 0:
+    result = proc.run(argv, on_out=on_line, input=input)
+    if result.code not in ok_codes:
         raise _rsync_error(remote, result)
     files = _FILES.search(result.out)
     size = _BYTES.search(result.out)
@@ -86,3 +98,107 @@ def _rsync_error(remote: Remote, result: proc.Completed) -> RemoteError:
         (ln for ln in lines if not ln.startswith("rsync error")), lines[-1] if lines else ""
     )
     return RemoteError(f"{remote.host}: rsync failed (exit {result.code}): {detail}")
+
+
+# -- pulling results home ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """One file that came home: where it went, and whether it was kept beside a local edit."""
+
+    path: str
+    size: int
+    conflict_copy: str | None = None
+
+
+def _index_path(config: Config) -> Path:
+    return state.state_dir() / "projects" / f"{state.project_key(config.root)}.pulled.json"
+
+
+def _load_index(config: Config) -> dict[str, dict[str, list[int]]]:
+    try:
+        data = json.loads(_index_path(config).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _stamp(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_mtime_ns, info.st_size]
+
+
+def pull(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    files: list[str] | None = None,
+    progress: Progress | None = None,
+) -> list[Pulled]:
+    """Bring results home: the given files, or everything in the results folders.
+
+    Files land in a staging folder first and are moved into place one by one, so a
+    local file is never half-written and never replaced if it was edited since the last
+    pull: the remote version is then kept beside it, under a new name.
+    """
+    root = config.root
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
+    try:
+        argv = [
+            "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
+            "--info=progress2", "--stats", "--no-inc-recursive",
+            # Unchanged files (same size and time as the local copy) are not fetched at all.
+            f"--compare-dest={root}",
+            "-e", remote.rsync_shell(),
+        ]  # fmt: skip
+        if files is None:
+            argv += [f"--include=/{f.strip('/')}/***" for f in config.sync.results]
+            argv += ["--exclude=*"]
+        else:
+            argv += ["--files-from=-"]
+        argv += [remote.rsync_target(f"{remote_dir}/"), f"{staging}/"]
+        listing = "".join(f"{f}\n" for f in files) if files is not None else None
+        # 23/24: a file vanished or changed while listed; the watcher reports it again.
+        _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24) if files else (0, 24))
+        return _place(config, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _place(config: Config, staging: Path) -> list[Pulled]:
+    index = _load_index(config)
+    placed = []
+    for staged in sorted(p for p in staging.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = staged.relative_to(staging).as_posix()
+        target = config.root / rel
+        remote_stamp = _stamp(staged)
+        record = index.get(rel, {})
+        edited = target.exists() and _stamp(target) != record.get("local")
+        if edited:
+            if record.get("remote") == remote_stamp:
+                continue  # this remote version is already kept beside the local edit
+            keep = _conflict_name(target)
+            os.replace(staged, keep)
+            record["remote"] = remote_stamp
+            placed.append(Pulled(rel, remote_stamp[1], keep.relative_to(config.root).as_posix()))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+            record = {"local": _stamp(target), "remote": remote_stamp}
+            placed.append(Pulled(rel, remote_stamp[1]))
+        index[rel] = record
+    if placed:
+        state.write_private(_index_path(config), json.dumps(index))
+    return placed
+
+
+def _conflict_name(target: Path) -> Path:
+    """`fig.png` -> `fig.remote-20261123-101500.png`: a new name, never an existing file."""
+    when = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        suffix = f".remote-{when}" + (f"-{n}" if n else "")
+        candidate = target.with_name(f"{target.stem}{suffix}{target.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise RemoteError(f"cannot find a free name beside {target}")

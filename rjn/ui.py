@@ -17,8 +17,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from rjn import state
-from rjn.app import Closed, Opened, Status
+from rjn.app import Closed, Opened, Status, Synced
 from rjn.errors import RjnError
+from rjn.sync import Pulled
+from rjn.watch import Ready
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -141,6 +143,36 @@ def show_closed(result: Closed) -> None:
         if flag
     ]
     err.print(f"{escape(result.project)}: {', '.join(done) or 'nothing was open'}")
+
+
+def show_ready(ready: Ready) -> None:
+    """The watcher is up: say how it watches, and why when it polls."""
+    how = "file events" if ready.mode == "events" else "polling"
+    why = f" ({ready.reason})" if ready.reason else ""
+    err.print(f"watching results by {how}{escape(why)}; Ctrl-C stops watching, the server stays up")
+
+
+def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
+    """One line per file that came home."""
+    took = f" [dim]{seconds:.2f}s[/]" if seconds is not None else ""
+    size = f"{pulled.size / 1024:.1f} kB"
+    if pulled.conflict_copy:
+        err.print(
+            f"[yellow]↓[/] {escape(pulled.path)} changed here too: kept yours, "
+            f"saved the remote one as {escape(pulled.conflict_copy)} ({size}){took}"
+        )
+    else:
+        err.print(f"[green]↓[/] {escape(pulled.path)} ({size}){took}")
+
+
+def show_synced(result: Synced) -> None:
+    """What `rjn sync` moved."""
+    if result.direction == "push":
+        err.print(f"{escape(result.project)}: pushed {result.pushed_files} changed file(s)")
+        return
+    for pulled in result.files:
+        show_pulled(pulled)
+    err.print(f"{escape(result.project)}: {len(result.files)} file(s) pulled")
 
 
 def open_browser(tokened_url: str) -> bool:

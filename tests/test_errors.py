@@ -25,7 +25,7 @@ def write_project(root: Path, toml: str) -> Path:
 
 
 def test_no_remote_toml(tmp_path: Path) -> None:
-    err = failed(run_rjn("open", "--no-browser", cwd=tmp_path), 2)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=tmp_path), 2)
     assert "no remote.toml" in err and "hint:" in err
 
 
@@ -44,14 +44,14 @@ def test_wrong_type_names_the_key(tmp_path: Path) -> None:
 
 def test_refused_connection_says_host_cause_and_hint(host: TestHost, tmp_path: Path) -> None:
     write_project(tmp_path / "p", host.remote_toml(tmp_path / "remote", "port = 1\n"))
-    err = failed(run_rjn("open", "--no-browser", cwd=tmp_path / "p"), 3)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=tmp_path / "p"), 3)
     assert "cannot connect to rjn-test: the connection was refused" in err
     assert "sshd runs on the host" in err
 
 
 def test_unresolvable_host(tmp_path: Path) -> None:
     write_project(tmp_path, '[remote]\nhost = "no-such-host.invalid"\nconnect_timeout = 5\n')
-    err = failed(run_rjn("open", "--no-browser", cwd=tmp_path), 3)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=tmp_path), 3)
     assert "no-such-host.invalid" in err and "does not resolve" in err
 
 
@@ -68,7 +68,7 @@ def _with_known_hosts(host: TestHost, tmp_path: Path, known: str) -> Path:
 
 def test_unknown_host_key_is_not_trusted(host: TestHost, tmp_path: Path) -> None:
     project = _with_known_hosts(host, tmp_path, "")
-    err = failed(run_rjn("open", "--no-browser", cwd=project), 3)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
     assert "the host key is not known" in err
 
 
@@ -78,7 +78,7 @@ def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
     )
     kind, key = (tmp_path / "other.pub").read_text().split()[:2]
     project = _with_known_hosts(host, tmp_path, f"[127.0.0.1]:{host.port} {kind} {key}\n")
-    err = failed(run_rjn("open", "--no-browser", cwd=project), 3)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
     assert "the host key changed" in err and "do not connect" in err
 
 
@@ -94,20 +94,20 @@ def test_wrong_key_is_an_auth_failure(host: TestHost, tmp_path: Path) -> None:
         host.ssh_config.read_text().replace(str(host.client_key), str(tmp_path / "stranger"))
     )
     write_project(tmp_path / "p", toml.replace(str(host.ssh_config), str(config)))
-    err = failed(run_rjn("open", "--no-browser", cwd=tmp_path / "p"), 3)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=tmp_path / "p"), 3)
     assert "authentication failed" in err
 
 
 def test_missing_remote_python(make_project: Callable[..., Path]) -> None:
     project = make_project("nopython", remote_extra='python = "/nonexistent/python3"\n')
-    err = failed(run_rjn("open", "--no-browser", cwd=project), 4)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 4)
     assert "the remote python '/nonexistent/python3' was not found" in err
 
 
 def test_install_failure_names_the_package(make_project: Callable[..., Path]) -> None:
     project = make_project("badpkg")
     (project / "train.py").write_text("import rjn_no_such_package_xyz\n")
-    err = failed(run_rjn("open", "--no-browser", cwd=project), 4)
+    err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 4)
     assert "installing the requirements failed" in err
     assert "rjn_no_such_package_xyz" in err or "rjn-no-such-package-xyz" in err
 
@@ -120,7 +120,7 @@ def test_port_in_use(make_project: Callable[..., Path]) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         project = make_project("busy", jupyter=f"local_port = {port}")
-        err = failed(run_rjn("open", "--no-browser", cwd=project), 1)
+        err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 1)
     assert f"local port {port} is in use" in err
     run_rjn("close", "--server", cwd=project)
 
@@ -130,7 +130,7 @@ def test_hostile_values_reach_the_remote_as_data(make_project, short_tmp: Path, 
     """Spaces, quotes, $() and ; in the remote dir: created literally, never run as shell."""
     project = make_project("hostile", remote_name=f"h {weird}")
     remote_dir = short_tmp / "remote" / f"h {weird}"
-    result = run_rjn("open", "--no-browser", cwd=project)
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
     assert result.returncode == 0, result.stderr
     assert (remote_dir / "helpers.py").exists()
     assert not list(Path("/").glob("PWNED*")) and not list(Path.home().glob("PWNED*"))

@@ -86,7 +86,7 @@ def project(make_project: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def first_open(project: Path) -> subprocess.CompletedProcess[str]:
-    return run_rjn("open", "--no-browser", cwd=project)
+    return run_rjn("open", "--no-browser", "--no-watch", cwd=project)
 
 
 def test_open_serves_jupyter_through_the_tunnel(first_open, project: Path) -> None:
@@ -139,7 +139,7 @@ def test_server_is_private(first_open, short_tmp: Path) -> None:
 
 def test_open_again_reuses_everything(first_open, project: Path) -> None:
     port, token = opened(first_open)
-    again = run_rjn("open", "--no-browser", cwd=project)
+    again = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
     assert opened(again) == (port, token)
     assert "reused: connection, environment, server" in again.stderr
     assert "Installing" not in again.stderr and "Starting" not in again.stderr
@@ -161,14 +161,14 @@ def test_push_never_overwrites_newer_remote_work(
     remote_nb.write_text('{"edited": "in the remote Jupyter"}')
     past = time.time() - 3600
     os.utime(project / "analysis.ipynb", (past, past))
-    result = run_rjn("open", "--no-browser", cwd=project)
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
     assert result.returncode == 0, result.stderr
     assert remote_nb.read_text() == '{"edited": "in the remote Jupyter"}'
 
 
 def test_changed_imports_update_the_environment(first_open, project: Path) -> None:
     (project / "model.py").write_text("import tomli_w\n")
-    result = run_rjn("open", "--no-browser", cwd=project)
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
     port, token = opened(result)
     assert "tomli_w" in (project / "requirements.txt").read_text()
     assert "Installing the environment" in result.stderr
@@ -181,7 +181,7 @@ def test_two_projects_at_once_then_close(
 ) -> None:
     port_a, token_a = opened(first_open)
     beta = make_project("beta")
-    port_b, token_b = opened(run_rjn("open", "--no-browser", cwd=beta))
+    port_b, token_b = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=beta))
     assert port_b != port_a
     assert api(port_a, "/api/status", token_a)[0] == 200
     assert api(port_b, "/api/status", token_b)[0] == 200

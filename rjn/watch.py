@@ -1,0 +1,89 @@
+"""Live results: a remote watcher streams finished files; each batch is pulled home at once."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rjn import server, sync
+from rjn.config import Config
+from rjn.errors import ConnectionFailed, RemoteError
+from rjn.remote import Remote
+
+# Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
+BATCH_WINDOW = 0.05
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The watcher is running: how it sees changes and why."""
+
+    mode: str
+    fs: str
+    reason: str
+
+
+def watch(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    on_ready: Callable[[Ready], Any],
+    on_pulled: Callable[[sync.Pulled, float], Any],
+    mode: str = "auto",
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Pull each finished result file until `stop()` is true or Ctrl-C; raise if the link drops."""
+    messages: queue.Queue[dict[str, Any]] = queue.Queue()
+    watcher = remote.agent_stream(
+        "watch",
+        {
+            "dir": remote_dir,
+            "results": list(config.sync.results),
+            "patterns": list(config.sync.patterns),
+            "mode": mode,
+        },
+        python=server.venv_python(remote_dir),
+        on_message=messages.put,
+    )
+    try:
+        while not stop():
+            try:
+                message = messages.get(timeout=0.2)
+            except queue.Empty:
+                if not watcher.alive():
+                    raise _lost(remote, watcher.stderr) from None
+                continue
+            if "ready" in message:
+                ready = message["ready"]
+                on_ready(Ready(ready["mode"], ready.get("fs", ""), ready.get("reason", "")))
+            elif "error" in message:
+                error = message["error"]
+                raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
+            elif "file" in message:
+                seen = time.monotonic()
+                batch = {message["file"]}
+                deadline = seen + BATCH_WINDOW
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        extra = messages.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if "file" in extra:
+                        batch.add(extra["file"])
+                for pulled in sync.pull(remote, config, remote_dir, files=sorted(batch)):
+                    on_pulled(pulled, time.monotonic() - seen)
+    finally:
+        watcher.close()
+
+
+def _lost(remote: Remote, stderr: str) -> Exception:
+    if not remote.master_alive():
+        return ConnectionFailed(
+            f"the connection to {remote.host} was lost while watching",
+            hint="run `rjn watch` (or `rjn open`) again once the network is back",
+        )
+    tail = " / ".join(stderr.strip().splitlines()[-3:])
+    return RemoteError(f"{remote.host}: the remote watcher stopped: {tail or 'no output'}")

@@ -1,0 +1,169 @@
+"""Results come home: the live watcher and `rjn sync`, on the real sshd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_rjn
+from test_open import execute, opened
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Watcher:
+    """`rjn watch` running in the background, its stderr collected line by line."""
+
+    def __init__(self, project: Path) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rjn", "watch"],
+            cwd=project,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(
+            lambda: any("watching results" in ln for ln in self.lines) or self.proc.poll(),
+            what="the watcher to start",
+        )
+        assert self.proc.poll() is None, self.lines
+
+    def _read(self) -> None:
+        assert self.proc.stderr
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+
+    def stop(self) -> int:
+        self.proc.send_signal(2)  # Ctrl-C
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Iterator[Path]:
+    root = make_project("gamma", sync="patterns = ['*.png', '*.svg', '*.dat']")
+    (root / "plots.py").write_text("import matplotlib\n")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+    yield root
+    run_rjn("close", "--server", cwd=root)
+
+
+@pytest.fixture(scope="module")
+def remote(project: Path, short_tmp: Path) -> Path:
+    return short_tmp / "remote" / "gamma"
+
+
+@pytest.fixture(scope="module")
+def watcher(project: Path) -> Iterator[Watcher]:
+    running = Watcher(project)
+    yield running
+    assert running.stop() == 0
+    assert any("stopped watching" in ln for ln in running.lines)
+
+
+def test_watcher_uses_file_events(watcher: Watcher) -> None:
+    assert any("watching results by file events" in ln for ln in watcher.lines)
+
+
+def test_a_plain_write_comes_home(watcher: Watcher, project: Path, remote: Path) -> None:
+    (remote / "results" / "sub").mkdir(parents=True, exist_ok=True)
+    (remote / "results" / "sub" / "plain.png").write_bytes(b"\x89PNG plain")
+    local = project / "results" / "sub" / "plain.png"
+    wait_for(local.exists, what="plain.png locally")
+    assert local.read_bytes() == b"\x89PNG plain"
+    wait_for(lambda: any("results/sub/plain.png" in ln for ln in watcher.lines), what="a line")
+
+
+def test_a_figure_saved_by_matplotlib_in_a_kernel_comes_home(watcher, project, first_url) -> None:
+    port, token = first_url
+    code = (
+        "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots(); ax.plot([1, 2, 3], [2, 1, 3])\n"
+        "fig.savefig('results/kernel.png'); fig.savefig('figures/kernel.svg'); print('saved')\n"
+    )
+    assert execute(port, token, code).strip() == "saved"
+    for name in ("results/kernel.png", "figures/kernel.svg"):
+        wait_for((project / name).exists, what=name)
+    assert (project / "results" / "kernel.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (project / "figures" / "kernel.svg").read_bytes()
+
+
+def test_a_half_written_file_is_never_pulled_half(watcher, project: Path, remote: Path) -> None:
+    local = project / "results" / "slow.dat"
+    with open(remote / "results" / "slow.dat", "wb") as handle:
+        handle.write(b"first half;")
+        handle.flush()
+        os.fsync(handle.fileno())
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert not local.exists(), "pulled before it was closed"
+            time.sleep(0.05)
+        handle.write(b"second half")
+    wait_for(local.exists, what="slow.dat after close")
+    assert local.read_bytes() == b"first half;second half"
+
+
+def test_a_file_renamed_into_place_comes_home(watcher, project: Path, remote: Path) -> None:
+    tmp = remote / "results" / ".tmp-atomic"
+    tmp.write_bytes(b"atomic")
+    os.replace(tmp, remote / "results" / "atomic.png")
+    wait_for((project / "results" / "atomic.png").exists, what="atomic.png")
+    assert (project / "results" / "atomic.png").read_bytes() == b"atomic"
+
+
+def test_a_local_edit_survives(watcher, project: Path, remote: Path) -> None:
+    (remote / "results" / "edit.png").write_bytes(b"v1")
+    local = project / "results" / "edit.png"
+    wait_for(local.exists, what="edit.png")
+    local.write_bytes(b"my local edit")
+    (remote / "results" / "edit.png").write_bytes(b"v2 from the remote")
+    wait_for(lambda: list(local.parent.glob("edit.remote-*.png")), what="the kept remote copy")
+    assert local.read_bytes() == b"my local edit"
+    [kept] = local.parent.glob("edit.remote-*.png")
+    assert kept.read_bytes() == b"v2 from the remote"
+    wait_for(lambda: any("kept yours" in ln for ln in watcher.lines), what="a conflict line")
+
+
+def test_sync_pulls_everything_then_nothing(project: Path, remote: Path) -> None:
+    (remote / "results" / "table.csv").write_text("a,b\n1,2\n")  # not a figure: sync takes it too
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (project / "results" / "table.csv").read_text() == "a,b\n1,2\n"
+    again = run_rjn("sync", "--json", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert '"files": []' in again.stdout
+    # The local edit from before is still there; sync never deletes local files.
+    assert (project / "results" / "edit.png").read_bytes() == b"my local edit"
+
+
+def test_polling_mode_for_filesystems_without_events(project: Path, remote: Path) -> None:
+    toml = project / "remote.toml"
+    original = toml.read_text()
+    toml.write_text(original.replace("[sync]\n", '[sync]\nwatch = "poll"\n'))
+    try:
+        running = Watcher(project)
+        assert any("by polling" in ln for ln in running.lines)
+        (remote / "results" / "polled.png").write_bytes(b"polled")
+        wait_for((project / "results" / "polled.png").exists, what="polled.png")
+        assert running.stop() == 0
+    finally:
+        toml.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def first_url(project: Path) -> tuple[int, str]:
+    return opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))

@@ -25,6 +25,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Open cold/warm times and figure latency (remote close -> local file), p50/p99."""
+    session.install("-e", ".")
+    session.run("python", "tests/bench.py")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff and mypy."""
     session.install("-e", ".[dev]")

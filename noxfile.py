@@ -24,6 +24,16 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
+@nox.session(python=False)
+def remote(session: nox.Session) -> None:
+    """Run a command on the remote, in the project's synced environment.
+
+    `nox -s remote -- pytest -q` runs the tests there (the default); any command works. Results
+    the command writes come home. Uses remote.toml, like every rjn command.
+    """
+    session.run("rjn", "run", "--", *(session.posargs or ["pytest", "-q"]), external=True)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Open cold/warm times and figure latency (remote close -> local file), p50/p99."""

@@ -601,6 +601,73 @@ def poll(folders, report, interval):
         previous = current
 
 
+# -- running commands --------------------------------------------------------------------
+
+
+def run(args):
+    """Run argv in the project with its environment; stream its output as JSON lines.
+
+    The command gets a process group of its own: when our stdin closes (Ctrl-C or a lost
+    connection on the other side) the whole group is interrupted, then terminated.
+    """
+    import threading
+
+    project = project_dir(args["dir"])
+    venv_bin = os.path.dirname(venv_python(project))
+    env = dict(os.environ, VIRTUAL_ENV=os.path.dirname(venv_bin), PYTHONUNBUFFERED="1")
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    argv = list(args["argv"])
+    if os.path.exists(os.path.join(venv_bin, argv[0])):
+        argv[0] = os.path.join(venv_bin, argv[0])
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise Fail(
+            "cannot run %s: %s" % (argv[0], exc.strerror),
+            "check the command; it runs in %s with the environment active" % project,
+        )
+    lock = threading.Lock()
+
+    def pump(stream, key):
+        for raw in iter(stream.readline, b""):
+            with lock:
+                emit(**{key: raw.decode(errors="replace").rstrip("\n")})
+
+    def until_stdin_closes():
+        sys.stdin.buffer.read()
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except OSError:
+                    break
+                deadline = time.monotonic() + wait
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if proc.poll() is not None:
+                    break
+
+    pumps = [
+        threading.Thread(target=pump, args=(proc.stdout, "out")),
+        threading.Thread(target=pump, args=(proc.stderr, "err")),
+    ]
+    for thread in pumps:
+        thread.start()
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    code = proc.wait()
+    for thread in pumps:
+        thread.join()
+    return {"exit": code if code >= 0 else 128 - code}
+
+
 # -- probing -----------------------------------------------------------------------------
 
 
@@ -621,7 +688,14 @@ def probe(args):
     }
 
 
-ACTIONS = {"probe": probe, "env": ensure_env, "start": start, "stop": stop, "watch": watch}
+ACTIONS = {
+    "probe": probe,
+    "env": ensure_env,
+    "start": start,
+    "stop": stop,
+    "watch": watch,
+    "run": run,
+}
 
 
 def main(argv):

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from rjn import env, requirements, server, state, sync, tunnel, watch
 from rjn.config import Config
-from rjn.errors import RjnError
+from rjn.errors import RemoteError, RjnError
 from rjn.remote import Remote
 from rjn.requirements import Requirements
 
@@ -75,30 +75,51 @@ def write_requirements(config: Config, previous: state.ProjectState | None) -> R
     return requirements.write(config)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A project made ready on the remote: connected, pushed, its environment current."""
+
+    remote: Remote
+    remote_dir: str
+    probe: dict[str, Any]
+    requirements: Requirements
+    env_hash: str
+    logged_in: bool
+    pushed_files: int
+    env_installed: bool
+
+
+def prepare(config: Config, report: Reporter, previous: state.ProjectState | None) -> Prepared:
+    """Write requirements, connect, probe (one exec), push, and install only what changed."""
+    remote = make_remote(config)
+    with report.step("Writing requirements"):
+        reqs = write_requirements(config, previous)
+    wanted = env.wanted_hash(config, reqs)
+    with report.step(f"Connecting to {remote.host}"):
+        logged_in = remote.connect()
+    with report.step("Checking the remote"):
+        info = remote.agent("probe", {"dir": config.remote_dir, "env_hash": wanted}, timeout=60)
+    remote_dir: str = info["dir"]
+    with report.step(f"Syncing to {remote.host}:{remote_dir}"):
+        pushed = sync.push(remote, config, remote_dir, report.progress)
+    if not info["env_current"]:
+        with report.step("Installing the environment"):
+            env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
+    return Prepared(
+        remote, remote_dir, info, reqs, wanted, logged_in, pushed.files, not info["env_current"]
+    )
+
+
 def open_project(config: Config, report: Reporter) -> Opened:
     """Connect, write requirements, push, install, start Jupyter, tunnel it; reuse what lives."""
     root = config.root
     with state.locked(root):
         previous = state.load(root)
-        remote = make_remote(config)
-        with report.step("Writing requirements"):
-            reqs = write_requirements(config, previous)
-        wanted = env.wanted_hash(config, reqs)
-        with report.step(f"Connecting to {remote.host}"):
-            logged_in = remote.connect()
-        with report.step("Checking the remote"):
-            info = remote.agent("probe", {"dir": config.remote_dir, "env_hash": wanted}, timeout=60)
-        remote_dir: str = info["dir"]
+        ready = prepare(config, report, previous)
+        remote, remote_dir, reqs = ready.remote, ready.remote_dir, ready.requirements
         notes = []
-        with report.step(f"Syncing to {remote.host}:{remote_dir}"):
-            pushed = sync.push(remote, config, remote_dir, report.progress)
-        env_installed = False
-        if not info["env_current"]:
-            with report.step("Installing the environment"):
-                env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
-            env_installed = True
-        live = server.Server.from_record(info["server"])
-        if live and env_installed:
+        live = server.Server.from_record(ready.probe["server"])
+        if live and ready.env_installed:
             notes.append("the environment changed: restart running kernels to use it")
         if live is None:
             with report.step(f"Starting Jupyter {config.jupyter.app}"):
@@ -121,7 +142,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             token=live.token,
             server_pid=live.pid,
             app=live.app,
-            env_hash=wanted,
+            env_hash=ready.env_hash,
             sources_hash=requirements.sources_fingerprint(root),
         )
         state.save(record)
@@ -132,9 +153,9 @@ def open_project(config: Config, report: Reporter) -> Opened:
         port=port,
         url=record.url or "",
         tokened_url=record.tokened_url() or "",
-        logged_in=logged_in,
-        pushed_files=pushed.files,
-        env_installed=env_installed,
+        logged_in=ready.logged_in,
+        pushed_files=ready.pushed_files,
+        env_installed=ready.env_installed,
         server_started=live.started,
         requirements=reqs.lines,
         requirements_generated=reqs.generated,
@@ -308,3 +329,99 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
     with report.step(f"Pulling results from {remote.host}"):
         pulled = sync.pull(remote, config, remote_dir, None, report.progress)
     return Synced(config.name, "pull", files=tuple(pulled))
+
+
+@dataclass(frozen=True)
+class Ran:
+    """How a remote run ended, and the results it brought home."""
+
+    project: str
+    exit_code: int
+    pulled: tuple[sync.Pulled, ...] = ()
+
+
+def run(
+    config: Config,
+    command: list[str],
+    report: Reporter,
+    on_output: Callable[[str, str], Any],
+) -> Ran:
+    """Push, ensure the environment, run `command` in the remote project with output streamed
+    live as (stream, line), then pull the results. Ctrl-C interrupts the remote command."""
+    root = config.root
+    with state.locked(root):
+        previous = state.load(root)
+        ready = prepare(config, report, previous)
+        if previous is None:
+            state.save(
+                state.ProjectState(
+                    root=str(root),
+                    host=ready.remote.host,
+                    control_path=str(ready.remote.control_path),
+                    remote_dir=ready.remote_dir,
+                    env_hash=ready.env_hash,
+                )
+            )
+    code = stream_run(ready.remote, ready.remote_dir, command, on_output)
+    with report.step(f"Pulling results from {ready.remote.host}"):
+        pulled = sync.pull(ready.remote, config, ready.remote_dir, None, report.progress)
+    return Ran(config.name, code, tuple(pulled))
+
+
+def stream_run(
+    remote: Remote, remote_dir: str, command: list[str], on_output: Callable[[str, str], Any]
+) -> int:
+    """Run one command remotely through the helper; return its exit code (130 on Ctrl-C)."""
+    import queue
+
+    messages: queue.Queue[dict[str, Any]] = queue.Queue()
+    running = remote.agent_stream(
+        "run", {"dir": remote_dir, "argv": command}, python=server.venv_python(remote_dir),
+        on_message=messages.put,
+    )  # fmt: skip
+    interrupted = False
+    try:
+        while True:
+            try:
+                message = messages.get(timeout=0.2)
+            except queue.Empty:
+                if not running.alive() and messages.empty():
+                    if interrupted:
+                        return 130
+                    raise RjnError(
+                        f"the connection to {remote.host} was lost during the run",
+                        hint="`rjn run --detach` keeps long runs going without a connection",
+                    ) from None
+                continue
+            except KeyboardInterrupt:
+                # Closing the helper's stdin interrupts the remote command's whole group.
+                interrupted = True
+                running.close(timeout=15)
+                continue
+            if "out" in message or "err" in message:
+                stream = "out" if "out" in message else "err"
+                on_output(stream, message[stream])
+            elif "error" in message:
+                error = message["error"]
+                raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
+            elif "ok" in message:
+                code: int = message["ok"]["exit"]
+                return 130 if interrupted else code
+    finally:
+        running.close()
+
+
+def notebook_command(config: Config, notebook: str) -> list[str]:
+    """nbconvert argv that executes a notebook into a copy in the first results folder."""
+    path = (config.root / notebook).resolve()
+    if not path.is_relative_to(config.root) or path.suffix != ".ipynb" or not path.is_file():
+        raise RjnError(
+            f"{notebook}: not a notebook in this project",
+            hint="give a path to an .ipynb file inside the project folder",
+        )
+    rel = path.relative_to(config.root).as_posix()
+    out_dir = config.sync.results[0] if config.sync.results else "results"
+    return [
+        "jupyter", "nbconvert", "--to", "notebook", "--execute", rel,
+        "--output-dir", out_dir, "--output", f"{path.stem}.executed",
+    ]  # fmt: skip

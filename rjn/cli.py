@@ -188,6 +188,32 @@ def shell(
     raise typer.Exit(app.shell(_config(), command))
 
 
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The command, after --: rjn run -- python train.py")
+    ] = None,
+    notebook: Annotated[
+        str | None,
+        typer.Option("--notebook", help="Execute this notebook headless; the copy comes home."),
+    ] = None,
+) -> None:
+    """Run a command (or a notebook) in the remote project with its environment, output live,
+    then pull the results home. Exits with the command's exit code; Ctrl-C stops it remotely."""
+    project = _config()
+    argv = list(command or [])
+    if notebook:
+        if argv:
+            raise RjnError("give either a command or --notebook, not both")
+        argv = app.notebook_command(project, notebook)
+    if not argv:
+        raise RjnError("nothing to run", hint="rjn run -- python train.py")
+    result = app.run(project, argv, ui.Steps(), ui.print_output)
+    for pulled in result.pulled:
+        ui.show_pulled(pulled)
+    raise typer.Exit(result.exit_code)
+
+
 def main() -> None:
     """Entry point for the `rjn` console script."""
     cli()

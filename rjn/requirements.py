@@ -112,7 +112,12 @@ def notebook_code(text: str) -> str:
         lines = source.splitlines() if isinstance(source, str) else "".join(source).splitlines()
         if lines and lines[0].lstrip().startswith("%%"):
             continue  # a cell magic: the body is not Python (or not ours to read)
-        kept.extend(ln for ln in lines if not ln.lstrip().startswith(("%", "!", "?")))
+        for line in lines:
+            stripped = line.lstrip()
+            if stripped.startswith("%matplotlib"):
+                kept.append("import matplotlib")  # the magic needs matplotlib installed
+            elif not stripped.startswith(("%", "!", "?")):
+                kept.append(line)
         kept.append("")
     return "\n".join(kept)
 

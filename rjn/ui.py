@@ -175,6 +175,13 @@ def show_synced(result: Synced) -> None:
     err.print(f"{escape(result.project)}: {len(result.files)} file(s) pulled")
 
 
+def print_output(stream: str, line: str) -> None:
+    """A line of a remote command's output, as it printed it."""
+    target = sys.stdout if stream == "out" else sys.stderr
+    target.write(line + "\n")
+    target.flush()
+
+
 def open_browser(tokened_url: str) -> bool:
     """Open the browser through a private redirect file, so the token is in no process's argv."""
     page = state.state_dir() / "open.html"

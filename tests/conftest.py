@@ -26,8 +26,8 @@ NOTEBOOK = {
             "execution_count": None,
             "outputs": [],
             "source": [
-                "%matplotlib inline\n",
-                "!pip list\n",
+                "%time x = 1\n",
+                "!echo shell\n",
                 "import yaml\n",
                 "from helpers import twice\n",
             ],

@@ -163,7 +163,7 @@ def test_notebook_code_drops_magics_and_shell_lines() -> None:
             "!pip install x\nimport pandas as pd",
         )
     )
-    assert requirements.imports_of(code) == {"numpy", "pandas"}
+    assert requirements.imports_of(code) == {"numpy", "pandas", "matplotlib"}
 
 
 def test_scan_maps_imports_and_skips_stdlib_local_and_broken(tmp_path: Path) -> None:

@@ -1,0 +1,77 @@
+"""`rjn run`: commands and notebooks on the remote environment, output live, results home."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import run_rjn
+from test_results import wait_for
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Path:
+    return make_project("delta")
+
+
+def test_exit_code_and_output_in_order(project: Path) -> None:
+    code = "import sys\nfor i in range(50): print(i)\nprint('oops', file=sys.stderr)\nsys.exit(3)"
+    result = run_rjn("run", "--", "python", "-c", code, cwd=project)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == [str(i) for i in range(50)]
+    assert "oops" in result.stderr
+
+
+def test_runs_in_the_project_with_its_environment(project: Path, short_tmp: Path) -> None:
+    code = "import os, sys, yaml; print(os.getcwd()); print(sys.prefix)"
+    result = run_rjn("run", "--", "python", "-c", code, cwd=project)
+    assert result.returncode == 0, result.stderr
+    cwd, prefix = result.stdout.splitlines()
+    assert cwd == str(short_tmp / "remote" / "delta")
+    assert prefix == str(short_tmp / "remote" / "delta" / ".rjn" / "venv")
+
+
+def test_figures_made_by_a_run_come_home(project: Path) -> None:
+    code = "import os; os.makedirs('results', exist_ok=True); open('results/run.png','wb').write(b'png')"
+    result = run_rjn("run", "--", "python", "-c", code, cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (project / "results" / "run.png").read_bytes() == b"png"
+    assert "results/run.png" in result.stderr
+
+
+def test_a_notebook_runs_headless_and_its_executed_copy_comes_home(project: Path) -> None:
+    result = run_rjn("run", "--notebook", "analysis.ipynb", cwd=project)
+    assert result.returncode == 0, result.stderr
+    executed = json.loads((project / "results" / "analysis.executed.ipynb").read_text())
+    code_cells = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    assert code_cells[0]["execution_count"] == 1
+
+
+def test_a_missing_command_is_a_clear_error(project: Path) -> None:
+    result = run_rjn("run", "--", "no-such-command-xyz", cwd=project)
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    assert "cannot run no-such-command-xyz" in result.stderr
+
+
+def test_ctrl_c_stops_the_remote_command(project: Path, short_tmp: Path) -> None:
+    marker = f"sleeper-{time.time_ns()}"
+    code = f"import time, pathlib; pathlib.Path('{marker}').touch(); time.sleep(300)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rjn", "run", "--", "python", "-c", code],
+        cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for((short_tmp / "remote" / "delta" / marker).exists, timeout=120, what="the run")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+
+    def gone() -> bool:
+        ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+        return marker not in ps
+
+    wait_for(gone, timeout=20, what="the remote command to stop")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sshd import TestHost  # noqa: E402
+from sshd import TestHost
 
 FILES = 50
 
@@ -48,8 +48,13 @@ def main() -> None:
         print(f"open, cold (login, install, start Jupyter): {cold:6.2f} s")
         print(f"open, warm (all reused), median of 5:       {statistics.median(warm):6.2f} s")
 
-        watcher = subprocess.Popen([sys.executable, "-m", "rjn", "watch"], cwd=project,
-                                   stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "rjn", "watch"],
+            cwd=project,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert watcher.stderr
         while "watching results" not in watcher.stderr.readline():
             pass

@@ -38,7 +38,7 @@ def test_runs_in_the_project_with_its_environment(project: Path, short_tmp: Path
 
 
 def test_figures_made_by_a_run_come_home(project: Path) -> None:
-    code = "import os; os.makedirs('results', exist_ok=True); open('results/run.png','wb').write(b'png')"
+    code = "import os; os.makedirs('results', exist_ok=True)\nopen('results/run.png','wb').write(b'png')"
     result = run_rjn("run", "--", "python", "-c", code, cwd=project)
     assert result.returncode == 0, result.stderr
     assert (project / "results" / "run.png").read_bytes() == b"png"

@@ -619,6 +619,8 @@ def run(args):
     argv = list(args["argv"])
     if os.path.exists(os.path.join(venv_bin, argv[0])):
         argv[0] = os.path.join(venv_bin, argv[0])
+    if args.get("detach"):
+        return detach(project, argv, env)
     try:
         proc = subprocess.Popen(
             argv,
@@ -668,6 +670,96 @@ def run(args):
     return {"exit": code if code >= 0 else 128 - code}
 
 
+# A detached run's supervisor: runs the command with output to the log, then records its exit code.
+SUPERVISOR = """
+import json, subprocess, sys
+a = json.loads(sys.argv[1])
+with open(a["log"], "ab") as out:
+    try:
+        code = subprocess.call(a["argv"], cwd=a["cwd"], stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=subprocess.STDOUT)
+    except OSError as exc:
+        out.write(("cannot run %s: %s\\n" % (a["argv"][0], exc.strerror)).encode())
+        code = 127
+with open(a["exit"] + ".tmp", "w") as done:
+    done.write(str(code))
+import os
+os.replace(a["exit"] + ".tmp", a["exit"])
+"""
+
+
+def detach(project, argv, env):
+    """Start argv in a session of its own that outlives the connection; output to a log."""
+    runs = private(os.path.join(project, RJN_DIR, "runs"))
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    spec = {
+        "argv": argv,
+        "cwd": project,
+        "log": os.path.join(runs, run_id + ".log"),
+        "exit": os.path.join(runs, run_id + ".exit"),
+    }
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISOR, json.dumps(spec)],
+            cwd=project,
+            env=env,
+            stdin=devnull,
+            stdout=devnull,
+            stderr=devnull,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return {"run": run_id, "pid": proc.pid, "log": spec["log"]}
+
+
+def logs(args):
+    """Stream a run's log as {"out": line}; with follow, until the run ends or stdin closes."""
+    import threading
+
+    project = project_dir(args["dir"])
+    runs = os.path.join(project, RJN_DIR, "runs")
+    names = (
+        sorted(n[:-4] for n in os.listdir(runs) if n.endswith(".log"))
+        if os.path.isdir(runs)
+        else []
+    )
+    run_id = args.get("run") or (names[-1] if names else None)
+    if run_id not in names:
+        raise Fail(
+            "no run %s" % run_id if run_id else "no detached runs yet",
+            "start one with `rjn run --detach -- CMD`",
+        )
+    log_path, exit_path = (os.path.join(runs, run_id + ext) for ext in (".log", ".exit"))
+    if args.get("follow"):
+
+        def until_stdin_closes():
+            sys.stdin.buffer.read()
+            os._exit(0)
+
+        threading.Thread(target=until_stdin_closes, daemon=True).start()
+    with open(log_path, "rb") as log_file:
+        pending = b""
+        while True:
+            finished = os.path.exists(exit_path)
+            chunk = log_file.read()
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                emit(out=line.decode(errors="replace"))
+            if chunk:
+                continue
+            if finished or not args.get("follow"):
+                break
+            time.sleep(0.2)
+        if pending:
+            emit(out=pending.decode(errors="replace"))
+    code = None
+    if os.path.exists(exit_path):
+        with open(exit_path) as handle:
+            code = int(handle.read().strip() or 0)
+    return {"run": run_id, "exit": code}
+
+
 # -- probing -----------------------------------------------------------------------------
 
 
@@ -695,6 +787,7 @@ ACTIONS = {
     "stop": stop,
     "watch": watch,
     "run": run,
+    "logs": logs,
 }
 
 

@@ -316,10 +316,7 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
     remote = make_remote(config)
     with report.step(f"Connecting to {remote.host}"):
         remote.connect()
-    saved = state.load(config.root)
-    remote_dir = saved.remote_dir if saved and saved.remote_dir else None
-    if remote_dir is None:
-        remote_dir = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
+    remote_dir = _remote_dir(config, remote)
     if push:
         with report.step("Writing requirements"):
             requirements.write(config)
@@ -338,6 +335,7 @@ class Ran:
     project: str
     exit_code: int
     pulled: tuple[sync.Pulled, ...] = ()
+    run_id: str | None = None
 
 
 def run(
@@ -345,6 +343,7 @@ def run(
     command: list[str],
     report: Reporter,
     on_output: Callable[[str, str], Any],
+    detach: bool = False,
 ) -> Ran:
     """Push, ensure the environment, run `command` in the remote project with output streamed
     live as (stream, line), then pull the results. Ctrl-C interrupts the remote command."""
@@ -362,21 +361,34 @@ def run(
                     env_hash=ready.env_hash,
                 )
             )
-    code = stream_run(ready.remote, ready.remote_dir, command, on_output)
+    if detach:
+        started = ready.remote.agent(
+            "run",
+            {"dir": ready.remote_dir, "argv": command, "detach": True},
+            python=server.venv_python(ready.remote_dir),
+            timeout=60,
+        )
+        return Ran(config.name, 0, run_id=started["run"])
+    code = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command}, on_output)
     with report.step(f"Pulling results from {ready.remote.host}"):
         pulled = sync.pull(ready.remote, config, ready.remote_dir, None, report.progress)
     return Ran(config.name, code, tuple(pulled))
 
 
 def stream_run(
-    remote: Remote, remote_dir: str, command: list[str], on_output: Callable[[str, str], Any]
+    remote: Remote,
+    remote_dir: str,
+    action: str,
+    args: dict[str, Any],
+    on_output: Callable[[str, str], Any],
 ) -> int:
-    """Run one command remotely through the helper; return its exit code (130 on Ctrl-C)."""
+    """Stream a helper action's output (a run, or a run's log); return the exit code
+    (130 on Ctrl-C, which also interrupts a run)."""
     import queue
 
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
     running = remote.agent_stream(
-        "run", {"dir": remote_dir, "argv": command}, python=server.venv_python(remote_dir),
+        action, {"dir": remote_dir, **args}, python=server.venv_python(remote_dir),
         on_message=messages.put,
     )  # fmt: skip
     interrupted = False
@@ -405,8 +417,8 @@ def stream_run(
                 error = message["error"]
                 raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
             elif "ok" in message:
-                code: int = message["ok"]["exit"]
-                return 130 if interrupted else code
+                code: int | None = message["ok"]["exit"]
+                return 130 if interrupted else (code or 0)
     finally:
         running.close()
 
@@ -425,3 +437,22 @@ def notebook_command(config: Config, notebook: str) -> list[str]:
         "jupyter", "nbconvert", "--to", "notebook", "--execute", rel,
         "--output-dir", out_dir, "--output", f"{path.stem}.executed",
     ]  # fmt: skip
+
+
+def logs(
+    config: Config, run_id: str | None, follow: bool, on_output: Callable[[str, str], Any]
+) -> int:
+    """Show a detached run's output (the latest by default); with follow, until it ends."""
+    remote = make_remote(config)
+    remote.connect()
+    args = {"run": run_id, "follow": follow}
+    return stream_run(remote, _remote_dir(config, remote), "logs", args, on_output)
+
+
+def _remote_dir(config: Config, remote: Remote) -> str:
+    """The absolute remote project dir: remembered, else asked of the remote (one exec)."""
+    saved = state.load(config.root)
+    if saved and saved.remote_dir:
+        return saved.remote_dir
+    answer: str = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
+    return answer

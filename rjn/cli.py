@@ -197,6 +197,9 @@ def run(
         str | None,
         typer.Option("--notebook", help="Execute this notebook headless; the copy comes home."),
     ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Keep running without the connection; see rjn logs.")
+    ] = False,
 ) -> None:
     """Run a command (or a notebook) in the remote project with its environment, output live,
     then pull the results home. Exits with the command's exit code; Ctrl-C stops it remotely."""
@@ -208,10 +211,21 @@ def run(
         argv = app.notebook_command(project, notebook)
     if not argv:
         raise RjnError("nothing to run", hint="rjn run -- python train.py")
-    result = app.run(project, argv, ui.Steps(), ui.print_output)
+    result = app.run(project, argv, ui.Steps(), ui.print_output, detach=detach)
+    if result.run_id:
+        ui.err.print(f"started run {result.run_id}; follow it with `rjn logs -f`")
     for pulled in result.pulled:
         ui.show_pulled(pulled)
     raise typer.Exit(result.exit_code)
+
+
+@command()
+def logs(
+    run_id: Annotated[str | None, typer.Argument(help="Which run (default: the latest).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
+) -> None:
+    """Show the output of a detached run; exits with its exit code once it has ended."""
+    raise typer.Exit(app.logs(_config(), run_id, follow, ui.print_output))
 
 
 def main() -> None:

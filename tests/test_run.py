@@ -38,10 +38,12 @@ def test_runs_in_the_project_with_its_environment(project: Path, short_tmp: Path
 
 
 def test_figures_made_by_a_run_come_home(project: Path) -> None:
-    code = "import os; os.makedirs('results', exist_ok=True)\nopen('results/run.png','wb').write(b'png')"
+    code = (
+        "import os\nos.makedirs('results', exist_ok=True)\nopen('results/run.png','wb').write(b'p')"
+    )
     result = run_rjn("run", "--", "python", "-c", code, cwd=project)
     assert result.returncode == 0, result.stderr
-    assert (project / "results" / "run.png").read_bytes() == b"png"
+    assert (project / "results" / "run.png").read_bytes() == b"p"
     assert "results/run.png" in result.stderr
 
 
@@ -75,3 +77,19 @@ def test_ctrl_c_stops_the_remote_command(project: Path, short_tmp: Path) -> None
         return marker not in ps
 
     wait_for(gone, timeout=20, what="the remote command to stop")
+
+
+def test_a_detached_run_outlives_the_connection_and_logs_follow_it(project: Path) -> None:
+    code = (
+        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.5)\n"
+        "raise SystemExit(7)"
+    )
+    started = run_rjn("run", "--detach", "--", "python", "-c", code, cwd=project)
+    assert started.returncode == 0, started.stderr
+    assert "rjn logs -f" in started.stderr
+    # Drop the connection: the run goes on without it.
+    closed = run_rjn("close", "--server", cwd=project)
+    assert closed.returncode == 0, closed.stderr
+    followed = run_rjn("logs", "--follow", cwd=project)
+    assert followed.stdout.splitlines() == ["step 0", "step 1", "step 2"]
+    assert followed.returncode == 7

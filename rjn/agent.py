@@ -183,7 +183,7 @@ def start(args):
             "--ServerApp.port=%d" % record["port"],
             "--ServerApp.port_retries=0",
         ]
-    idle = int(args.get("idle_timeout", 0)) * 60
+    idle = int(float(args.get("idle_timeout", 0)) * 60)
     if idle:
         argv += [
             "--ServerApp.shutdown_no_activity_timeout=%d" % idle,

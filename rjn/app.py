@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Protocol
 
 from rjn import env, requirements, server, state, sync, tunnel, watch
 from rjn.config import Config
-from rjn.errors import RemoteError, RjnError
+from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.remote import Remote
 from rjn.requirements import Requirements
 
@@ -128,7 +129,8 @@ def open_project(config: Config, report: Reporter) -> Opened:
             port = tunnel.ensure(
                 remote,
                 config,
-                live,
+                live.target,
+                live.token,
                 previous.local_port if previous else None,
                 previous.forward_target if previous else None,
             )
@@ -286,19 +288,77 @@ def shell(config: Config, command: list[str] | None) -> int:
     return code
 
 
+# Waits between reconnection attempts, in seconds; the last one repeats.
+BACKOFF = (1, 2, 4, 8, 15, 30)
+# A wall clock that ran this much further than the monotonic one means the laptop slept.
+CLOCK_JUMP = 20.0
+
+
 def watch_results(
     config: Config,
     on_ready: Callable[[watch.Ready], Any],
     on_pulled: Callable[[sync.Pulled, float], Any],
+    on_link: Callable[[str], Any] = lambda message: None,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Pull each new or changed result file as soon as it is complete, until Ctrl-C."""
+    """Pull each new or changed result file as soon as it is complete, until Ctrl-C.
+
+    A dropped link (the master dies, ServerAlive gives up, the laptop slept) is repaired
+    with backoff: the master is re-established and the tunnel comes back on the same local
+    port, so an open browser tab works again. The remote server is left as it is.
+    """
     saved = state.load(config.root)
     if saved is None or not saved.remote_dir:
         raise RjnError(f"{config.name} is not open", hint="run `rjn open` first")
     remote = make_remote(config)
-    remote.connect()
-    watch.watch(remote, config, saved.remote_dir, on_ready, on_pulled, config.sync.watch, stop)
+    failures = 0
+    while not stop():
+        try:
+            remote.connect()
+            reconnected = failures > 0
+            if reconnected:
+                on_link(f"reconnected to {remote.host}")
+            if saved.local_port and saved.forward_target and saved.token:
+                port = tunnel.ensure(
+                    remote, config, saved.forward_target, saved.token,
+                    saved.local_port, saved.forward_target,
+                )  # fmt: skip
+                if port != saved.local_port:
+                    on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
+                    saved.local_port = port
+                    with state.locked(config.root):
+                        state.save(saved)
+            failures = 0
+            watch.watch(
+                remote, config, saved.remote_dir, on_ready, on_pulled,
+                config.sync.watch, stop, health=_link_check(remote), catch_up=reconnected,
+            )  # fmt: skip
+            return
+        except ConnectionFailed as lost:
+            delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+            failures += 1
+            on_link(f"{lost.message}; reconnecting in {delay}s (Ctrl-C stops)")
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stop():
+                time.sleep(0.1)
+
+
+def _link_check(remote: Remote) -> Callable[[], None]:
+    """A health check for the watch loop: the master is up, and no sleep went unnoticed."""
+    last = [time.time(), time.monotonic()]
+
+    def check() -> None:
+        wall, mono = time.time(), time.monotonic()
+        slept = (wall - last[0]) - (mono - last[1]) > CLOCK_JUMP
+        last[:] = [wall, mono]
+        if not remote.master_alive():
+            raise ConnectionFailed(f"the connection to {remote.host} was lost")
+        if slept and not remote.responsive(timeout=10):
+            # After a sleep the TCP connection may be dead while ssh has not noticed yet.
+            remote.disconnect()
+            raise ConnectionFailed(f"the connection to {remote.host} did not survive the sleep")
+
+    return check
 
 
 @dataclass(frozen=True)

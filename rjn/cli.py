@@ -128,7 +128,7 @@ def open_(
 
 def _watch(project: config.Config) -> None:
     try:
-        app.watch_results(project, ui.show_ready, ui.show_pulled)
+        app.watch_results(project, ui.show_ready, ui.show_pulled, ui.show_link)
     except KeyboardInterrupt:
         ui.err.print("stopped watching; the server and tunnel stay up (`rjn close` stops them)")
 

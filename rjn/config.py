@@ -74,7 +74,7 @@ class JupyterConfig:
     app: Literal["lab", "notebook"] = "lab"
     listen: Literal["socket", "port"] = "socket"
     local_port: int | Literal["auto"] = "auto"
-    idle_timeout: int = 0
+    idle_timeout: float = 0
     packages: tuple[str, ...] = ()
     ready_timeout: int = 120
 
@@ -221,6 +221,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     # bool is an int in Python; TOML keeps them apart and so do we.
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     if hint in (str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
@@ -232,7 +234,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
     if origin is Literal:
         return " or ".join(map(repr, typing.get_args(hint)))
-    return {int: "an integer", str: "a string", bool: "true or false"}.get(hint, str(hint))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, str(hint))
 
 
 def _check(config: Config) -> None:

@@ -197,6 +197,13 @@ class Remote:
             raise explain(self.host, self.log_path.read_text(errors="replace"))
         return True
 
+    def responsive(self, timeout: float) -> bool:
+        """Whether the remote answers a no-op through the master within `timeout` seconds."""
+        try:
+            return proc.run(self.ssh_argv("-T", command=["true"]), timeout=timeout).ok
+        except RjnError:
+            return False
+
     def disconnect(self) -> None:
         """Stop the master (and every tunnel it carries)."""
         if self.master_alive():

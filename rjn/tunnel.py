@@ -12,7 +12,6 @@ from pathlib import Path
 from rjn.config import Config
 from rjn.errors import RjnError
 from rjn.remote import Remote
-from rjn.server import Server
 from rjn.waits import wait_until
 
 # The tunnel is on loopback: an HTTP proxy from the environment must not see it (or the token).
@@ -40,6 +39,8 @@ def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
 def is_free(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:port."""
     with socket.socket() as sock:
+        # As ssh binds: a port whose old connections linger in TIME_WAIT is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -80,19 +81,25 @@ def choose_port(config: Config, previous: int | None) -> int:
 def ensure(
     remote: Remote,
     config: Config,
-    server: Server,
+    target: str,
+    token: str,
     previous_port: int | None,
     previous_target: str | None,
 ) -> int:
-    """A working tunnel to `server`: the previous one if it answers, else a new forward."""
-    if previous_port and probe(previous_port, server.token) == 200:
+    """A working tunnel to the server at `target`: the previous one if it answers, else a new
+    forward, on the previous port when it is free (so an open browser tab keeps working)."""
+    if previous_port and probe(previous_port, token) == 200:
         return previous_port
     if previous_port and previous_target:
         remote.cancel_forward(previous_port, previous_target)
+    elif previous_port is None:
+        # State was lost: a forward of ours may still hold the stable port. Cancelling asks
+        # only our master, and no token is sent to whatever else may listen there.
+        remote.cancel_forward(stable_port(config.root), target)
     port = choose_port(config, previous_port)
-    remote.forward(port, server.target)
+    remote.forward(port, target)
     wait_until(
-        lambda: probe(port, server.token) == 200,
+        lambda: probe(port, token) == 200,
         timeout=15,
         what=f"the tunnel 127.0.0.1:{port} -> {remote.host} did not answer",
         hint=f"run `rjn status`; the master's log is {remote.log_path}",

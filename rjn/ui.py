@@ -165,6 +165,11 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
         err.print(f"[green]↓[/] {escape(pulled.path)} ({size}){took}")
 
 
+def show_link(message: str) -> None:
+    """A change in the link while watching (lost, reconnected)."""
+    err.print(f"[yellow]~[/] {escape(message)}")
+
+
 def show_synced(result: Synced) -> None:
     """What `rjn sync` moved."""
     if result.direction == "push":

@@ -15,6 +15,8 @@ from rjn.remote import Remote
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05
+# How often the link is checked while watching (a local check: no network round trip).
+HEALTH_INTERVAL = 3.0
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,15 @@ def watch(
     on_pulled: Callable[[sync.Pulled, float], Any],
     mode: str = "auto",
     stop: Callable[[], bool] = lambda: False,
+    health: Callable[[], None] = lambda: None,
+    catch_up: bool = False,
 ) -> None:
-    """Pull each finished result file until `stop()` is true or Ctrl-C; raise if the link drops."""
+    """Pull each finished result file until `stop()` is true or Ctrl-C.
+
+    `health` is called every few seconds and raises when the link is gone; so does a
+    watcher that dies with its connection. With `catch_up`, once watching, everything
+    that changed meanwhile (while the link was down) is pulled too.
+    """
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
     watcher = remote.agent_stream(
         "watch",
@@ -48,8 +57,12 @@ def watch(
         python=server.venv_python(remote_dir),
         on_message=messages.put,
     )
+    checked = time.monotonic()
     try:
         while not stop():
+            if time.monotonic() - checked > HEALTH_INTERVAL:
+                health()
+                checked = time.monotonic()
             try:
                 message = messages.get(timeout=0.2)
             except queue.Empty:
@@ -59,6 +72,10 @@ def watch(
             if "ready" in message:
                 ready = message["ready"]
                 on_ready(Ready(ready["mode"], ready.get("fs", ""), ready.get("reason", "")))
+                if catch_up:
+                    started = time.monotonic()
+                    for pulled in sync.pull(remote, config, remote_dir):
+                        on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
                 error = message["error"]
                 raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))

@@ -134,6 +134,12 @@ class TestHost:
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
+    def cut(self) -> None:
+        """Break the link for real: stop listening and drop every open connection."""
+        if self.proc and self.proc.poll() is None:
+            subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
+        self.stop()
+
     def remote_toml(self, remote_dir: Path, remote_extra: str = "", **extra_tables: str) -> str:
         """A remote.toml that reaches this host through its alias and client config."""
         text = (

@@ -1,0 +1,142 @@
+"""Faults: a dropped link while watching, status after faults and `open` repairing, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_rjn
+from sshd import TestHost
+from test_open import api, opened
+from test_results import Watcher, wait_for
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Iterator[Path]:
+    root = make_project("epsilon")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+    yield root
+    run_rjn("close", "--server", cwd=root)
+
+
+def status(project: Path) -> dict:
+    result = run_rjn("status", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:
+    control = Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn" / "%C"
+    argv = ["ssh", "-F", str(host.ssh_config), "-o", f"ControlPath={control}", "-O", "check"]
+    check = subprocess.run([*argv, "rjn-test"], capture_output=True, text=True)
+    match = re.search(r"pid=(\d+)", check.stderr)
+    assert match, check.stderr
+    return int(match.group(1))
+
+
+def remote_agents(remote_dir: Path, action: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    # The remote side only: on loopback the local ssh client's argv names the helper too.
+    return [ln for ln in ps.splitlines() if "rjn-agent" in ln and f" {action} " in ln
+            and str(remote_dir) in ln and "ssh" not in ln.split()[0]]  # fmt: skip
+
+
+def test_watch_reconnects_after_the_link_drops(project: Path, host: TestHost, short_tmp: Path):
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    remote = short_tmp / "remote" / "epsilon"
+    watcher = Watcher(project)
+    try:
+        host.cut()  # sshd gone and every connection dropped: the network path is down
+        wait_for(lambda: any("reconnecting" in ln for ln in watcher.lines), what="loss noticed")
+        assert api(port, "/api/status", token)[0] != 200
+        # Written while the link is down: comes home once it is back.
+        (remote / "results" / "during.png").write_bytes(b"during the drop")
+        time.sleep(2)  # a few failed attempts while the host is away
+        host.start()
+        wait_for(lambda: any("reconnected" in ln for ln in watcher.lines), timeout=60,
+                 what="reconnection")  # fmt: skip
+        # The same local port again: a browser tab left open works once the link is back.
+        wait_for(lambda: api(port, "/api/status", token)[0] == 200, what="the tunnel back")
+        wait_for(lambda: watcher.lines.count(watcher.lines[0]) == 2, what="watching again")
+        (remote / "results" / "after.png").write_bytes(b"after the drop")
+        wait_for((project / "results" / "after.png").exists, what="a file after reconnecting")
+        assert (project / "results" / "after.png").read_bytes() == b"after the drop"
+        assert (project / "results" / "during.png").read_bytes() == b"during the drop"
+        wait_for(lambda: len(remote_agents(remote, "watch")) == 1, what="one remote watcher")
+    finally:
+        watcher.stop()
+    wait_for(lambda: not remote_agents(remote, "watch"), what="the remote watcher to exit")
+
+
+def test_status_tells_the_truth_and_open_repairs(project: Path, host: TestHost, rjn_env) -> None:
+    port, _ = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+
+    # A dead server.
+    os.kill(status(project)["server_pid"], signal.SIGKILL)
+    wait_for(lambda: status(project)["server"] is False, what="status to see the dead server")
+    assert "not running" in status(project)["problems"][0]
+    repaired = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+    assert "Starting Jupyter" in repaired.stderr
+    port2, token2 = opened(repaired)
+    assert port2 == port and api(port, "/api/status", token2)[0] == 200
+
+    # A dead master (and the tunnel with it); the stale control socket stays behind.
+    os.kill(master_pid(host, rjn_env), signal.SIGKILL)
+    seen = status(project)
+    assert seen["master"] is False and seen["tunnel"] is False
+    assert "no SSH master" in seen["problems"][0]
+    assert opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project)) == (port, token2)
+    assert status(project)["tunnel"] is True
+
+    # A stale state file never blocks.
+    state_files = list(
+        (Path(rjn_env["XDG_STATE_HOME"]) / "rjn" / "projects").glob("epsilon-*.json")
+    )
+    state_files = [p for p in state_files if not p.name.endswith(".pulled.json")]
+    state_files[0].write_text("{not json")
+    assert status(project)["open"] is False
+    assert opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))[0] == port
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
+def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, short_tmp: Path):
+    remote = short_tmp / "remote" / "full"
+    remote.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(remote)], check=True)
+    try:
+        project = make_project("full")
+        big = os.urandom(2 * 1024 * 1024)
+        (project / "data" / "big.bin").write_bytes(big)
+        result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+        assert result.returncode == 4, result.stderr
+        assert "the disk is full" in result.stderr and "Traceback" not in result.stderr
+        assert (project / "data" / "big.bin").read_bytes() == big
+    finally:
+        subprocess.run(["umount", "-l", str(remote)], check=False)
+
+
+def test_an_idle_server_shuts_itself_down(make_project, short_tmp: Path) -> None:
+    """Jupyter checks for inactivity once a minute, so this takes about that long."""
+    project = make_project("idle", jupyter="idle_timeout = 0.05")  # minutes: 3 s
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    pid = status(project)["server_pid"]
+
+    def exited() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+
+    wait_for(exited, timeout=150, what="the idle server to stop")
+    log = (short_tmp / "remote" / "idle" / ".rjn" / "jupyter.log").read_text()
+    assert "No activity for" in log or "Shutting down" in log
+    assert status(project)["server"] is False
+    run_rjn("close", "--server", cwd=project)

@@ -115,7 +115,8 @@ def http_status(record, timeout=3.0):
             conn.settimeout(timeout)
             conn.connect(record["sock"])
         else:
-            conn = socket.create_connection(("127.0.0.1", record["port"]), timeout=timeout)
+            address = (record.get("addr", "127.0.0.1"), record["port"])
+            conn = socket.create_connection(address, timeout=timeout)
         with conn:
             conn.sendall(request)
             head = conn.recv(64).decode("latin-1")
@@ -144,6 +145,16 @@ def server_state(project):
         return {"alive": False}
     token = read_json(os.path.join(project, RJN_DIR, "token.json")) or {}
     record["token"] = token.get("token", "")
+    if record.get("job"):
+        queue = squeue(record["job"])
+        if queue is None:
+            record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
+            return record
+        record.update(job_info(queue))
+        alive = queue["state"] == "RUNNING" and "port" in record
+        record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING")
+        record["alive"] = alive and http_status(record) == 200
+        return record
     alive = pid_is_jupyter(record.get("pid", -1))
     status = http_status(record) if alive else None
     record["alive"] = status == 200
@@ -157,7 +168,12 @@ def start(args):
     if current["alive"]:
         current["started"] = False
         return current
-    if current.get("running"):
+    if current.get("running") and current.get("job"):
+        # Pending, or running but not answering: this job will not serve; start afresh.
+        subprocess.run(
+            ["scancel", str(current["job"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    elif current.get("running"):
         stop_pid(current["pid"])
     python = venv_python(project)
     jupyter = os.path.join(os.path.dirname(python), "jupyter")
@@ -171,6 +187,23 @@ def start(args):
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
     record = {"app": args.get("app", "lab"), "dir": project}
     argv = [jupyter, record["app"], "--no-browser", "--ServerApp.root_dir=" + project]
+    idle = int(float(args.get("idle_timeout", 0)) * 60)
+    if idle:
+        argv += [
+            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
+            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
+            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
+        ]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    env = dict(os.environ)
+    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
+    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+    if args.get("slurm") is not None:
+        return slurm_start(project, args, argv, folder, env)
+    # The token travels in the environment, never in argv, and Jupyter logs it masked.
+    env["JUPYTER_TOKEN"] = token
     if args.get("listen", "socket") == "socket":
         record["sock"] = socket_path(project)
         if os.path.exists(record["sock"]):
@@ -183,21 +216,6 @@ def start(args):
             "--ServerApp.port=%d" % record["port"],
             "--ServerApp.port_retries=0",
         ]
-    idle = int(float(args.get("idle_timeout", 0)) * 60)
-    if idle:
-        argv += [
-            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
-            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
-            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
-        ]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    env = dict(os.environ)
-    # The token travels in the environment, never in argv, and Jupyter logs it masked.
-    env["JUPYTER_TOKEN"] = token
-    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
-    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
-    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
     logfile = os.path.join(folder, "jupyter.log")
     with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
         # A session of its own and no tie to ssh's pipes: it outlives the connection.
@@ -284,7 +302,17 @@ def stop(args):
     project = project_dir(args["dir"])
     current = server_state(project)
     stopped = False
-    if current.get("running"):
+    if current.get("job"):
+        if current["alive"]:
+            shutdown(current)
+        if current.get("running"):
+            subprocess.run(
+                ["scancel", str(current["job"])],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            stopped = True
+    elif current.get("running"):
         pid = current["pid"]
         if current["alive"]:
             shutdown(current)
@@ -314,12 +342,191 @@ def shutdown(record):
             conn.settimeout(5)
             conn.connect(record["sock"])
         else:
-            conn = socket.create_connection(("127.0.0.1", record["port"]), timeout=5)
+            address = (record.get("addr", "127.0.0.1"), record["port"])
+            conn = socket.create_connection(address, timeout=5)
         with conn:
             conn.sendall(request)
             conn.recv(64)
     except OSError:
         pass
+
+
+# -- SLURM: Jupyter as a batch job on a compute node --------------------------------------
+
+# Runs on the compute node as the job's main process: picks the node's address and a free
+# port, records them, then becomes Jupyter (exec), so the scheduler tracks Jupyter itself.
+LAUNCHER = """
+import json, os, socket, sys
+project, job = sys.argv[1], os.environ.get("SLURM_JOB_ID", "0")
+rjn = os.path.join(project, ".rjn")
+with open(os.path.join(rjn, "token.json")) as handle:
+    token = json.load(handle)["token"]
+addr = socket.gethostbyname(socket.gethostname())
+with socket.socket() as probe:
+    probe.bind((addr, 0))
+    port = probe.getsockname()[1]
+record = {"addr": addr, "port": port, "node": socket.gethostname().split(".")[0]}
+tmp = os.path.join(rjn, "slurm-%s.json.tmp" % job)
+with open(tmp, "w") as handle:
+    json.dump(record, handle)
+os.replace(tmp, os.path.join(rjn, "slurm-%s.json" % job))
+argv = json.loads(sys.argv[2]) + ["--ServerApp.ip=" + addr, "--ServerApp.port=%d" % port,
+                                  "--ServerApp.port_retries=0"]
+env = dict(os.environ, JUPYTER_TOKEN=token)
+os.execve(argv[0], argv, env)
+"""
+
+
+def squeue(job):
+    """(state, node, reason, time left) of a job, or None once it left the queue."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", str(job), "-o", "%T|%N|%r|%L"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            universal_newlines=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if not out:
+        return None
+    state, node, reason, left = (out.splitlines()[0].split("|") + ["", "", "", ""])[:4]
+    return {"state": state, "node": node, "reason": reason, "left": left}
+
+
+def sacct_state(job):
+    """A finished job's final state, from accounting when it is there."""
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-j", str(job), "-o", "State"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            universal_newlines=True,
+            timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return "ENDED"
+    return out[0] if out else "ENDED"
+
+
+def slurm_script(project, args, jupyter_argv):
+    """The batch script: directives from [slurm], the setup lines, then Jupyter (exec)."""
+    import shlex
+
+    slurm = args["slurm"]
+    lines = [
+        "#!/bin/bash",
+        "#SBATCH --job-name=" + shlex.quote("rjn-" + os.path.basename(project)),
+        "#SBATCH --output=" + shlex.quote(os.path.join(project, RJN_DIR, "slurm-%j.log")),
+        "#SBATCH --ntasks=1",
+    ]
+    for key, flag in (
+        ("partition", "--partition"),
+        ("account", "--account"),
+        ("time", "--time"),
+        ("mem", "--mem"),
+        ("cpus", "--cpus-per-task"),
+        ("gpus", "--gpus"),
+    ):
+        if slurm.get(key) not in (None, ""):
+            lines.append("#SBATCH %s=%s" % (flag, shlex.quote(str(slurm[key]))))
+    lines += ["#SBATCH " + extra for extra in slurm.get("extra", [])]
+    lines += list(slurm.get("setup", []))
+    lines.append(
+        "exec %s -c %s %s %s"
+        % (
+            shlex.quote(venv_python(project)),
+            shlex.quote(LAUNCHER),
+            shlex.quote(project),
+            shlex.quote(json.dumps(jupyter_argv)),
+        )
+    )
+    return "\n".join(lines) + "\n"
+
+
+def slurm_start(project, args, argv, folder, env):
+    """Submit Jupyter as a job; wait for RUNNING (reporting the queue) and for it to answer."""
+    slurm = args["slurm"]
+    script = os.path.join(folder, "jupyter.sbatch")
+    write_private(script, slurm_script(project, args, argv))
+    try:
+        submitted = subprocess.run(
+            ["sbatch", "--parsable", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=60,
+            env=env,
+            cwd=project,
+        )
+    except OSError:
+        raise Fail(
+            "sbatch is not available on this host",
+            "point [remote] host at the cluster's login node, or remove [slurm]",
+        )
+    if submitted.returncode:
+        raise Fail(
+            "sbatch refused the job: " + submitted.stderr.strip(),
+            "check [slurm] partition, account and limits in remote.toml",
+        )
+    job = submitted.stdout.strip().split(";")[0]
+    partition = slurm.get("partition") or "the default partition"
+    record = {"app": args.get("app", "lab"), "dir": project, "job": job, "partition": partition}
+    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    job_log = os.path.join(folder, "slurm-%s.log" % job)
+    log("submitted job %s" % job)
+    queue_deadline = time.monotonic() + float(slurm.get("queue_timeout", 600))
+    ready_deadline = None
+    seen = None
+    while True:
+        queue = squeue(job)
+        if queue is None:
+            raise Fail(
+                "job %s ended before Jupyter answered (%s): %s"
+                % (job, sacct_state(job), tail(job_log)),
+                "the job's log is %s on the cluster" % job_log,
+            )
+        if (queue["state"], queue["reason"]) != seen:
+            seen = (queue["state"], queue["reason"])
+            why = queue["reason"] if queue["reason"] not in ("", "None") else ""
+            log("job %s: %s%s" % (job, queue["state"], " (%s)" % why if why else ""))
+        if queue["state"] == "RUNNING":
+            if ready_deadline is None:
+                ready_deadline = time.monotonic() + float(args.get("ready_timeout", 120))
+            placed = read_json(os.path.join(folder, "slurm-%s.json" % job))
+            if placed:
+                record.update(placed)
+                write_private(os.path.join(folder, "server.json"), json.dumps(record))
+                record["token"] = read_json(os.path.join(folder, "token.json"))["token"]
+                if http_status(record, timeout=2) == 200:
+                    record.update(alive=True, running=True, started=True, **job_info(queue))
+                    return record
+            if time.monotonic() > ready_deadline:
+                raise Fail(
+                    "job %s runs on %s but Jupyter did not answer: %s"
+                    % (job, queue["node"], tail(job_log)),
+                    "the job's log is %s on the cluster" % job_log,
+                )
+        elif time.monotonic() > queue_deadline:
+            subprocess.run(["scancel", job], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            raise Fail(
+                "job %s still %s after %ss in %s (reason: %s); it was cancelled"
+                % (
+                    job,
+                    queue["state"],
+                    slurm.get("queue_timeout", 600),
+                    partition,
+                    queue["reason"] or "none given",
+                ),
+                "choose a less busy partition or smaller resources in [slurm], or raise "
+                "[slurm] queue_timeout",
+            )
+        time.sleep(0.5)
+
+
+def job_info(queue):
+    return {"job_state": queue["state"], "node": queue["node"], "time_left": queue["left"]}
 
 
 # -- the environment -------------------------------------------------------------------

@@ -123,8 +123,9 @@ def open_project(config: Config, report: Reporter) -> Opened:
         if live and ready.env_installed:
             notes.append("the environment changed: restart running kernels to use it")
         if live is None:
-            with report.step(f"Starting Jupyter {config.jupyter.app}"):
-                live = server.start(remote, config, remote_dir)
+            where = " as a SLURM job" if config.slurm else ""
+            with report.step(f"Starting Jupyter {config.jupyter.app}{where}"):
+                live = server.start(remote, config, remote_dir, on_log=report.log)
         with report.step("Opening the tunnel"):
             port = tunnel.ensure(
                 remote,
@@ -182,6 +183,10 @@ class Status:
     tokened_url: str | None = None
     server_pid: int | None = None
     problems: tuple[str, ...] = field(default=())
+    job: str | None = None
+    job_state: str | None = None
+    node: str | None = None
+    time_left: str | None = None
 
 
 def status(config: Config) -> Status:
@@ -196,11 +201,16 @@ def status(config: Config) -> Status:
     )
     alive: bool | None = True if tunnel_ok else None
     pid = saved.server_pid
-    if not tunnel_ok and master:
-        info = remote.agent("probe", {"dir": config.remote_dir}, timeout=30)
-        alive = bool(info["server"].get("alive"))
-        pid = info["server"].get("pid") if alive else None
+    job: dict[str, Any] = {}
+    # A working tunnel proves the server; a job's state and time left need the remote.
+    if master and (not tunnel_ok or config.slurm):
+        record = remote.agent("probe", {"dir": config.remote_dir}, timeout=30)["server"]
+        alive = bool(record.get("alive"))
+        pid = record.get("pid") if alive else None
+        job = {k: record.get(k) for k in ("job", "job_state", "node", "time_left")}
     problems = []
+    if job.get("job") and job.get("job_state") not in ("RUNNING", None):
+        problems.append(f"SLURM job {job['job']} is {job['job_state']}")
     if not master:
         problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
     elif alive is False:
@@ -220,6 +230,10 @@ def status(config: Config) -> Status:
         tokened_url=saved.tokened_url() if tunnel_ok else None,
         server_pid=pid,
         problems=tuple(problems),
+        job=job.get("job"),
+        job_state=job.get("job_state"),
+        node=job.get("node"),
+        time_left=job.get("time_left"),
     )
 
 

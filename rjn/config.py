@@ -91,6 +91,21 @@ class RequirementsConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """Run Jupyter on a compute node as a SLURM batch job (the table's presence turns it on)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    cpus: int | None = None
+    gpus: int | str | None = None
+    extra: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    queue_timeout: int = 600
+
+
+@dataclass(frozen=True)
 class Config:
     """A project's whole configuration."""
 
@@ -99,6 +114,7 @@ class Config:
     sync: SyncConfig = SyncConfig()
     jupyter: JupyterConfig = JupyterConfig()
     requirements: RequirementsConfig = RequirementsConfig()
+    slurm: SlurmConfig | None = None
 
     @property
     def root(self) -> Path:
@@ -121,7 +137,10 @@ TABLES: dict[str, type] = {
     "sync": SyncConfig,
     "jupyter": JupyterConfig,
     "requirements": RequirementsConfig,
+    "slurm": SlurmConfig,
 }
+# Tables whose presence turns a feature on; the others always apply, with defaults.
+OPTIONAL_TABLES = {"slurm"}
 
 # An ssh destination or jump host never starts with '-': that would be read as an option.
 _HOSTLIKE = re.compile(r"^[A-Za-z0-9_.@:\[\]%+,-]+$")
@@ -174,7 +193,11 @@ def parse(raw: Mapping[str, Any], path: Path) -> Config:
             f"{path}: [remote] host is required",
             hint='add  [remote]\\nhost = "my-server"  (an ssh host or an alias from ~/.ssh/config)',
         )
-    sections = {name: _build(cls, raw.get(name, {}), path, name) for name, cls in TABLES.items()}
+    sections = {
+        name: _build(cls, raw.get(name, {}), path, name)
+        for name, cls in TABLES.items()
+        if name in raw or name not in OPTIONAL_TABLES
+    }
     config = Config(path=path, **sections)
     _check(config)
     return config
@@ -272,11 +295,30 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"{config.path}: [jupyter] idle_timeout: minutes must be 0 (never) or more"
         )
+    if config.slurm is not None:
+        _check_slurm(config.slurm, f"{config.path}: [slurm]")
     for folder in config.sync.results:
         if not folder or folder.startswith(("/", "..")) or ".." in Path(folder).parts:
             raise ConfigError(
                 f"{config.path}: [sync] results: {folder!r} must be a folder inside the project"
             )
+
+
+def _check_slurm(slurm: SlurmConfig, where: str) -> None:
+    """Values end up on #SBATCH lines: a line break would smuggle in a line of its own."""
+    for key in ("partition", "account", "time", "mem", "gpus", "extra"):
+        value = getattr(slurm, key)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str) and any(c in item for c in "\r\n\0"):
+                raise ConfigError(f"{where} {key}: {item!r} must be a single line")
+    for line in slurm.extra:
+        if not line.startswith("-"):
+            raise ConfigError(
+                f"{where} extra: {line!r} is not an sbatch option",
+                hint='write sbatch options as they follow "#SBATCH", e.g. "--qos=debug"',
+            )
+    if slurm.queue_timeout <= 0:
+        raise ConfigError(f"{where} queue_timeout: must be a positive number of seconds")
 
 
 def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,17 +15,21 @@ from rjn.remote import Remote
 class Server:
     """A Jupyter server as the remote helper reports it."""
 
-    pid: int
+    pid: int | None
     token: str
     app: str
     sock: str | None = None
     port: int | None = None
+    addr: str = "127.0.0.1"
     started: bool = False
+    job: str | None = None
+    node: str | None = None
 
     @property
     def target(self) -> str:
-        """What a tunnel forwards to: the unix socket, or the loopback port."""
-        return self.sock or f"127.0.0.1:{self.port}"
+        """What a tunnel forwards to: the unix socket, or the address and port (on a compute
+        node, for a SLURM job)."""
+        return self.sock or f"{self.addr}:{self.port}"
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Server | None:
@@ -31,18 +37,27 @@ class Server:
         if not record.get("alive"):
             return None
         return cls(
-            pid=record["pid"],
+            pid=record.get("pid"),
             token=record["token"],
             app=record.get("app", "lab"),
             sock=record.get("sock"),
             port=record.get("port"),
+            addr=record.get("addr", "127.0.0.1"),
             started=bool(record.get("started")),
+            job=record.get("job"),
+            node=record.get("node"),
         )
 
 
-def start(remote: Remote, config: Config, remote_dir: str) -> Server:
-    """Start the project's server, or return the one already running; waits until it answers."""
+def start(
+    remote: Remote, config: Config, remote_dir: str, on_log: Callable[[str], Any] | None = None
+) -> Server:
+    """Start the project's server, or return the one already running; waits until it answers.
+
+    With [slurm] it is a batch job whose main process is Jupyter; the wait covers the queue.
+    """
     jupyter = config.jupyter
+    slurm = dataclasses.asdict(config.slurm) if config.slurm else None
     record = remote.agent(
         "start",
         {
@@ -51,9 +66,11 @@ def start(remote: Remote, config: Config, remote_dir: str) -> Server:
             "listen": jupyter.listen,
             "idle_timeout": jupyter.idle_timeout,
             "ready_timeout": jupyter.ready_timeout,
+            "slurm": slurm,
         },
         python=venv_python(remote_dir),
-        timeout=jupyter.ready_timeout + 60,
+        on_log=on_log,
+        timeout=jupyter.ready_timeout + 60 + (config.slurm.queue_timeout if config.slurm else 0),
     )
     server = Server.from_record(record)
     assert server is not None  # the helper answers ok only once the server answers

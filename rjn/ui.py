@@ -121,6 +121,10 @@ def show_status(result: Status) -> None:
     out.print(f"  connection  {mark(result.master)}")
     pid = f" (pid {result.server_pid})" if result.server and result.server_pid else ""
     out.print(f"  server      {mark(result.server)}{pid}")
+    if result.job:
+        where = f" on {result.node}" if result.node else ""
+        left = f", {result.time_left} left" if result.time_left else ""
+        out.print(f"  slurm job   {result.job} {result.job_state}{escape(where)}{left}")
     out.print(
         f"  tunnel      {mark(result.tunnel)}"
         + (f" 127.0.0.1:{result.port}" if result.port else "")

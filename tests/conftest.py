@@ -50,7 +50,12 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def host(short_tmp: Path) -> Iterator[TestHost]:
     """A throwaway OpenSSH server on 127.0.0.1 that trusts one key."""
-    test_host = TestHost(short_tmp / "host", remote_env={"XDG_DATA_HOME": str(short_tmp / "rdata")})
+    remote_env = {
+        "XDG_DATA_HOME": str(short_tmp / "rdata"),
+        # Where the test cluster's clients find it, when a test starts one (test_slurm.py).
+        "SLURM_CONF": str(short_tmp / "slurm" / "slurm.conf"),
+    }
+    test_host = TestHost(short_tmp / "host", remote_env=remote_env)
     test_host.start()
     yield test_host
     test_host.stop()

@@ -1,0 +1,106 @@
+"""Clusters: Jupyter as a SLURM job on a compute node, on a real single-node SLURM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_rjn
+from slurm import Cluster, available
+from test_open import api, execute, opened
+from test_results import wait_for
+
+SLURM = 'partition = "debug"\ntime = "00:30:00"\ncpus = 1\nsetup = ["export RJN_SETUP=done"]'
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+
+@pytest.fixture(scope="module")
+def cluster(short_tmp: Path) -> Iterator[Cluster]:
+    running = Cluster(short_tmp / "slurm").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def project(cluster: Cluster, make_project: Callable[..., Path]) -> Iterator[Path]:
+    root = make_project("zeta", slurm=SLURM)
+    yield root
+    run_rjn("close", "--server", cwd=root)
+
+
+def status(project: Path) -> dict:
+    result = run_rjn("status", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def queued(cluster: Cluster, job: str) -> str:
+    return cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip()
+
+
+def test_open_runs_jupyter_as_a_job_and_tunnels_to_the_node(project: Path, cluster, short_tmp):
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+    port, token = opened(result)
+    assert "as a SLURM job" in result.stderr
+    assert api(port, "/api/status", token)[0] == 200
+    seen = status(project)
+    assert seen["job"] and seen["job_state"] == "RUNNING" and seen["node"] == cluster.node
+    assert seen["time_left"]
+    assert queued(cluster, seen["job"]) == "RUNNING"
+    # Jupyter is the job's main process (slurmstepd's child), not a background process.
+    ps = subprocess.run(["ps", "-eww", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
+    jupyter = [ln.split(None, 2) for ln in ps.stdout.splitlines()
+               if "jupyter-lab" in ln and str(short_tmp / "remote" / "zeta") in ln]  # fmt: skip
+    assert len(jupyter) == 1
+    parent = Path(f"/proc/{jupyter[0][1]}/comm").read_text().strip()
+    assert parent == "slurmstepd"
+    # The setup lines ran, and the kernel runs on the node in the project's environment.
+    code = "import os, yaml; print(os.environ.get('RJN_SETUP'), os.environ.get('SLURM_JOB_ID'))"
+    assert execute(port, token, code).split() == ["done", seen["job"]]
+    # The token is not in the batch script (it is read from a private file on the node).
+    script = (short_tmp / "remote" / "zeta" / ".rjn" / "jupyter.sbatch").read_text()
+    assert token not in script and "#SBATCH --partition=debug" in script
+
+
+def test_open_again_reuses_the_job(project: Path) -> None:
+    job = status(project)["job"]
+    again = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+    opened(again)
+    assert "reused: connection, environment, server" in again.stderr
+    assert status(project)["job"] == job
+
+
+def test_an_ended_job_is_noticed_and_open_submits_a_new_one(project: Path, cluster) -> None:
+    job = status(project)["job"]
+    cluster.run("scancel", job)
+    wait_for(lambda: status(project)["server"] is False, what="status to notice the job ended")
+    assert any(f"SLURM job {job}" in p for p in status(project)["problems"])
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    assert status(project)["job"] != job
+    assert api(port, "/api/status", token)[0] == 200
+
+
+def test_close_server_cancels_the_job(project: Path, cluster) -> None:
+    job = status(project)["job"]
+    closed = run_rjn("close", "--server", cwd=project)
+    assert closed.returncode == 0 and "server stopped" in closed.stderr
+    wait_for(lambda: queued(cluster, job) == "", what="the job to leave the queue")
+
+
+def test_a_job_stuck_pending_times_out_naming_partition_and_reason(cluster, make_project):
+    blocker = cluster.run("sbatch", "--parsable", "--exclusive", "--wrap", "sleep 300")
+    job = blocker.stdout.strip()
+    try:
+        wait_for(lambda: queued(cluster, job) == "RUNNING", what="the blocking job")
+        project = make_project("eta", slurm=SLURM + "\nqueue_timeout = 4")
+        result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+        assert result.returncode == 4, result.stderr
+        assert "still PENDING after 4s in debug" in result.stderr
+        assert "reason: Resources" in result.stderr or "reason: Priority" in result.stderr
+        assert "cancelled" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        cluster.run("scancel", job)

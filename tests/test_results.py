@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,9 @@ def test_polling_mode_for_filesystems_without_events(project: Path, remote: Path
         (remote / "results" / "polled.png").write_bytes(b"polled")
         wait_for((project / "results" / "polled.png").exists, what="polled.png")
         assert running.stop() == 0
+        # Ctrl-C stopped the watching only: the server and the tunnel are still up.
+        status = json.loads(run_rjn("status", "--json", cwd=project).stdout)
+        assert status["server"] is True and status["tunnel"] is True
     finally:
         toml.write_text(original)
 

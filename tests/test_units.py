@@ -201,3 +201,55 @@ def test_write_keeps_a_user_file_and_merges_extras(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").write_text(own)
     kept = requirements.write(config)
     assert not kept.generated and (tmp_path / "requirements.txt").read_text() == own
+
+
+# -- link health while watching -----------------------------------------------------------------
+
+
+class Link:
+    """A stand-in for the connection (not the thing under test: the sleep detection is)."""
+
+    host = "box"
+
+    def __init__(self, alive: bool = True, answers: bool = True) -> None:
+        self.alive, self.answers, self.dropped = alive, answers, False
+
+    def master_alive(self) -> bool:
+        return self.alive
+
+    def responsive(self, timeout: float) -> bool:
+        return self.answers
+
+    def disconnect(self) -> None:
+        self.dropped = True
+
+
+def test_link_check_notices_a_dead_master() -> None:
+    from rjn.app import _link_check
+    from rjn.errors import ConnectionFailed
+
+    with pytest.raises(ConnectionFailed, match="connection to box was lost"):
+        _link_check(Link(alive=False))()  # type: ignore[arg-type]
+
+
+def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from rjn import app
+    from rjn.errors import ConnectionFailed
+
+    now = time.time()
+    monkeypatch.setattr(app.time, "time", lambda: now)
+    quiet, asleep = Link(answers=False), Link(answers=False)
+    check_quiet, check_asleep = app._link_check(quiet), app._link_check(asleep)  # type: ignore[arg-type]
+    check_quiet()  # no jump: no round trip, even though the remote would not answer
+    assert not quiet.dropped
+    now += 3600  # the wall clock ran an hour ahead of the monotonic one: the laptop slept
+    with pytest.raises(ConnectionFailed, match="did not survive the sleep"):
+        check_asleep()
+    assert asleep.dropped
+    awake = Link(answers=True)
+    check_awake = app._link_check(awake)  # type: ignore[arg-type]
+    now += 3600
+    check_awake()
+    assert not awake.dropped

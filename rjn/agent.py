@@ -152,7 +152,7 @@ def server_state(project):
             return record
         record.update(job_info(queue))
         alive = queue["state"] == "RUNNING" and "port" in record
-        record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING")
+        record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
         record["alive"] = alive and http_status(record) == 200
         return record
     alive = pid_is_jupyter(record.get("pid", -1))
@@ -170,9 +170,7 @@ def start(args):
         return current
     if current.get("running") and current.get("job"):
         # Pending, or running but not answering: this job will not serve; start afresh.
-        subprocess.run(
-            ["scancel", str(current["job"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        scancel(str(current["job"]))
     elif current.get("running"):
         stop_pid(current["pid"])
     python = venv_python(project)
@@ -306,11 +304,7 @@ def stop(args):
         if current["alive"]:
             shutdown(current)
         if current.get("running"):
-            subprocess.run(
-                ["scancel", str(current["job"])],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            scancel(str(current["job"]))
             stopped = True
     elif current.get("running"):
         pid = current["pid"]
@@ -377,37 +371,41 @@ os.execve(argv[0], argv, env)
 """
 
 
-def squeue(job):
-    """(state, node, reason, time left) of a job, or None once it left the queue."""
+def scheduler(argv):
+    """A SLURM command's output, or None if it could not run or failed."""
     try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", str(job), "-o", "%T|%N|%r|%L"],
+        done = subprocess.run(
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             universal_newlines=True,
             timeout=30,
-        ).stdout.strip()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if not out:
+    return done.stdout if done.returncode == 0 else None
+
+
+def squeue(job):
+    """(state, node, reason, time left) of a job; None once it has left the queue."""
+    out = scheduler(["squeue", "-h", "-j", str(job), "-o", "%T|%N|%r|%L"])
+    if out is None:
+        # squeue itself failed (a busy controller, or an id it forgot): not known to be gone.
+        return {"state": "UNKNOWN", "node": "", "reason": "squeue failed", "left": ""}
+    if not out.strip():
         return None
-    state, node, reason, left = (out.splitlines()[0].split("|") + ["", "", "", ""])[:4]
+    state, node, reason, left = (out.strip().splitlines()[0].split("|") + ["", "", "", ""])[:4]
     return {"state": state, "node": node, "reason": reason, "left": left}
 
 
 def sacct_state(job):
-    """A finished job's final state, from accounting when it is there."""
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-j", str(job), "-o", "State"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            universal_newlines=True,
-            timeout=30,
-        ).stdout.split()
-    except (OSError, subprocess.TimeoutExpired):
-        return "ENDED"
+    """A finished job's final state, from accounting when the cluster keeps it."""
+    out = (scheduler(["sacct", "-n", "-X", "-j", str(job), "-o", "State"]) or "").split()
     return out[0] if out else "ENDED"
+
+
+def scancel(job):
+    scheduler(["scancel", str(job)])
 
 
 def slurm_script(project, args, jupyter_argv):
@@ -509,7 +507,7 @@ def slurm_start(project, args, argv, folder, env):
                     "the job's log is %s on the cluster" % job_log,
                 )
         elif time.monotonic() > queue_deadline:
-            subprocess.run(["scancel", job], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            scancel(job)
             raise Fail(
                 "job %s still %s after %ss in %s (reason: %s); it was cancelled"
                 % (

@@ -91,6 +91,14 @@ def run_rjn(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     )
 
 
+def status(project: Path) -> dict:
+    """`rjn status --json`, parsed."""
+    result = run_rjn("status", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    answer: dict = json.loads(result.stdout)
+    return answer
+
+
 @pytest.fixture(scope="session")
 def make_project(host: TestHost, short_tmp: Path) -> Callable[..., Path]:
     """Make a small project (code, a notebook, data) whose remote.toml points at the test host."""

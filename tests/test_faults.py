@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
+from conftest import run_rjn, status
 from sshd import TestHost
 from test_open import api, opened
 from test_results import Watcher, wait_for
@@ -24,12 +23,6 @@ def project(make_project: Callable[..., Path]) -> Iterator[Path]:
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
     yield root
     run_rjn("close", "--server", cwd=root)
-
-
-def status(project: Path) -> dict:
-    result = run_rjn("status", "--json", cwd=project)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:

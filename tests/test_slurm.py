@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
+from conftest import run_rjn, status
 from slurm import Cluster, available
 from test_open import api, execute, opened
 from test_results import wait_for
@@ -30,12 +29,6 @@ def project(cluster: Cluster, make_project: Callable[..., Path]) -> Iterator[Pat
     root = make_project("zeta", slurm=SLURM)
     yield root
     run_rjn("close", "--server", cwd=root)
-
-
-def status(project: Path) -> dict:
-    result = run_rjn("status", "--json", cwd=project)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def queued(cluster: Cluster, job: str) -> str:

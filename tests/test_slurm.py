@@ -85,7 +85,9 @@ def test_close_server_cancels_the_job(project: Path, cluster) -> None:
 
 
 def test_a_job_stuck_pending_times_out_naming_partition_and_reason(cluster, make_project):
-    blocker = cluster.run("sbatch", "--parsable", "--exclusive", "--wrap", "sleep 300")
+    blocker = cluster.run(
+        "sbatch", "--parsable", "--exclusive", "--output=/dev/null", "--wrap", "sleep 300"
+    )
     job = blocker.stdout.strip()
     try:
         wait_for(lambda: queued(cluster, job) == "RUNNING", what="the blocking job")

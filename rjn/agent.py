@@ -703,10 +703,17 @@ def watch(args):
     interval = float(args.get("interval", 1.0))
     lock = threading.Lock()
 
+    inline_max = int(args.get("inline_max", 0))
+
     def report(path):
-        if any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns):
-            with lock:
-                emit(file=os.path.relpath(path, project))
+        if not any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns):
+            return
+        message = {"file": os.path.relpath(path, project)}
+        inline = read_whole(path, inline_max)
+        if inline:
+            message.update(inline)
+        with lock:
+            emit(**message)
 
     def until_stdin_closes():
         sys.stdin.buffer.read()
@@ -753,6 +760,27 @@ def watch(args):
             time.sleep(3600)
     emit(ready={"mode": "poll", "fs": kind, "reason": reason, "interval": interval})
     poll(folders, report, interval)
+
+
+def read_whole(path, limit):
+    """A small file's bytes (base64) and mtime, sent in the event itself: it saves the pull
+    its own round trip. None if it is too big, or changed while we read it."""
+    import base64
+
+    try:
+        before = os.stat(path)
+        if before.st_size > limit:
+            return None
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+        after = os.stat(path)
+    except OSError:
+        return None
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        return None  # rewritten meanwhile: its own close event follows
+    if len(data) != after.st_size:
+        return None
+    return {"data": base64.b64encode(data).decode(), "mtime_ns": after.st_mtime_ns}
 
 
 def open_for_writing(path):

@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,15 @@ def run(
     """Run argv to completion; stream stdout/stderr lines to callbacks if given.
 
     Lines are split on both \\r and \\n so progress meters arrive as they are drawn.
+    A stream without a callback is captured whole: sh's callback machinery costs ~0.1 s
+    a call, which the many short ssh calls should not pay.
     """
     out_lines: list[str] = []
     err_lines: list[str] = []
+    splitters = {
+        "_out": _splitter(on_out, out_lines) if on_out else None,
+        "_err": _splitter(on_err, err_lines) if on_err else None,
+    }
     kwargs: dict[str, Any] = {
         "_in": input,
         "_ok_code": _ALL_CODES,
@@ -68,21 +75,50 @@ def run(
         "_tty_out": False,
         "_cwd": str(cwd) if cwd else None,
         "_env": env,
-        "_timeout": timeout,
         "_decode_errors": "replace",
-        "_out": _splitter(on_out, out_lines),
-        "_err": _splitter(on_err, err_lines),
-        "_out_bufsize": 0,
-        "_err_bufsize": 0,
     }
+    for stream, handler in splitters.items():
+        if handler:
+            kwargs.update({stream: handler, f"{stream}_bufsize": 0})
     try:
-        proc = _command(argv[0])(*argv[1:], **kwargs)
-    except sh.TimeoutException:
-        raise Timeout(f"'{argv[0]}' did not finish within {timeout:.0f}s") from None
+        proc = _finish(_command(argv[0])(*argv[1:], _bg=True, _bg_exc=False, **kwargs), timeout)
     finally:
-        for handler in (kwargs["_out"], kwargs["_err"]):
-            handler.flush()
-    return Completed(tuple(argv), proc.exit_code, "".join(out_lines), "".join(err_lines))
+        for handler in splitters.values():
+            if handler:
+                handler.flush()
+    out = "".join(out_lines) if on_out else proc.stdout.decode(errors="replace")
+    err = "".join(err_lines) if on_err else proc.stderr.decode(errors="replace")
+    return Completed(tuple(argv), proc.exit_code, out, err)
+
+
+def _finish(command: Any, timeout: float | None) -> Any:
+    """Wait for a command started with _bg, killing it at the deadline.
+
+    A timer thread, not sh's _timeout: that one polls every 0.1 s and so adds 0.1 s to
+    every call, which the many short ssh calls would all pay.
+    """
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(ProcessLookupError, OSError):
+            command.kill()
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        command.wait()
+    except sh.ErrorReturnCode:
+        pass
+    finally:
+        if timer:
+            timer.cancel()
+    if expired.is_set():
+        name = os.path.basename(str(command.cmd[0]))
+        raise Timeout(f"'{name}' did not finish within {timeout:g}s")
+    return command
 
 
 class _splitter:
@@ -100,6 +136,8 @@ class _splitter:
         if self.callback is None:
             return
         self.pending += text
+        if "\n" not in text and "\r" not in text:
+            return  # sh may hand over one byte at a time: split only at line ends
         *lines, self.pending = _LINE_END.split(self.pending)
         for line in lines:
             if line:
@@ -123,18 +161,17 @@ def spawn_detached(argv: Sequence[str], *, log: Path, timeout: float) -> int:
         open(os.devnull, "wb") as devnull_out,
         open(log, "ab") as err,
     ):
-        try:
-            proc = _command(argv[0])(
-                *argv[1:],
-                _in=devnull_in,
-                _out=devnull_out,
-                _err=err,
-                _ok_code=_ALL_CODES,
-                _return_cmd=True,
-                _timeout=timeout,
-            )
-        except sh.TimeoutException:
-            raise Timeout(f"'{argv[0]}' did not finish within {timeout:.0f}s") from None
+        proc = _command(argv[0])(
+            *argv[1:],
+            _in=devnull_in,
+            _out=devnull_out,
+            _err=err,
+            _ok_code=_ALL_CODES,
+            _return_cmd=True,
+            _bg=True,
+            _bg_exc=False,
+        )
+        _finish(proc, timeout)
     code: int = proc.exit_code
     return code
 
@@ -193,7 +230,7 @@ def start(argv: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]) ->
         _in=feed,
         _out=_splitter(on_out, None),
         _err=_splitter(None, err),
-        _out_bufsize=0,
+        _out_bufsize=1,  # whole lines: the helper speaks JSON lines, some of them large
         _bg=True,
         _bg_exc=False,
         _tty_out=False,

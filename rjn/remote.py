@@ -250,12 +250,17 @@ class Remote:
                 on_log(str(message["log"]))
             answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
 
+        # Parse as lines arrive only when someone is watching the log; else parse at the end.
+        parse = _messages(on_message)
         result = self.run(
             _agent_command(python, action, args),
             input=agent_source(),
             timeout=timeout,
-            on_out=_messages(on_message),
+            on_out=parse if on_log else None,
         )
+        if not on_log:
+            for line in result.out.splitlines():
+                parse(line)
         if "error" in answer:
             error = answer["error"]
             raise RemoteError(f"{self.host}: {error['message']}", hint=error.get("hint"))

@@ -70,7 +70,7 @@ def _rsync(
         if match and progress:
             progress(int(match.group(1)))
 
-    result = proc.run(argv, on_out=on_line, input=input)
+    result = proc.run(argv, on_out=on_line if progress else None, input=input)
     if result.code not in ok_codes:
         raise _rsync_error(remote, result)
     files = _FILES.search(result.out)
@@ -161,6 +161,23 @@ def pull(
         listing = "".join(f"{f}\n" for f in files) if files is not None else None
         # 23/24: a file vanished or changed while listed; the watcher reports it again.
         _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24) if files else (0, 24))
+        return _place(config, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
+    """Place files that arrived inline ({relpath: (content, mtime_ns)}) as a pull would."""
+    root = config.root
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
+    try:
+        for rel, (content, mtime_ns) in files.items():
+            staged = (staging / rel).resolve()
+            if not staged.is_relative_to(staging):
+                raise RemoteError(f"the remote sent a path outside the project: {rel!r}")
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            staged.write_bytes(content)
+            os.utime(staged, ns=(mtime_ns, mtime_ns))
         return _place(config, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

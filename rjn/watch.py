@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import queue
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from rjn.remote import Remote
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05
+# Files up to this size travel inside their event instead of costing an rsync round trip.
+INLINE_MAX = 2 * 1024 * 1024
 # How often the link is checked while watching (a local check: no network round trip).
 HEALTH_INTERVAL = 3.0
 
@@ -53,6 +56,7 @@ def watch(
             "results": list(config.sync.results),
             "patterns": list(config.sync.patterns),
             "mode": mode,
+            "inline_max": INLINE_MAX,
         },
         python=server.venv_python(remote_dir),
         on_message=messages.put,
@@ -81,17 +85,30 @@ def watch(
                 raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
             elif "file" in message:
                 seen = time.monotonic()
-                batch = {message["file"]}
+                inline: dict[str, tuple[bytes, int]] = {}
+                batch: set[str] = set()
+                pending: dict[str, Any] | None = message
                 deadline = seen + BATCH_WINDOW
-                while (left := deadline - time.monotonic()) > 0:
+                while pending is not None:
+                    if "file" in pending:
+                        name = pending["file"]
+                        if "data" in pending:
+                            inline[name] = (base64.b64decode(pending["data"]), pending["mtime_ns"])
+                            batch.discard(name)
+                        else:
+                            batch.add(name)
+                            inline.pop(name, None)
+                    # Small files came whole in their event; wait a moment only for pulls.
+                    left = deadline - time.monotonic() if batch else 0
                     try:
-                        extra = messages.get(timeout=left)
+                        pending = messages.get(timeout=left) if left > 0 else messages.get_nowait()
                     except queue.Empty:
-                        break
-                    if "file" in extra:
-                        batch.add(extra["file"])
-                for pulled in sync.pull(remote, config, remote_dir, files=sorted(batch)):
-                    on_pulled(pulled, time.monotonic() - seen)
+                        pending = None
+                arrived = sync.receive(config, inline) if inline else []
+                if batch:
+                    arrived += sync.pull(remote, config, remote_dir, files=sorted(batch))
+                for item in arrived:
+                    on_pulled(item, time.monotonic() - seen)
     finally:
         watcher.close()
 

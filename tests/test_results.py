@@ -118,6 +118,17 @@ def test_a_half_written_file_is_never_pulled_half(watcher, project: Path, remote
     assert local.read_bytes() == b"first half;second half"
 
 
+def test_a_large_file_comes_home_by_rsync(watcher, project: Path, remote: Path) -> None:
+    """Small files travel inside their event; one over the inline limit is pulled by rsync."""
+    from rjn.watch import INLINE_MAX
+
+    big = os.urandom(INLINE_MAX + 1024)
+    (remote / "results" / "big.png").write_bytes(big)
+    local = project / "results" / "big.png"
+    wait_for(local.exists, what="big.png")
+    assert local.read_bytes() == big
+
+
 def test_a_file_renamed_into_place_comes_home(watcher, project: Path, remote: Path) -> None:
     tmp = remote / "results" / ".tmp-atomic"
     tmp.write_bytes(b"atomic")

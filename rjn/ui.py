@@ -158,8 +158,8 @@ def show_ready(ready: Ready) -> None:
 
 def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
     """One line per file that came home."""
-    took = f" [dim]{seconds:.2f}s[/]" if seconds is not None else ""
-    size = f"{pulled.size / 1024:.1f} kB"
+    took = f" [dim]{_duration(seconds)}[/]" if seconds is not None else ""
+    size = _size(pulled.size)
     if pulled.conflict_copy:
         err.print(
             f"[yellow]↓[/] {escape(pulled.path)} changed here too: kept yours, "
@@ -167,6 +167,18 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
         )
     else:
         err.print(f"[green]↓[/] {escape(pulled.path)} ({size}){took}")
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    if count < 1024**2:
+        return f"{count / 1024:.1f} kB"
+    return f"{count / 1024**2:.1f} MB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def show_link(message: str) -> None:

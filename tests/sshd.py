@@ -5,9 +5,11 @@ Used by the tests and by `nox -s demo`. Works as root and as an ordinary user.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -135,10 +137,31 @@ class TestHost:
             self.proc.wait(timeout=10)
 
     def cut(self) -> None:
-        """Break the link for real: stop listening and drop every open connection."""
+        """Break the link for real: stop listening and drop every open connection.
+
+        Every sshd process below the listener goes, however deep: without privilege
+        separation (an ordinary user's sshd) the connection lives in a grandchild.
+        """
         if self.proc and self.proc.poll() is None:
-            subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
+            for pid in self._sshd_descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.stop()
+
+    @staticmethod
+    def _sshd_descendants(root: int) -> list[int]:
+        table = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True)
+        children: dict[int, list[tuple[int, str]]] = {}
+        for line in table.stdout.splitlines():
+            pid, ppid, comm = line.split(None, 2)
+            children.setdefault(int(ppid), []).append((int(pid), comm))
+        found, todo = [], [root]
+        while todo:
+            for pid, comm in children.get(todo.pop(), []):
+                todo.append(pid)
+                if comm.startswith("sshd"):
+                    found.append(pid)
+        return found
 
     def remote_toml(self, remote_dir: Path, remote_extra: str = "", **extra_tables: str) -> str:
         """A remote.toml that reaches this host through its alias and client config."""

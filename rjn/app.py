@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rjn import config as config_module
 from rjn import env, requirements, server, state, sync, tunnel, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
@@ -530,3 +532,14 @@ def _remote_dir(config: Config, remote: Remote) -> str:
         return saved.remote_dir
     answer: str = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
     return answer
+
+
+def init(folder: Path, host: str) -> Path:
+    """Write a commented remote.toml for `host` (never over an existing one)."""
+    path = folder / config_module.CONFIG_NAME
+    if path.exists():
+        raise RjnError(f"{path} exists already", hint="edit it, or remove it first")
+    text = config_module.template(host, folder.name)
+    config_module.parse(tomllib.loads(text), path)  # what init writes must load
+    path.write_text(text)
+    return path

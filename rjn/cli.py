@@ -46,13 +46,13 @@ def _main(
     config_path: ConfigOption = None,
     host: Annotated[
         str | None,
-        typer.Option("--host", "-H", help="Override [remote] host (an ssh host or alias)."),
+        typer.Option("--host", "-H", help="Use this ssh host or alias, not remote.toml's."),
     ] = None,
     ssh_config: Annotated[
-        str | None, typer.Option("--ssh-config", help="Override [remote] ssh_config (ssh -F).")
+        str | None, typer.Option("--ssh-config", help="Use this ssh config file (ssh -F).")
     ] = None,
     remote_dir: Annotated[
-        str | None, typer.Option("--remote-dir", help="Override [remote] dir.")
+        str | None, typer.Option("--remote-dir", help="Use this remote project folder.")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
@@ -152,6 +152,15 @@ def sync(
 
 
 @command()
+def init(
+    host: Annotated[str, typer.Argument(help="The ssh host, or a Host alias from ~/.ssh/config.")],
+) -> None:
+    """Write a remote.toml for the project in this folder."""
+    path = app.init(Path.cwd(), host)
+    ui.err.print(f"wrote {path}; `rjn open` opens the project on {host}")
+
+
+@command()
 def status(as_json: JsonOption = False) -> None:
     """Show the connection, server and tunnel of this project, checked now."""
     result = app.status(_config())
@@ -201,8 +210,10 @@ def run(
         bool, typer.Option("--detach", help="Keep running without the connection; see rjn logs.")
     ] = False,
 ) -> None:
-    """Run a command (or a notebook) in the remote project with its environment, output live,
-    then pull the results home. Exits with the command's exit code; Ctrl-C stops it remotely."""
+    """Run a command or a notebook remotely in the project's environment, then pull results.
+
+    Output streams live; rjn exits with the command's exit code; Ctrl-C stops it remotely.
+    """
     project = _config()
     argv = list(command or [])
     if notebook:

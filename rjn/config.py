@@ -146,6 +146,35 @@ OPTIONAL_TABLES = {"slurm"}
 _HOSTLIKE = re.compile(r"^[A-Za-z0-9_.@:\[\]%+,-]+$")
 
 
+def template(host: str, name: str) -> str:
+    """A starting remote.toml: the host, and the common keys commented out."""
+    if not _HOSTLIKE.match(host) or host.startswith("-"):
+        raise ConfigError(f"{host!r} is not a host name or ssh alias")
+    return f"""# rjn's configuration for this project; the README has every key.
+
+[remote]
+host = "{host}"
+# user = "me"
+# identity = "~/.ssh/id_ed25519"
+# proxy_jump = "bastion"
+dir = "~/rjn/{name}"
+python = "python3"
+
+[sync]
+results = ["results", "figures"]   # come home; never pushed
+# exclude = ["*.ckpt"]
+
+[jupyter]
+app = "lab"
+idle_timeout = 240                 # minutes without activity before the server stops
+
+# [slurm]                          # run Jupyter on a compute node instead
+# partition = "gpu"
+# gpus = 1
+# time = "04:00:00"
+"""
+
+
 def find(start: Path) -> Path:
     """Find remote.toml in `start` or the nearest parent folder."""
     start = start.resolve()

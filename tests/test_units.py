@@ -253,3 +253,17 @@ def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.Mon
     now += 3600
     check_awake()
     assert not awake.dropped
+
+
+def test_init_writes_a_config_that_loads_and_never_overwrites(tmp_path: Path) -> None:
+    from rjn import app
+    from rjn.errors import RjnError
+
+    path = app.init(tmp_path, "gpu-box")
+    config = cfg.load(path)
+    assert config.remote.host == "gpu-box" and config.slurm is None
+    assert config.remote_dir == f"~/rjn/{tmp_path.name}"
+    with pytest.raises(RjnError, match="exists already"):
+        app.init(tmp_path, "other")
+    with pytest.raises(ConfigError, match="not a host name"):
+        app.init(tmp_path / "new", "-oProxyCommand=x")

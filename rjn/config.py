@@ -53,6 +53,7 @@ class RemoteConfig:
     ssh_options: tuple[str, ...] = ()
     dir: str | None = None
     python: str = "python3"
+    installer: Literal["uv", "pip"] = "uv"
     connect_timeout: int = 20
 
 

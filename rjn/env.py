@@ -40,6 +40,7 @@ def ensure(
             "hash": wanted,
             "requirements": config.requirements.file,
             "packages": packages(config),
+            "no_uv": config.remote.installer == "pip",
         },
         on_log=on_log,
     )

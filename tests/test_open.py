@@ -207,3 +207,13 @@ def test_two_projects_at_once_then_close(
     assert "server stopped" in closed.stderr and "connection released" in closed.stderr
     status = json.loads(run_rjn("status", "--json", cwd=project).stdout)
     assert status["open"] is False
+
+
+def test_pip_installs_the_environment_where_uv_is_not_wanted(make_project, short_tmp) -> None:
+    project = make_project("pipenv", remote_extra='installer = "pip"\n')
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+    port, token = opened(result)
+    venv = short_tmp / "remote" / "pipenv" / ".rjn" / "venv"
+    assert (venv / "bin" / "pip").exists()  # a venv made by uv has no pip
+    assert execute(port, token, "import yaml; print('ok')").strip() == "ok"
+    run_rjn("close", "--server", cwd=project)

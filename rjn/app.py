@@ -67,15 +67,18 @@ class Opened:
     notes: tuple[str, ...] = ()
 
 
-def write_requirements(config: Config, previous: state.ProjectState | None) -> Requirements:
-    """requirements.txt, rescanned only when a source file changed since the last open."""
+def write_requirements(
+    config: Config, previous: state.ProjectState | None
+) -> tuple[Requirements, str]:
+    """requirements.txt, rescanned only when a source file changed since the last open;
+    with the sources' fingerprint, for the next open to compare."""
     fingerprint = requirements.sources_fingerprint(config.root)
     path = config.root / config.requirements.file
     if previous and previous.sources_hash == fingerprint and path.exists():
         text = path.read_text(encoding="utf-8")
         lines = tuple(ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#"))
-        return Requirements(path, lines, generated=text.startswith(requirements.HEADER))
-    return requirements.write(config)
+        return Requirements(path, lines, text.startswith(requirements.HEADER)), fingerprint
+    return requirements.write(config), fingerprint
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Prepared:
     remote_dir: str
     probe: dict[str, Any]
     requirements: Requirements
+    sources_hash: str
     env_hash: str
     logged_in: bool
     pushed_files: int
@@ -96,7 +100,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     """Write requirements, connect, probe (one exec), push, and install only what changed."""
     remote = make_remote(config)
     with report.step("Writing requirements"):
-        reqs = write_requirements(config, previous)
+        reqs, sources = write_requirements(config, previous)
     wanted = env.wanted_hash(config, reqs)
     with report.step(f"Connecting to {remote.host}"):
         logged_in = remote.connect()
@@ -109,7 +113,15 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
         with report.step("Installing the environment"):
             env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
     return Prepared(
-        remote, remote_dir, info, reqs, wanted, logged_in, pushed.files, not info["env_current"]
+        remote,
+        remote_dir,
+        info,
+        reqs,
+        sources,
+        wanted,
+        logged_in,
+        pushed.files,
+        not info["env_current"],
     )
 
 
@@ -148,7 +160,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             server_pid=live.pid,
             app=live.app,
             env_hash=ready.env_hash,
-            sources_hash=requirements.sources_fingerprint(root),
+            sources_hash=ready.sources_hash,
         )
         state.save(record)
     return Opened(

@@ -93,3 +93,11 @@ def test_a_detached_run_outlives_the_connection_and_logs_follow_it(project: Path
     followed = run_rjn("logs", "--follow", cwd=project)
     assert followed.stdout.splitlines() == ["step 0", "step 1", "step 2"]
     assert followed.returncode == 7
+
+
+def test_shell_runs_a_command_in_the_project_environment(project: Path, short_tmp: Path) -> None:
+    code = "import os, sys; print(os.getcwd(), sys.prefix); sys.exit(5)"
+    result = run_rjn("shell", "--", "python", "-c", code, cwd=project)
+    assert result.returncode == 5, result.stderr
+    remote = short_tmp / "remote" / "delta"
+    assert result.stdout.split() == [str(remote), str(remote / ".rjn" / "venv")]

@@ -558,22 +558,37 @@ def run_logged(argv, **kwargs):
 
 
 def find_uv():
-    """uv on PATH, or in rjn's own small venv, bootstrapped with pip if needed."""
+    """uv on PATH, or in rjn's own small venv, bootstrapped with pip if needed.
+
+    The bootstrap builds in a scratch folder and renames it into place under a lock, so a
+    second rjn at the same moment waits and then uses it, and never sees half a venv.
+    """
+    import fcntl
+
     found = shutil.which("uv")
     if found:
         return found
-    home = os.path.join(data_home(), "rjn", "uv")
+    base = private(os.path.join(data_home(), "rjn"))
+    home = os.path.join(base, "uv")
     uv = os.path.join(home, "bin", "uv")
     if os.path.exists(uv):
         return uv
-    log("uv not found on the remote: installing it into " + home)
-    code, _ = run_logged([sys.executable, "-m", "venv", home])
-    if code == 0:
-        code, _ = run_logged(
-            [os.path.join(home, "bin", "python"), "-m", "pip", "install", "--quiet", "uv"]
-        )
-    if code == 0 and os.path.exists(uv):
-        return uv
+    with open(os.path.join(base, "uv.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(uv):
+            return uv
+        log("uv not found on the remote: installing it into " + home)
+        scratch = "%s.%d" % (home, os.getpid())
+        code, _ = run_logged([sys.executable, "-m", "venv", scratch])
+        if code == 0:
+            code, _ = run_logged(
+                [os.path.join(scratch, "bin", "python"), "-m", "pip", "install", "--quiet", "uv"]
+            )
+        if code == 0 and os.path.exists(os.path.join(scratch, "bin", "uv")):
+            # Only bin/uv is used, a standalone binary: the venv can move into place.
+            os.rename(scratch, home)
+            return uv
+        shutil.rmtree(scratch, ignore_errors=True)
     log("could not install uv; falling back to pip")
     return None
 

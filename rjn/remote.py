@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rjn import proc
+from rjn import proc, state
 from rjn.config import RemoteConfig
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 
@@ -173,6 +173,15 @@ class Remote:
         """Make sure the master is up; returns True if it had to log in."""
         if self.master_alive():
             return False
+        # Two rjn commands for one host must not both start a master: the second would find
+        # the socket taken and stay on as a stray plain connection.
+        lock = self.control_path.with_name(self.control_path.name + ".lock")
+        with state.file_lock(lock, self.config.connect_timeout + 600, f"{self.host} connecting"):
+            return self._start_master()
+
+    def _start_master(self) -> bool:
+        if self.master_alive():
+            return False  # another rjn command started it while we waited
         # A socket left by a dead master would make ssh give up multiplexing.
         self.control_path.unlink(missing_ok=True)
         self.log_path.write_text("")

@@ -130,10 +130,14 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-@contextlib.contextmanager
-def locked(root: Path, timeout: float = 120) -> Iterator[None]:
+def locked(root: Path, timeout: float = 120) -> contextlib.AbstractContextManager[None]:
     """Hold the project's lock: two rjn commands never change one project at once."""
-    path = state_path(root).with_suffix(".lock")
+    return file_lock(state_path(root).with_suffix(".lock"), timeout, f"{root.name} busy")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout: float, busy: str) -> Iterator[None]:
+    """An exclusive lock on `path`, waited for with a deadline."""
     with open(path, "a") as handle:
 
         def take() -> bool:
@@ -147,7 +151,7 @@ def locked(root: Path, timeout: float = 120) -> Iterator[None]:
             take,
             timeout=timeout,
             interval=0.2,
-            what=f"another rjn command kept {root.name} busy",
+            what=f"another rjn command kept {busy}",
             hint="wait for it to finish, or stop it",
         )
         try:

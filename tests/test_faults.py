@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,12 +26,17 @@ def project(make_project: Callable[..., Path]) -> Iterator[Path]:
     run_rjn("close", "--server", cwd=root)
 
 
-def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:
+def master(host: TestHost, rjn_env: dict[str, str], command: str) -> str:
+    """`ssh -O command` to the test host's master; what ssh said."""
     control = Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn" / "%C"
-    argv = ["ssh", "-F", str(host.ssh_config), "-o", f"ControlPath={control}", "-O", "check"]
-    check = subprocess.run([*argv, "rjn-test"], capture_output=True, text=True)
-    match = re.search(r"pid=(\d+)", check.stderr)
-    assert match, check.stderr
+    argv = ["ssh", "-F", str(host.ssh_config), "-o", f"ControlPath={control}", "-O", command]
+    return subprocess.run([*argv, "rjn-test"], capture_output=True, text=True).stderr
+
+
+def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:
+    check = master(host, rjn_env, "check")
+    match = re.search(r"pid=(\d+)", check)
+    assert match, check
     return int(match.group(1))
 
 
@@ -133,3 +139,20 @@ def test_an_idle_server_shuts_itself_down(make_project, short_tmp: Path) -> None
     assert "No activity for" in log or "Shutting down" in log
     assert status(project)["server"] is False
     run_rjn("close", "--server", cwd=project)
+
+
+def test_two_opens_at_once_share_one_master(make_project, host: TestHost, rjn_env) -> None:
+    master(host, rjn_env, "exit")  # start from no master at all
+    first, second = make_project("iota"), make_project("kappa")
+    argv = [sys.executable, "-m", "rjn", "open", "--no-browser", "--no-watch"]
+    pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    runs = [subprocess.Popen(argv, cwd=project, text=True, **pipes) for project in (first, second)]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read() if run.stderr else ""
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    masters = [
+        ln for ln in ps.splitlines() if "ControlMaster=yes" in ln and str(host.ssh_config) in ln
+    ]
+    assert len(masters) == 1, masters
+    for project in (first, second):
+        run_rjn("close", "--server", cwd=project)

@@ -148,8 +148,9 @@ def pull(
         argv = [
             "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
             "--info=progress2", "--stats", "--no-inc-recursive",
-            # Unchanged files (same size and time as the local copy) are not fetched at all.
-            f"--compare-dest={root}",
+            # Unchanged files (same size and time as the local copy) are not fetched at all;
+            # times compare to the nanosecond, so a same-size rewrite within a second counts.
+            f"--compare-dest={root}", "--modify-window=-1",
             "-e", remote.rsync_shell(),
         ]  # fmt: skip
         if files is None:

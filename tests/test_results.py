@@ -151,6 +151,7 @@ def test_a_local_edit_survives(watcher, project: Path, remote: Path) -> None:
 
 
 def test_sync_pulls_everything_then_nothing(project: Path, remote: Path) -> None:
+    (remote / "results").mkdir(exist_ok=True)
     (remote / "results" / "table.csv").write_text("a,b\n1,2\n")  # not a figure: sync takes it too
     result = run_rjn("sync", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -158,8 +159,24 @@ def test_sync_pulls_everything_then_nothing(project: Path, remote: Path) -> None
     again = run_rjn("sync", "--json", cwd=project)
     assert again.returncode == 0, again.stderr
     assert '"files": []' in again.stdout
-    # The local edit from before is still there; sync never deletes local files.
-    assert (project / "results" / "edit.png").read_bytes() == b"my local edit"
+    # A local edit survives a sync too: the remote version is kept beside it.
+    (project / "results" / "table.csv").write_text("my edit\n")
+    (remote / "results" / "table.csv").write_text("a,b\n3,4\n")
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0 and "kept yours" in result.stderr
+    assert (project / "results" / "table.csv").read_text() == "my edit\n"
+    [kept] = (project / "results").glob("table.remote-*.csv")
+    assert kept.read_text() == "a,b\n3,4\n"
+
+
+def test_sync_push_sends_the_project_as_open_does(project: Path, remote: Path) -> None:
+    (project / "helpers.py").write_text("def twice(x):\n    return x + x\n")
+    (project / "results").mkdir(exist_ok=True)
+    (project / "results" / "local-only.png").write_bytes(b"stays home")
+    result = run_rjn("sync", "--push", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (remote / "helpers.py").read_text() == "def twice(x):\n    return x + x\n"
+    assert not (remote / "results" / "local-only.png").exists()  # results never travel out
 
 
 def test_polling_mode_for_filesystems_without_events(project: Path, remote: Path) -> None:

@@ -50,6 +50,8 @@ def push(
         "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
         # A notebook edited in the remote Jupyter is newer than the local copy: keep it.
         "--update",
+        # Times compare to the nanosecond: an edit of the same size within a second still goes.
+        "--modify-window=-1",
         "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
         "-e", remote.rsync_shell(),
         *push_filters(config),

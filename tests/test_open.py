@@ -217,3 +217,16 @@ def test_pip_installs_the_environment_where_uv_is_not_wanted(make_project, short
     assert (venv / "bin" / "pip").exists()  # a venv made by uv has no pip
     assert execute(port, token, "import yaml; print('ok')").strip() == "ok"
     run_rjn("close", "--server", cwd=project)
+
+
+def test_an_edit_of_the_same_size_within_a_second_is_pushed(make_project, short_tmp) -> None:
+    project = make_project("lambda")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    remote = short_tmp / "remote" / "lambda" / "helpers.py"
+    before = remote.stat().st_mtime_ns
+    text = (project / "helpers.py").read_text()
+    (project / "helpers.py").write_text(text.replace("2 * x", "x * 2"))  # same size
+    os.utime(project / "helpers.py", ns=(before + 1000, before + 1000))  # same second
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    assert "x * 2" in remote.read_text()
+    run_rjn("close", "--server", cwd=project)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 RJN_DIR = ".rjn"
@@ -102,12 +103,12 @@ def write_private(path, text):
 # -- the Jupyter server ----------------------------------------------------------------
 
 
-def http_status(record, timeout=3.0):
-    """GET /api/status from the server in `record`; the HTTP status, or None if unreachable."""
-    token = record.get("token", "")
+def api(record, method, path, timeout):
+    """One request to the server in `record` (its socket, or address and port), with its
+    token; the HTTP status, or None if nothing answered."""
     request = (
-        "GET /api/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
-        "Connection: close\r\n\r\n" % token
+        "%s %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n" % (method, path, record.get("token", ""))
     ).encode()
     try:
         if record.get("sock"):
@@ -123,6 +124,11 @@ def http_status(record, timeout=3.0):
         return int(head.split()[1])
     except (OSError, ValueError, IndexError, KeyError):
         return None
+
+
+def http_status(record, timeout=3.0):
+    """GET /api/status: 200 when the server is up and the token is right."""
+    return api(record, "GET", "/api/status", timeout)
 
 
 def pid_is_jupyter(pid):
@@ -265,17 +271,23 @@ def tail(path, lines=8):
 
 def stop_pid(pid, grace=10.0):
     """Stop a server's process group: SIGTERM, then SIGKILL after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    stop_group(pid, ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)), alive_pid)
+
+
+def stop_group(pgid, steps, alive):
+    """Signal a process group step by step, each signal given its time, until `alive(pgid)`
+    is false."""
+    for sig, wait in steps:
         try:
-            os.killpg(pid, sig)
+            os.killpg(pgid, sig)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not alive_pid(pid):
+            if not alive(pgid):
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def alive_pid(pid):
@@ -326,23 +338,7 @@ def stop(args):
 
 def shutdown(record):
     """Ask Jupyter to shut down through its API: kernels are stopped cleanly."""
-    request = (
-        "POST /api/shutdown HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
-        "Content-Length: 0\r\nConnection: close\r\n\r\n" % record["token"]
-    ).encode()
-    try:
-        if record.get("sock"):
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.settimeout(5)
-            conn.connect(record["sock"])
-        else:
-            address = (record.get("addr", "127.0.0.1"), record["port"])
-            conn = socket.create_connection(address, timeout=5)
-        with conn:
-            conn.sendall(request)
-            conn.recv(64)
-    except OSError:
-        pass
+    api(record, "POST", "/api/shutdown", timeout=5)
 
 
 # -- SLURM: Jupyter as a batch job on a compute node --------------------------------------
@@ -708,7 +704,6 @@ def watch(args):
     cannot see writes; polling reports a file once its size and mtime held still for a round.
     """
     import fnmatch
-    import threading
 
     project = project_dir(args["dir"])
     folders = [os.path.join(project, f) for f in args["results"]]
@@ -730,10 +725,6 @@ def watch(args):
         with lock:
             emit(**message)
 
-    def until_stdin_closes():
-        sys.stdin.buffer.read()
-        os._exit(0)
-
     mode, reason = args.get("mode", "auto"), ""
     kind = fs_type(project)
     if mode == "auto":
@@ -746,7 +737,7 @@ def watch(args):
             from watchdog.observers.inotify import InotifyObserver
         except ImportError:
             mode, reason = "poll", "watchdog with inotify is not available here"
-    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    exit_when_stdin_closes()
     if mode == "events":
 
         class Handler(FileSystemEventHandler):
@@ -775,6 +766,16 @@ def watch(args):
             time.sleep(3600)
     emit(ready={"mode": "poll", "fs": kind, "reason": reason, "interval": interval})
     poll(folders, report, interval)
+
+
+def exit_when_stdin_closes():
+    """End this helper when the local rjn goes away (Ctrl-C, or a lost connection)."""
+
+    def wait():
+        sys.stdin.buffer.read()
+        os._exit(0)
+
+    threading.Thread(target=wait, daemon=True).start()
 
 
 def read_whole(path, limit):
@@ -858,8 +859,6 @@ def run(args):
     The command gets a process group of its own: when our stdin closes (Ctrl-C or a lost
     connection on the other side) the whole group is interrupted, then terminated.
     """
-    import threading
-
     project = project_dir(args["dir"])
     venv_bin = os.path.dirname(venv_python(project))
     env = dict(os.environ, VIRTUAL_ENV=os.path.dirname(venv_bin), PYTHONUNBUFFERED="1")
@@ -894,16 +893,9 @@ def run(args):
     def until_stdin_closes():
         sys.stdin.buffer.read()
         if proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except OSError:
-                    break
-                deadline = time.monotonic() + wait
-                while proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if proc.poll() is not None:
-                    break
+            # proc.poll, not waitpid: the exit code must stay ours to read.
+            steps = ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0))
+            stop_group(proc.pid, steps, lambda _: proc.poll() is None)
 
     pumps = [
         threading.Thread(target=pump, args=(proc.stdout, "out")),
@@ -962,8 +954,6 @@ def detach(project, argv, env):
 
 def logs(args):
     """Stream a run's log as {"out": line}; with follow, until the run ends or stdin closes."""
-    import threading
-
     project = project_dir(args["dir"])
     runs = os.path.join(project, RJN_DIR, "runs")
     names = (
@@ -979,12 +969,7 @@ def logs(args):
         )
     log_path, exit_path = (os.path.join(runs, run_id + ext) for ext in (".log", ".exit"))
     if args.get("follow"):
-
-        def until_stdin_closes():
-            sys.stdin.buffer.read()
-            os._exit(0)
-
-        threading.Thread(target=until_stdin_closes, daemon=True).start()
+        exit_when_stdin_closes()
     with open(log_path, "rb") as log_file:
         pending = b""
         while True:

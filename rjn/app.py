@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -472,8 +473,6 @@ def stream_run(
 ) -> int:
     """Stream a helper action's output (a run, or a run's log); return the exit code
     (130 on Ctrl-C, which also interrupts a run)."""
-    import queue
-
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
     running = remote.agent_stream(
         action, {"dir": remote_dir, **args}, python=server.venv_python(remote_dir),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,7 @@ def pull(
     pull: the remote version is then kept beside it, under a new name.
     """
     root = config.root
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
-    try:
+    with _staging(root) as staging:
         argv = [
             "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
             "--info=progress2", "--stats", "--no-inc-recursive",
@@ -165,15 +165,12 @@ def pull(
         # 23/24: a file vanished or changed while listed; the watcher reports it again.
         _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24) if files else (0, 24))
         return _place(config, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
     """Place files that arrived inline ({relpath: (content, mtime_ns)}) as a pull would."""
     root = config.root
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
-    try:
+    with _staging(root) as staging:
         for rel, (content, mtime_ns) in files.items():
             staged = (staging / rel).resolve()
             if not staged.is_relative_to(staging):
@@ -182,6 +179,14 @@ def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]
             staged.write_bytes(content)
             os.utime(staged, ns=(mtime_ns, mtime_ns))
         return _place(config, staging)
+
+
+@contextlib.contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A scratch folder in the project (same filesystem: moving out of it is atomic)."""
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

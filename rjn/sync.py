@@ -116,7 +116,8 @@ class Pulled:
 
 
 def _index_path(config: Config) -> Path:
-    return state.state_dir() / "projects" / f"{state.project_key(config.root)}.pulled.json"
+    # Beside the project's state file (whose helper makes the folder on first use).
+    return state.state_path(config.root).with_suffix(".pulled.json")
 
 
 def _load_index(config: Config) -> dict[str, dict[str, list[int]]]:

@@ -267,3 +267,14 @@ def test_init_writes_a_config_that_loads_and_never_overwrites(tmp_path: Path) ->
         app.init(tmp_path, "other")
     with pytest.raises(ConfigError, match="not a host name"):
         app.init(tmp_path / "new", "-oProxyCommand=x")
+
+
+def test_inline_files_land_in_a_project_never_synced_before(tmp_path: Path) -> None:
+    """The pulled-files index goes beside the project's state, whose folder may not exist yet."""
+    (tmp_path / "fresh").mkdir()
+    config = load(tmp_path / "fresh", TOML)
+    [pulled] = sync.receive(config, {"results/a.png": (b"png", 1_700_000_000_000_000_000)})
+    assert pulled.path == "results/a.png"
+    assert (tmp_path / "fresh" / "results" / "a.png").read_bytes() == b"png"
+    with pytest.raises(Exception, match="outside the project"):
+        sync.receive(config, {"../escape.png": (b"x", 1)})

@@ -57,7 +57,7 @@ def demo(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     sys.path.insert(0, str(ROOT / "tests"))
-    from sshd import ALIAS, TestHost
+    from hosts.loopback import ALIAS, TestHost
 
     base = Path(tempfile.mkdtemp(prefix="rjn-demo"))
     env = {"XDG_STATE_HOME": str(base / "state"), "XDG_RUNTIME_DIR": str(base / "run")}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sshd import TestHost
+from hosts.loopback import TestHost
 
 FILES = 50
 

@@ -1,4 +1,5 @@
-"""Fixtures: a real sshd on loopback, isolated rjn state, and projects to open."""
+"""Fixtures: a real sshd (on a separate host behind a link with latency where root allows, else
+on loopback), isolated rjn state, and projects to open."""
 
 from __future__ import annotations
 
@@ -15,7 +16,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sshd import TestHost
+from hosts import netns
+from hosts.loopback import TestHost
+
+# RJN_TEST_HOST=loopback runs the suite against an sshd on 127.0.0.1 even where a separate host
+# could be built (quicker, but it hides what latency does).
+WANTED_HOST = os.environ.get("RJN_TEST_HOST", "separate")
+
+
+def _host_kind() -> str:
+    if WANTED_HOST == "loopback":
+        return "loopback (RJN_TEST_HOST=loopback)"
+    why = netns.available()
+    return "separate host" if why is None else f"loopback ({why})"
+
+
+def pytest_report_header() -> str:
+    return f"rjn test remote: {_host_kind()}"
 
 NOTEBOOK = {
     "cells": [
@@ -49,16 +66,20 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def host(short_tmp: Path) -> Iterator[TestHost]:
-    """A throwaway OpenSSH server on 127.0.0.1 that trusts one key."""
+    """A throwaway OpenSSH server that trusts one key: on a host of its own, 25 ms away, where
+    the test run may build one; on 127.0.0.1 otherwise."""
     remote_env = {
         "XDG_DATA_HOME": str(short_tmp / "rdata"),
         # Where the test cluster's clients find it, when a test starts one (test_slurm.py).
         "SLURM_CONF": str(short_tmp / "slurm" / "slurm.conf"),
     }
-    test_host = TestHost(short_tmp / "host", remote_env=remote_env)
+    if _host_kind() == "separate host":
+        test_host: TestHost = netns.NetnsHost(short_tmp / "host", remote_env=remote_env)
+    else:
+        test_host = TestHost(short_tmp / "host", remote_env=remote_env)
     test_host.start()
     yield test_host
-    test_host.stop()
+    test_host.teardown()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_rjn
-from sshd import TestHost
+from hosts.loopback import TestHost
 
 
 def failed(result: subprocess.CompletedProcess[str], code: int) -> str:

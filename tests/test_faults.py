@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_rjn, status
-from sshd import TestHost
+from hosts.loopback import TestHost
 from test_open import api, opened
 from test_results import Watcher, wait_for
 

@@ -1,6 +1,7 @@
 """A throwaway OpenSSH server on loopback: its own host key, key-only login, known_hosts written.
 
-Used by the tests and by `nox -s demo`. Works as root and as an ordinary user.
+Used by the tests and by `nox -s demo`. Works as root and as an ordinary user. The separate
+host with latency (`netns.py`) is the same server, moved behind a link of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class TestHost:
 
     __test__ = False  # a fixture, not a test class
 
+    address = "127.0.0.1"
+    kind = "loopback"
+
     def __init__(self, base: Path, remote_env: dict[str, str] | None = None) -> None:
         self.base = base
         self.port = _free_port()
@@ -65,13 +69,14 @@ class TestHost:
         self._keygen(self.client_key)
         (self.base / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        where = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        self.known_hosts.write_text(f"{where} {host_pub[0]} {host_pub[1]}\n")
         setenv = " ".join(f"{k}={v}" for k, v in self.remote_env.items())
         (self.base / "sshd_config").write_text(
             "\n".join(
                 [
                     f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.address}",
                     f"HostKey {self.host_key}",
                     f"PidFile {self.base / 'sshd.pid'}",
                     f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
@@ -95,7 +100,7 @@ class TestHost:
             "\n".join(
                 [
                     f"Host {ALIAS}",
-                    "    HostName 127.0.0.1",
+                    f"    HostName {self.address}",
                     f"    Port {self.port}",
                     f"    User {self.user}",
                     f"    IdentityFile {self.client_key}",
@@ -114,7 +119,7 @@ class TestHost:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         self.proc = subprocess.Popen(
-            [_sshd_binary(), "-D", "-e", "-f", str(self.base / "sshd_config")],
+            self.sshd_argv([_sshd_binary(), "-D", "-e", "-f", str(self.base / "sshd_config")]),
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
         )
@@ -123,12 +128,20 @@ class TestHost:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                with socket.create_connection((self.address, self.port), timeout=1) as conn:
                     if conn.recv(4) == b"SSH-":
                         return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"sshd did not answer on port {self.port}: {self.log.read_text()}")
+
+    def sshd_argv(self, argv: list[str]) -> list[str]:
+        """How sshd is started (a host elsewhere wraps it)."""
+        return argv
+
+    def teardown(self) -> None:
+        """Stop everything the host started."""
+        self.stop()
 
     def stop(self) -> None:
         """Stop sshd (sessions it forked end with their connections)."""

@@ -1,0 +1,1 @@
+"""The kinds of real host the tests run against, one module each."""

@@ -141,15 +141,22 @@ def open_project(config: Config, report: Reporter) -> Opened:
             where = " as a SLURM job" if config.slurm else ""
             with report.step(f"Starting Jupyter {config.jupyter.app}{where}"):
                 live = server.start(remote, config, remote_dir, on_log=report.log)
-        with report.step("Opening the tunnel"):
-            port = tunnel.ensure(
-                remote,
-                config,
-                live.target,
-                live.token,
-                previous.local_port if previous else None,
-                previous.forward_target if previous else None,
-            )
+        try:
+            with report.step("Opening the tunnel"):
+                port = tunnel.ensure(
+                    remote,
+                    config,
+                    live.target,
+                    live.token,
+                    previous.local_port if previous else None,
+                    previous.forward_target if previous else None,
+                )
+        except BaseException:
+            if live.started and live.job:
+                # A job this open submitted must not burn its allocation unused.
+                with report.step(f"Cancelling SLURM job {live.job}"):
+                    server.stop(remote, remote_dir)
+            raise
         record = state.ProjectState(
             root=str(root),
             host=remote.host,

@@ -104,6 +104,9 @@ class SlurmConfig:
     extra: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
     queue_timeout: int = 600
+    # The compute nodes' interface whose address Jupyter listens on; default: the one the
+    # node routes through toward the login node.
+    interface: str | None = None
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,7 @@ def _check(config: Config) -> None:
 
 def _check_slurm(slurm: SlurmConfig, where: str) -> None:
     """Values end up on #SBATCH lines: a line break would smuggle in a line of its own."""
-    for key in ("partition", "account", "time", "mem", "gpus", "extra"):
+    for key in ("partition", "account", "time", "mem", "gpus", "extra", "interface"):
         value = getattr(slurm, key)
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, str) and any(c in item for c in "\r\n\0"):

@@ -206,6 +206,16 @@ class Background:
     def stderr(self) -> str:
         return "".join(self._err)
 
+    def wait(self, timeout: float | None) -> int | None:
+        """Wait for it to end (its stdin stays open); its exit code, or None at the deadline."""
+        try:
+            self._command.wait(timeout=timeout)
+        except sh.TimeoutException:
+            return None
+        except sh.ErrorReturnCode:
+            pass
+        return self.code
+
     def close(self, timeout: float = 10) -> int | None:
         """Close its stdin (the polite stop), then terminate it if it lingers."""
         self._feed.put(None)

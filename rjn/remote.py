@@ -14,7 +14,7 @@ from typing import Any
 
 from rjn import proc, state
 from rjn.config import RemoteConfig
-from rjn.errors import ConnectionFailed, RemoteError, RjnError
+from rjn.errors import ConnectionFailed, RemoteError, RjnError, Timeout
 
 # What OpenSSH says, mapped to what it means and what to try.
 _FAILURES = (
@@ -249,8 +249,11 @@ class Remote:
         python: str | None = None,
         on_log: Callable[[str], Any] | None = None,
         timeout: float | None = None,
+        hold: bool = False,
     ) -> dict[str, Any]:
-        """Run one action of rjn's remote helper in one exec; return its JSON answer."""
+        """Run one action of rjn's remote helper in one exec; return its JSON answer.
+
+        With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.config.python
         answer: dict[str, Any] = {}
 
@@ -259,30 +262,44 @@ class Remote:
                 on_log(str(message["log"]))
             answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
 
-        # Parse as lines arrive only when someone is watching the log; else parse at the end.
         parse = _messages(on_message)
-        result = self.run(
-            _agent_command(python, action, args),
-            input=agent_source(),
-            timeout=timeout,
-            on_out=parse if on_log else None,
-        )
-        if not on_log:
-            for line in result.out.splitlines():
-                parse(line)
+        command = _agent_command(python, action, args)
+        if hold:
+            # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
+            # link), the helper sees it close and can undo what it started.
+            running = proc.start(self.ssh_argv("-T", command=command), stdin=agent_source(),
+                                 on_out=parse)  # fmt: skip
+            try:
+                code, err = running.wait(timeout), running.stderr
+            finally:
+                running.close()
+            if code is None:
+                raise Timeout(f"{self.host}: rjn's remote helper did not finish {action} "
+                              f"within {timeout:g}s")  # fmt: skip
+            if code == 255 and not self.master_alive():
+                raise explain(self.host, err)
+        else:
+            # Parse as lines arrive only when someone is watching the log; else at the end.
+            result = self.run(
+                command, input=agent_source(), timeout=timeout, on_out=parse if on_log else None
+            )
+            if not on_log:
+                for line in result.out.splitlines():
+                    parse(line)
+            code, err = result.code, result.err
         if "error" in answer:
             error = answer["error"]
             raise RemoteError(f"{self.host}: {error['message']}", hint=error.get("hint"))
         if "ok" in answer:
             ok: dict[str, Any] = answer["ok"]
             return ok
-        if result.code == 127:
+        if code == 127:
             raise RemoteError(
                 f"{self.host}: the remote python '{python}' was not found",
                 hint="install Python 3.8+ on the remote, or set [remote] python to its path",
             )
-        tail = " / ".join(result.err.strip().splitlines()[-5:])
-        raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {result.code}): {tail}")
+        tail = " / ".join(err.strip().splitlines()[-5:])
+        raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
 
     def agent_stream(
         self,

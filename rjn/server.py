@@ -70,6 +70,7 @@ def start(
         },
         python=venv_python(remote_dir),
         on_log=on_log,
+        hold=True,
         timeout=jupyter.ready_timeout + 60 + (config.slurm.queue_timeout if config.slurm else 0),
     )
     server = Server.from_record(record)

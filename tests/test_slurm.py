@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_rjn, status
-from slurm import Cluster, available
+from hosts.loopback import TestHost
+from hosts.slurm import Cluster, available
 from test_open import api, execute, opened
 from test_results import wait_for
 
@@ -18,8 +22,10 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=str(available())
 
 
 @pytest.fixture(scope="module")
-def cluster(short_tmp: Path) -> Iterator[Cluster]:
-    running = Cluster(short_tmp / "slurm").start()
+def cluster(short_tmp: Path, host: TestHost) -> Iterator[Cluster]:
+    # The compute node is this machine, as the login node (the test host) reaches it.
+    running = Cluster(short_tmp / "slurm", address=getattr(host, "local_address", host.address))
+    running.start()
     yield running
     running.stop()
 
@@ -54,6 +60,11 @@ def test_open_runs_jupyter_as_a_job_and_tunnels_to_the_node(project: Path, clust
     # The setup lines ran, and the kernel runs on the node in the project's environment.
     code = "import os, yaml; print(os.environ.get('RJN_SETUP'), os.environ.get('SLURM_JOB_ID'))"
     assert execute(port, token, code).split() == ["done", seen["job"]]
+    # On the node its own name means loopback; Jupyter listens where the login node reaches it.
+    code = "import socket; print(socket.gethostbyname(socket.gethostname()))"
+    assert execute(port, token, code).strip().startswith("127.")
+    record = json.loads((short_tmp / "remote" / "zeta" / ".rjn" / "server.json").read_text())
+    assert record["addr"] == cluster.address and "route to the login node" in record["why"]
     # The token is not in the batch script (it is read from a private file on the node).
     script = (short_tmp / "remote" / "zeta" / ".rjn" / "jupyter.sbatch").read_text()
     assert token not in script and "#SBATCH --partition=debug" in script
@@ -97,5 +108,44 @@ def test_a_job_stuck_pending_times_out_naming_partition_and_reason(cluster, make
         assert "still PENDING after 4s in debug" in result.stderr
         assert "reason: Resources" in result.stderr or "reason: Priority" in result.stderr
         assert "cancelled" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        cluster.run("scancel", job)
+
+
+def rjn_jobs(cluster: Cluster, name: str) -> list[str]:
+    out = cluster.run("squeue", "-h", "-n", f"rjn-{name}", "-o", "%i").stdout
+    return out.split()
+
+
+def test_an_unreachable_address_fails_fast_and_cancels_the_job(cluster, make_project, host):
+    if host.kind == "loopback":
+        pytest.skip("on one host every address is reachable: needs the separate test host")
+    # Loopback on the compute node: the login node (another host) can never reach it.
+    project = make_project("theta", slurm=SLURM + '\ninterface = "lo"')
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project, timeout=100)
+    assert result.returncode == 4, result.stderr
+    assert "listens on 127.0.0.1:" in result.stderr and "cannot reach" in result.stderr
+    assert "the job was cancelled" in result.stderr and "[slurm] interface" in result.stderr
+    assert "Traceback" not in result.stderr
+    wait_for(lambda: not rjn_jobs(cluster, "theta"), what="the job to leave the queue")
+
+
+def test_ctrl_c_while_the_job_waits_cancels_it(cluster, make_project) -> None:
+    blocker = cluster.run(
+        "sbatch", "--parsable", "--exclusive", "--output=/dev/null", "--wrap", "sleep 300"
+    )
+    job = blocker.stdout.strip()
+    try:
+        wait_for(lambda: queued(cluster, job) == "RUNNING", what="the blocking job")
+        project = make_project("iota-slurm", slurm=SLURM)
+        opening = subprocess.Popen(
+            [sys.executable, "-m", "rjn", "open", "--no-browser", "--no-watch"], cwd=project,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: rjn_jobs(cluster, "iota-slurm"), timeout=300, what="the job submitted")
+        assert queued(cluster, rjn_jobs(cluster, "iota-slurm")[0]) == "PENDING"
+        opening.send_signal(signal.SIGINT)
+        assert opening.wait(timeout=60) == 130
+        wait_for(lambda: not rjn_jobs(cluster, "iota-slurm"), what="the job to be cancelled")
     finally:
         cluster.run("scancel", job)

@@ -1,5 +1,10 @@
 """A real single-node SLURM for the tests: munged, slurmctld and slurmd started directly.
 
+The compute node is this machine, at `address`. With the separate test host, that is this
+machine's end of the link, and the host is the login node: login and compute node are two
+network hosts, as on a real cluster. The node's own name resolves to loopback on the node
+(as on many Debian and Ubuntu machines), so nothing may rely on resolving it.
+
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge (`.ci/install` installs them).
 The cluster's config lives in its own folder; clients find it through SLURM_CONF.
 """
@@ -41,8 +46,9 @@ class Cluster:
 
     __test__ = False
 
-    def __init__(self, base: Path, cpus: int | None = None) -> None:
+    def __init__(self, base: Path, address: str = "127.0.0.1", cpus: int | None = None) -> None:
         self.base = base
+        self.address = address
         self.conf = base / "slurm.conf"
         self.node = socket.gethostname().split(".")[0]
         self.cpus = cpus or os.cpu_count() or 1
@@ -56,7 +62,7 @@ class Cluster:
         self.conf.write_text(
             "\n".join([
                 "ClusterName=rjntest",
-                f"SlurmctldHost={self.node}(127.0.0.1)",
+                f"SlurmctldHost={self.node}({self.address})",
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 f"SlurmctldPort={_free_port()}",
@@ -78,15 +84,23 @@ class Cluster:
                 "ReturnToService=2",
                 "MpiDefault=none",
                 "SchedulerParameters=sched_interval=1",
-                f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 "
+                f"NodeName={self.node} NodeAddr={self.address} CPUs={self.cpus} RealMemory=1000 "
                 "State=UNKNOWN",
                 "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                 "",
             ])
         )  # fmt: skip
         self._munge()
-        for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([_which(daemon) or daemon, "-f", str(self.conf)], check=True)
+        subprocess.run([_which("slurmctld") or "slurmctld", "-f", str(self.conf)], check=True)
+        # slurmd, and so every job, sees a /etc/hosts where the node's name means loopback.
+        hosts = self.base / "node-hosts"
+        hosts.write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.node}\n")
+        subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind "$1" /etc/hosts && shift && exec "$@"', "sh", str(hosts),
+             _which("slurmd") or "slurmd", "-f", str(self.conf)],
+            check=True,
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             state = self.run("sinfo", "-h", "-o", "%T").stdout.strip()

@@ -22,7 +22,9 @@ from rjn.requirements import Requirements
 class Reporter(Protocol):
     """How use cases tell the user what they are doing; the CLI renders it."""
 
-    def step(self, title: str) -> contextlib.AbstractContextManager[Any]: ...
+    def step(self, title: str, prompts: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """A step of the work; with `prompts`, something in it may ask the user at the
+        terminal, so no live display may draw over it."""
 
     def log(self, line: str) -> None: ...
 
@@ -33,7 +35,7 @@ class Quiet:
     """A reporter that says nothing (for scripts, tests and --json)."""
 
     @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
+    def step(self, title: str, prompts: bool = False) -> Iterator[None]:
         yield
 
     def log(self, line: str) -> None:
@@ -41,6 +43,13 @@ class Quiet:
 
     def progress(self, percent: int) -> None:
         pass
+
+
+def connect(remote: Remote, report: Reporter) -> bool:
+    """The master up; True if it had to log in. ssh may ask for a password, a 2FA code, a
+    passphrase or a new host key then: the display steps aside for it."""
+    with report.step(f"Connecting to {remote.host}", prompts=not remote.master_alive()):
+        return remote.connect()
 
 
 def make_remote(config: Config) -> Remote:
@@ -103,8 +112,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     with report.step("Writing requirements"):
         reqs, sources = write_requirements(config, previous)
     wanted = env.wanted_hash(config, reqs)
-    with report.step(f"Connecting to {remote.host}"):
-        logged_in = remote.connect()
+    logged_in = connect(remote, report)
     with report.step("Checking the remote"):
         info = remote.agent("probe", {"dir": config.remote_dir, "env_hash": wanted}, timeout=60)
     remote_dir: str = info["dir"]
@@ -142,14 +150,20 @@ def open_project(config: Config, report: Reporter) -> Opened:
             with report.step(f"Starting Jupyter {config.jupyter.app}{where}"):
                 live = server.start(remote, config, remote_dir, on_log=report.log)
         try:
+            carrier = remote
+            if live.via_node:
+                carrier = remote.to_node(live.via_node)
+                connect(carrier, report)
             with report.step("Opening the tunnel"):
                 port = tunnel.ensure(
-                    remote,
+                    carrier,
                     config,
                     live.target,
                     live.token,
                     previous.local_port if previous else None,
                     previous.forward_target if previous else None,
+                    # Through a hop, the tunnel is the first to ask Jupyter: give it its time.
+                    wait=config.jupyter.ready_timeout if live.via_node else 15,
                 )
         except BaseException:
             if live.started and live.job:
@@ -169,6 +183,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             app=live.app,
             env_hash=ready.env_hash,
             sources_hash=ready.sources_hash,
+            via_node=live.via_node,
         )
         state.save(record)
     return Opened(
@@ -275,14 +290,17 @@ def close(config: Config, *, stop_server: bool) -> Closed:
     with state.locked(root):
         saved = state.load(root)
         remote = make_remote(config)
+        carrier = _carrier(remote, saved)
         tunnel_closed = False
         if saved and saved.local_port and saved.forward_target:
-            tunnel.close(remote, saved.local_port, saved.forward_target)
+            tunnel.close(carrier, saved.local_port, saved.forward_target)
             tunnel_closed = True
         stopped = released = False
         if stop_server:
             remote.connect()
             stopped = server.stop(remote, config.remote_dir)
+            if carrier is not remote:
+                carrier.disconnect()  # the hop to the node: its job is gone
             state.forget(root)
             if not _master_in_use(remote, exclude=root):
                 remote.disconnect()
@@ -291,6 +309,12 @@ def close(config: Config, *, stop_server: bool) -> Closed:
             saved.local_port = None
             state.save(saved)
     return Closed(config.name, tunnel_closed, stopped, released)
+
+
+def _carrier(remote: Remote, saved: state.ProjectState | None) -> Remote:
+    """The connection that carries the project's tunnel: the host's master, or the hop to the
+    compute node whose socket Jupyter listens on."""
+    return remote.to_node(saved.via_node) if saved and saved.via_node else remote
 
 
 def _master_in_use(remote: Remote, exclude: Path) -> bool:
@@ -355,8 +379,10 @@ def watch_results(
             if reconnected:
                 on_link(f"reconnected to {remote.host}")
             if saved.local_port and saved.forward_target and saved.token:
+                carrier = _carrier(remote, saved)
+                carrier.connect()
                 port = tunnel.ensure(
-                    remote, config, saved.forward_target, saved.token,
+                    carrier, config, saved.forward_target, saved.token,
                     saved.local_port, saved.forward_target,
                 )  # fmt: skip
                 if port != saved.local_port:
@@ -410,8 +436,7 @@ class Synced:
 def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
     """Pull all results now (only changed files); with push, send the project as `open` does."""
     remote = make_remote(config)
-    with report.step(f"Connecting to {remote.host}"):
-        remote.connect()
+    connect(remote, report)
     remote_dir = _remote_dir(config, remote)
     if push:
         with report.step("Writing requirements"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -109,7 +110,7 @@ class Remote:
 
     # -- argv building ---------------------------------------------------------------
 
-    def options(self) -> list[str]:
+    def options(self, control: str | None = None) -> list[str]:
         """ssh options shared by every call: the config's, then the control socket."""
         cfg = self.config
         opts: list[str] = []
@@ -126,8 +127,25 @@ class Remote:
         for option in cfg.ssh_options:
             opts += ["-o", option]
         # ssh parses option values itself, so a path with spaces needs its own quotes.
-        opts += ["-o", f"ControlPath={_ssh_quote(self.control_template)}"]
+        opts += ["-o", f"ControlPath={_ssh_quote(control or self.control_template)}"]
         return opts
+
+    def to_node(self, node: str) -> Remote:
+        """A compute node, reached through this host's master: the hop rides the connection
+        that is up (no second login to this host); the node is logged in to as ssh is set up
+        for it (keys, the user's config for the node's name)."""
+        # ProxyCommand expands %-tokens: ours are spelled out, and any other % is escaped.
+        hop = ["ssh", *self.options(control=str(self.control_path)), "-o", "ControlMaster=no"]
+        proxy = shlex.join(hop).replace("%", "%%") + " -W %h:%p -- "
+        proxy += shlex.quote(self.host).replace("%", "%%")
+        config = dataclasses.replace(
+            self.config,
+            host=node,
+            port=None,
+            proxy_jump=None,
+            ssh_options=(*self.config.ssh_options, f"ProxyCommand={proxy}"),
+        )
+        return Remote(config, Path(self.control_template).parent, self.log_path.parent)
 
     def ssh_argv(self, *args: str, command: Sequence[str] | None = None) -> list[str]:
         """argv for one ssh call over the master; `command` is quoted once, here."""
@@ -346,18 +364,32 @@ def _agent_command(python: str, action: str, args: dict[str, Any]) -> list[str]:
     return [python, "-c", boot, action, json.dumps(args)]
 
 
+# The largest message the helper sends: a small file inline (base64) with its name.
+MESSAGE_MAX = 4 * 1024 * 1024
+
+
 def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:
-    """Parse the helper's JSON lines; any other line (a chatty login script) becomes a log."""
+    """Parse the helper's JSON lines as untrusted input. A line that is not JSON (a chatty login
+    script) becomes a log; an oversized one, or JSON that is not an object, becomes an error."""
 
     def line(text: str) -> None:
+        if len(text) > MESSAGE_MAX:
+            handler(_bad(f"a line of {len(text)} bytes (more than {MESSAGE_MAX})"))
+            return
         try:
             message = json.loads(text)
         except ValueError:
             message = {"log": text}
         if isinstance(message, dict):
             handler(message)
+        else:
+            handler(_bad(f"{type(message).__name__} instead of an object"))
 
     return line
+
+
+def _bad(what: str) -> dict[str, Any]:
+    return {"error": {"message": f"rjn's remote helper sent {what}", "hint": None}}
 
 
 def _ssh_quote(value: str) -> str:

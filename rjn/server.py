@@ -26,6 +26,11 @@ class Server:
     node: str | None = None
 
     @property
+    def via_node(self) -> str | None:
+        """The compute node the tunnel must hop to: a job's Jupyter on a socket of the node's."""
+        return self.node if self.job and self.sock else None
+
+    @property
     def target(self) -> str:
         """What a tunnel forwards to: the unix socket, or the address and port (on a compute
         node, for a SLURM job)."""

@@ -64,6 +64,8 @@ class ProjectState:
     app: str = "lab"
     env_hash: str | None = None
     sources_hash: str | None = None
+    # The compute node the tunnel hops to ([slurm] connect = "jump"), else None.
+    via_node: str | None = None
 
     @property
     def url(self) -> str | None:

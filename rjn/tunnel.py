@@ -85,6 +85,7 @@ def ensure(
     token: str,
     previous_port: int | None,
     previous_target: str | None,
+    wait: float = 15,
 ) -> int:
     """A working tunnel to the server at `target`: the previous one if it answers, else a new
     forward, on the previous port when it is free (so an open browser tab keeps working)."""
@@ -100,7 +101,7 @@ def ensure(
     remote.forward(port, target)
     wait_until(
         lambda: probe(port, token) == 200,
-        timeout=15,
+        timeout=wait,
         what=f"the tunnel 127.0.0.1:{port} -> {remote.host} did not answer",
         hint=f"run `rjn status`; the master's log is {remote.log_path}",
     )

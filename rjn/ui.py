@@ -36,7 +36,7 @@ class Steps:
         self._title = ""
 
     @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
+    def step(self, title: str, prompts: bool = False) -> Iterator[None]:
         started = time.monotonic()
         self._title = title
         bar = Progress(
@@ -50,7 +50,13 @@ class Steps:
         )
         self._bar, self._task = bar, bar.add_task(title, total=None)
         # Off a terminal a live display has nothing to redraw: just print the outcome lines.
-        live = bar if err.is_terminal else contextlib.nullcontext()
+        # Where ssh may ask something, a spinner would draw over its prompt: say what is
+        # happening on a line of its own and leave the terminal to ssh.
+        live: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if err.is_terminal and prompts:
+            err.print(f"[dim]…[/] {escape(title)}")
+        elif err.is_terminal:
+            live = bar
         try:
             with live:
                 yield
@@ -160,7 +166,9 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
     """One line per file that came home."""
     took = f" [dim]{_duration(seconds)}[/]" if seconds is not None else ""
     size = _size(pulled.size)
-    if pulled.conflict_copy:
+    if pulled.refused:
+        err.print(f"[red]✗[/] {escape(pulled.path)} not pulled: {escape(pulled.refused)}")
+    elif pulled.conflict_copy:
         err.print(
             f"[yellow]↓[/] {escape(pulled.path)} changed here too: kept yours, "
             f"saved the remote one as {escape(pulled.conflict_copy)} ({size}){took}"
@@ -193,7 +201,9 @@ def show_synced(result: Synced) -> None:
         return
     for pulled in result.files:
         show_pulled(pulled)
-    err.print(f"{escape(result.project)}: {len(result.files)} file(s) pulled")
+    refused = sum(1 for p in result.files if p.refused)
+    note = f", {refused} refused" if refused else ""
+    err.print(f"{escape(result.project)}: {len(result.files) - refused} file(s) pulled{note}")
 
 
 def print_output(stream: str, line: str) -> None:

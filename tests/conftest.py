@@ -34,6 +34,7 @@ def _host_kind() -> str:
 def pytest_report_header() -> str:
     return f"rjn test remote: {_host_kind()}"
 
+
 NOTEBOOK = {
     "cells": [
         {"cell_type": "markdown", "metadata": {}, "source": ["# Analysis\n", "import fake_md\n"]},

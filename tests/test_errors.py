@@ -77,7 +77,7 @@ def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True
     )
     kind, key = (tmp_path / "other.pub").read_text().split()[:2]
-    project = _with_known_hosts(host, tmp_path, f"[127.0.0.1]:{host.port} {kind} {key}\n")
+    project = _with_known_hosts(host, tmp_path, f"{host.known_name} {kind} {key}\n")
     err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
     assert "the host key changed" in err and "do not connect" in err
 

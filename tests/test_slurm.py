@@ -121,13 +121,13 @@ def test_an_unreachable_address_fails_fast_and_cancels_the_job(cluster, make_pro
     if host.kind == "loopback":
         pytest.skip("on one host every address is reachable: needs the separate test host")
     # Loopback on the compute node: the login node (another host) can never reach it.
-    project = make_project("theta", slurm=SLURM + '\ninterface = "lo"')
+    project = make_project("unreach", slurm=SLURM + '\ninterface = "lo"')
     result = run_rjn("open", "--no-browser", "--no-watch", cwd=project, timeout=100)
     assert result.returncode == 4, result.stderr
     assert "listens on 127.0.0.1:" in result.stderr and "cannot reach" in result.stderr
     assert "the job was cancelled" in result.stderr and "[slurm] interface" in result.stderr
     assert "Traceback" not in result.stderr
-    wait_for(lambda: not rjn_jobs(cluster, "theta"), what="the job to leave the queue")
+    wait_for(lambda: not rjn_jobs(cluster, "unreach"), what="the job to leave the queue")
 
 
 def test_ctrl_c_while_the_job_waits_cancels_it(cluster, make_project) -> None:
@@ -149,3 +149,45 @@ def test_ctrl_c_while_the_job_waits_cancels_it(cluster, make_project) -> None:
         wait_for(lambda: not rjn_jobs(cluster, "iota-slurm"), what="the job to be cancelled")
     finally:
         cluster.run("scancel", job)
+
+
+def test_jump_mode_keeps_jupyter_on_a_private_socket_on_the_node(
+    cluster: Cluster, host: TestHost, make_project, short_tmp: Path
+) -> None:
+    if host.kind == "loopback":
+        pytest.skip("the node's sshd needs the node's own address: needs the separate test host")
+    # The compute node's sshd, on the node's address (reached from the login node only).
+    node = TestHost(short_tmp / "node")
+    node.address, node.port = cluster.address, 22
+    node.start()
+    try:
+        known = short_tmp / "node_known_hosts"
+        kind, key = Path(f"{node.host_key}.pub").read_text().split()[:2]
+        known.write_text(f"{cluster.node} {kind} {key}\n")
+        config = short_tmp / "cluster_ssh_config"
+        config.write_text(
+            host.ssh_config.read_text()
+            + f"Host {cluster.node}\n    User {node.user}\n    IdentityFile {node.client_key}\n"
+            f"    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n"
+            "    StrictHostKeyChecking yes\n"
+        )
+        project = make_project("jumpy", slurm=SLURM + '\nconnect = "jump"')
+        toml = (project / "remote.toml").read_text().replace(str(host.ssh_config), str(config))
+        (project / "remote.toml").write_text(toml)
+        result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+        port, token = opened(result)
+        assert f"Connecting to {cluster.node}" in result.stderr
+        assert api(port, "/api/status", token)[0] == 200
+        record = json.loads((short_tmp / "remote" / "jumpy" / ".rjn" / "server.json").read_text())
+        assert "port" not in record and record["sock"].startswith("/tmp/rjn-")
+        sock = Path(record["sock"])
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+        assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
+        assert "Accepted publickey" in node.log.read_text()  # the tunnel hops to the node
+        job = status(project)["job"]
+        assert opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project)) == (port, token)
+        closed = run_rjn("close", "--server", cwd=project)
+        assert closed.returncode == 0, closed.stderr
+        wait_for(lambda: queued(cluster, job) == "", what="the job to leave the queue")
+    finally:
+        node.teardown()

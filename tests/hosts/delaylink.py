@@ -12,6 +12,7 @@ laptop lid shut; connections stay open and nothing is refused), SIGUSR2 passes t
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -69,10 +70,9 @@ def main() -> None:
         now = time.monotonic()
         for fd, queue in queues.items():
             while queue and queue[0][0] <= now:
-                try:
+                # A full device queue drops the packet, as a real link would.
+                with contextlib.suppress(OSError):
                     os.write(peer[fd], queue.popleft()[1])
-                except OSError:
-                    pass  # a full device queue drops the packet, as a real link would
 
 
 if __name__ == "__main__":

@@ -43,10 +43,19 @@ class TestHost:
     address = "127.0.0.1"
     kind = "loopback"
 
-    def __init__(self, base: Path, remote_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        remote_env: dict[str, str] | None = None,
+        *,
+        user: str | None = None,
+        password_login: bool = False,
+    ) -> None:
         self.base = base
         self.port = _free_port()
-        self.user = getpass.getuser()
+        self.user = user or getpass.getuser()
+        # Passwords only (no keys): a login that must ask the user at the terminal.
+        self.password_login = password_login
         self.remote_env = remote_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.ssh_config = base / "ssh_config"
@@ -62,6 +71,11 @@ class TestHost:
                 check=True,
             )
 
+    @property
+    def known_name(self) -> str:
+        """How known_hosts names this host."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
     def write_files(self) -> None:
         """Keys, sshd_config, known_hosts and the client config."""
         self.base.mkdir(parents=True, exist_ok=True)
@@ -69,8 +83,7 @@ class TestHost:
         self._keygen(self.client_key)
         (self.base / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
-        where = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
-        self.known_hosts.write_text(f"{where} {host_pub[0]} {host_pub[1]}\n")
+        self.known_hosts.write_text(f"{self.known_name} {host_pub[0]} {host_pub[1]}\n")
         setenv = " ".join(f"{k}={v}" for k, v in self.remote_env.items())
         (self.base / "sshd_config").write_text(
             "\n".join(
@@ -80,8 +93,8 @@ class TestHost:
                     f"HostKey {self.host_key}",
                     f"PidFile {self.base / 'sshd.pid'}",
                     f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
+                    f"PubkeyAuthentication {'no' if self.password_login else 'yes'}",
+                    f"PasswordAuthentication {'yes' if self.password_login else 'no'}",
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     "StrictModes no",
@@ -103,8 +116,11 @@ class TestHost:
                     f"    HostName {self.address}",
                     f"    Port {self.port}",
                     f"    User {self.user}",
-                    f"    IdentityFile {self.client_key}",
-                    "    IdentitiesOnly yes",
+                    *(
+                        ["    PreferredAuthentications password", "    NumberOfPasswordPrompts 1"]
+                        if self.password_login
+                        else [f"    IdentityFile {self.client_key}", "    IdentitiesOnly yes"]
+                    ),
                     f"    UserKnownHostsFile {self.known_hosts}",
                     "    StrictHostKeyChecking yes",
                     "    LogLevel ERROR",

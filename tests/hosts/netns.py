@@ -90,9 +90,7 @@ class NetnsHost(TestHost):
         self.base.mkdir(parents=True, exist_ok=True)
         _ip("netns", "add", self.namespace)
         _ip("-n", self.namespace, "link", "set", "lo", "up")
-        self.link = self._helper(
-            "delaylink.py", self.namespace, *self.devices, str(self.delay_ms)
-        )
+        self.link = self._helper("delaylink.py", self.namespace, *self.devices, str(self.delay_ms))
         here, there = self.devices
         # A large MTU: fewer packets for the userspace forwarder to carry.
         _ip("addr", "add", self.local_address, "peer", self.address, "dev", here)
@@ -129,14 +127,13 @@ class NetnsHost(TestHost):
         return proc
 
     def sshd_argv(self, argv: list[str]) -> list[str]:
-        """sshd inside the namespace, with the host's own hostname and /etc/hosts."""
+        """sshd inside the namespace, with the host's own hostname and /etc/hosts; mounts made
+        here later (a small tmpfs, say) still reach it."""
         self.network_up()
-        inner = (
-            f'mount --bind "$1" /etc/hosts && hostname "$2" && shift 2 && exec "$@"'
-        )
+        inner = 'mount --bind "$1" /etc/hosts && hostname "$2" && shift 2 && exec "$@"'
         return [
             "ip", "netns", "exec", self.namespace,
-            "unshare", "--uts", "--mount", "--propagation", "private",
+            "unshare", "--uts", "--mount", "--propagation", "slave",
             "sh", "-c", inner, "sh", str(self.base / "hosts"), self.hostname, *argv,
         ]  # fmt: skip
 

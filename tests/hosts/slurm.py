@@ -96,7 +96,7 @@ class Cluster:
         hosts = self.base / "node-hosts"
         hosts.write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.node}\n")
         subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
              'mount --bind "$1" /etc/hosts && shift && exec "$@"', "sh", str(hosts),
              _which("slurmd") or "slurmd", "-f", str(self.conf)],
             check=True,

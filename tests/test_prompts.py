@@ -1,0 +1,110 @@
+"""Prompts are visible: when ssh asks for a password, the display steps aside and the typing
+reaches ssh; after the one login of the master nothing asks again. Driven through a real
+terminal (a pty), against an sshd that takes passwords only."""
+
+from __future__ import annotations
+
+import os
+import pty
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hosts.loopback import TestHost
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("useradd"),
+    reason="a password login needs a user with a password: root makes one",
+)
+USER = "rjnprompt"
+
+
+@pytest.fixture(scope="module")
+def password_host(short_tmp: Path) -> Iterator[tuple[TestHost, str, Path]]:
+    home = Path(tempfile.mkdtemp(prefix="rjn-pw"))
+    password = secrets.token_urlsafe(12)
+    subprocess.run(["userdel", USER], capture_output=True)
+    subprocess.run(["useradd", "-d", str(home), "-s", "/bin/sh", USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{USER}:{password}\n", text=True, check=True)
+    shutil.chown(home, USER, USER)
+    host = TestHost(short_tmp / "pwhost", user=USER, password_login=True).start()
+    yield host, password, home
+    host.teardown()
+    subprocess.run(["userdel", USER], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+class Terminal:
+    """rjn on a pty, as a person at a terminal runs it."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: become rjn
+            os.chdir(cwd)
+            env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+            os.execve(sys.executable, [sys.executable, "-m", "rjn", *args], env)
+        self.screen = b""
+
+    def read(self, seconds: float) -> bytes:
+        """What the terminal shows over the next `seconds` (or until the program ends)."""
+        got = b""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.fd], [], [], left)[0]:
+                break
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        self.screen += got
+        return got
+
+    def wait_for(self, text: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            assert time.monotonic() < deadline, f"no {text!r} on the screen: {self.screen!r}"
+            self.read(0.2)
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\r")
+
+    def finish(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.read(0.5)
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.read(0.2)
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, 9)
+        raise AssertionError(f"rjn did not finish: {self.screen!r}")
+
+
+def test_the_password_prompt_shows_and_the_master_asks_once(password_host, short_tmp) -> None:
+    host, password, home = password_host
+    project = short_tmp / "local" / "prompted"
+    project.mkdir(parents=True)
+    (project / "remote.toml").write_text(host.remote_toml(home / "project"))
+
+    first = Terminal(["sync"], project)
+    first.wait_for(b"password:")
+    assert b"Connecting to rjn-test" in first.screen.split(b"password:")[0]
+    # Nothing draws over the prompt while ssh waits for the user.
+    assert first.read(1.5).strip() == b""
+    first.type(password)
+    assert first.finish() == 0, first.screen
+    assert b"Pulling results" in first.screen and password.encode() not in first.screen
+
+    again = Terminal(["sync"], project)
+    assert again.finish() == 0, again.screen
+    assert b"password" not in again.screen.lower()

@@ -5,6 +5,7 @@ on stdout: {"log": ...} while it works, then {"ok": {...}} or {"error": {...}}.
 It keeps its records in <project>/.rjn/, private to the user.
 """
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -13,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -157,9 +159,10 @@ def server_state(project):
             record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
             return record
         record.update(job_info(queue))
-        alive = queue["state"] == "RUNNING" and "port" in record
+        alive = queue["state"] == "RUNNING" and ("port" in record or "sock" in record)
         record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
-        record["alive"] = alive and http_status(record) == 200
+        # A socket on the node cannot be asked from here: the tunnel's probe tells.
+        record["alive"] = alive and ("sock" in record or http_status(record) == 200)
         return record
     alive = pid_is_jupyter(record.get("pid", -1))
     status = http_status(record) if alive else None
@@ -349,7 +352,7 @@ def shutdown(record):
 # (or [slurm] interface's); the node's own name is not resolved: on many machines it means
 # loopback (127.0.1.1).
 LAUNCHER = """
-import fcntl, json, os, socket, struct, sys
+import fcntl, json, os, socket, stat, struct, sys
 project, job = sys.argv[1], os.environ.get("SLURM_JOB_ID", "0")
 spec = json.loads(sys.argv[3])
 rjn = os.path.join(project, ".rjn")
@@ -385,23 +388,45 @@ def choose():
     outside = [f for f in found if not f[0].startswith("127.")]
     return (outside or found or [("127.0.0.1", "no route to the login node")])[0]
 
+def private_socket():
+    # Node-local /tmp, a folder only we can enter: the socket is ours alone.
+    folder = "/tmp/rjn-%d" % os.getuid()
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
+        raise OSError("%s is not a folder of ours" % folder)
+    os.chmod(folder, 0o700)
+    path = os.path.join(folder, "job-%s.sock" % job)
+    if os.path.lexists(path):
+        os.unlink(path)
+    return path
+
 record = {"node": socket.gethostname().split(".")[0], "host": socket.gethostname()}
 try:
-    addr, why = choose()
-    with socket.socket() as probe:
-        probe.bind((addr, 0))
-        port = probe.getsockname()[1]
-    record.update(addr=addr, port=port, why=why)
+    if spec.get("socket"):
+        sock = private_socket()
+        record.update(sock=sock, why="a private socket on the node")
+        listen = ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
+    else:
+        addr, why = choose()
+        with socket.socket() as probe:
+            probe.bind((addr, 0))
+            port = probe.getsockname()[1]
+        record.update(addr=addr, port=port, why=why)
+        listen = ["--ServerApp.ip=" + addr, "--ServerApp.port=%d" % port,
+                  "--ServerApp.port_retries=0"]
 except OSError as exc:
-    record["fault"] = "cannot pick an address: %s" % exc
+    record["fault"] = "cannot pick where to listen: %s" % exc
 tmp = os.path.join(rjn, "slurm-%s.json.tmp" % job)
 with open(tmp, "w") as handle:
     json.dump(record, handle)
 os.replace(tmp, os.path.join(rjn, "slurm-%s.json" % job))
 if "fault" in record:
     sys.exit(record["fault"])
-argv = json.loads(sys.argv[2]) + ["--ServerApp.ip=" + addr, "--ServerApp.port=%d" % port,
-                                  "--ServerApp.port_retries=0"]
+argv = json.loads(sys.argv[2]) + listen
 env = dict(os.environ, JUPYTER_TOKEN=token)
 os.execve(argv[0], argv, env)
 """
@@ -418,10 +443,8 @@ def login_addresses():
     connection = os.environ.get("SSH_CONNECTION", "").split()
     if len(connection) == 4:
         found.append(connection[2])
-    try:
+    with contextlib.suppress(OSError):
         found += socket.gethostbyname_ex(socket.gethostname())[2]
-    except OSError:
-        pass
     return [a for i, a in enumerate(found) if a not in found[:i] and ":" not in a]
 
 
@@ -496,7 +519,11 @@ def slurm_script(project, args, jupyter_argv):
             lines.append("#SBATCH %s=%s" % (flag, shlex.quote(str(slurm[key]))))
     lines += ["#SBATCH " + extra for extra in slurm.get("extra", [])]
     lines += list(slurm.get("setup", []))
-    spec = {"login": login_addresses(), "interface": slurm.get("interface")}
+    spec = {
+        "login": login_addresses(),
+        "interface": slurm.get("interface"),
+        "socket": slurm.get("connect") == "jump",
+    }
     lines.append(
         "exec %s -c %s %s %s %s"
         % (
@@ -590,6 +617,11 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                 record.update(placed)
                 write_private(os.path.join(folder, "server.json"), json.dumps(record))
                 record["token"] = read_json(os.path.join(folder, "token.json"))["token"]
+                if "sock" in record:
+                    # A socket on the node: only a connection to the node can ask it. The
+                    # local side does, through the tunnel, and cancels the job if it fails.
+                    record.update(alive=True, running=True, started=True, **job_info(queue))
+                    return record
                 if http_status(record, timeout=2) == 200:
                     record.update(alive=True, running=True, started=True, **job_info(queue))
                     return record
@@ -603,8 +635,8 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
             if time.monotonic() > ready_deadline:
                 raise Fail(
                     "job %s runs on %s but Jupyter did not answer within %ss; the job was "
-                    "cancelled: %s" % (job, queue["node"], args.get("ready_timeout", 120),
-                                       tail(job_log)),
+                    "cancelled: %s"
+                    % (job, queue["node"], args.get("ready_timeout", 120), tail(job_log)),
                     "the job's log is %s on the cluster; raise [jupyter] ready_timeout if "
                     "the node is slow" % job_log,
                 )
@@ -632,7 +664,7 @@ def check_placement(job, placed):
             "check [slurm] interface: it must name a network interface of the compute nodes",
         )
     here = socket.gethostname()
-    if placed["addr"].startswith("127.") and placed.get("host") != here:
+    if "addr" in placed and placed["addr"].startswith("127.") and placed.get("host") != here:
         raise unreachable(job, placed, "a loopback address of another host")
 
 
@@ -643,7 +675,7 @@ def unreachable(job, record, error):
         "reach (%s); the job was cancelled"
         % (job, record.get("node"), record["addr"], record["port"], record.get("why"), why),
         "set [slurm] interface to the compute nodes' network interface that the login node "
-        "reaches (e.g. \"ib0\" or \"eth1\"; `ip -br addr` on a node lists them)",
+        'reaches (e.g. "ib0" or "eth1"; `ip -br addr` on a node lists them)',
     )
 
 
@@ -912,12 +944,15 @@ def read_whole(path, limit):
     import base64
 
     try:
-        before = os.stat(path)
-        if before.st_size > limit:
+        # A link is never read through (it may point at ~/.ssh): it travels as a link, and
+        # the local side judges where it points.
+        before = os.lstat(path)
+        if before.st_size > limit or not stat.S_ISREG(before.st_mode):
             return None
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
             data = handle.read(limit + 1)
-        after = os.stat(path)
+            after = os.fstat(handle.fileno())
     except OSError:
         return None
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):

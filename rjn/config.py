@@ -66,6 +66,15 @@ class SyncConfig:
     results: tuple[str, ...] = ("results", "figures")
     patterns: tuple[str, ...] = ("*.png", "*.pdf", "*.svg", "*.jpg", "*.jpeg")
     watch: Literal["auto", "events", "poll"] = "auto"
+    # A remote link that points outside its folder comes as a copy of what it points at
+    # (true), or not at all (false); never as a local link.
+    follow_symlinks: bool = False
+    # Bytes: a larger result file is not pulled, and said so; a pull that would bring more
+    # than max_pull_size in all is stopped with nothing placed.
+    max_file_size: int = 4 * 1024**3
+    max_pull_size: int = 20 * 1024**3
+    # Files the watcher may report at once before they are pulled by one rsync instead.
+    max_burst: int = 1000
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,12 @@ class SlurmConfig:
     extra: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
     queue_timeout: int = 600
-    # The compute nodes' interface whose address Jupyter listens on; default: the one the
-    # node routes through toward the login node.
+    # How the tunnel reaches Jupyter on the node: "tcp", the node's address through the login
+    # node (works everywhere); "jump", a private unix socket on the node, through an ssh hop
+    # to the node (safer, where the cluster lets users ssh to nodes running their jobs).
+    connect: Literal["tcp", "jump"] = "tcp"
+    # The compute nodes' interface whose address Jupyter listens on (connect = "tcp");
+    # default: the one the node routes through toward the login node.
     interface: str | None = None
 
 

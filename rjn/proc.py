@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from rjn.errors import RjnError, Timeout
 # Every exit status is data for the caller, signals included.
 _ALL_CODES = list(range(-64, 256))
 _LINE_END = re.compile(r"[\r\n]+")
+# A line longer than this is handed over in pieces: a remote that never ends its line must
+# not grow our memory without bound (whoever parses lines rejects the oversized piece).
+MAX_LINE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,10 @@ def run(
     env: dict[str, str] | None = None,
     on_out: Callable[[str], Any] | None = None,
     on_err: Callable[[str], Any] | None = None,
+    abort_when: Callable[[], bool] | None = None,
 ) -> Completed:
-    """Run argv to completion; stream stdout/stderr lines to callbacks if given.
+    """Run argv to completion; stream stdout/stderr lines to callbacks if given; kill it as
+    soon as `abort_when()` is true (checked a few times a second).
 
     Lines are split on both \\r and \\n so progress meters arrive as they are drawn.
     A stream without a callback is captured whole: sh's callback machinery costs ~0.1 s
@@ -81,7 +87,9 @@ def run(
         if handler:
             kwargs.update({stream: handler, f"{stream}_bufsize": 0})
     try:
-        proc = _finish(_command(argv[0])(*argv[1:], _bg=True, _bg_exc=False, **kwargs), timeout)
+        proc = _finish(
+            _command(argv[0])(*argv[1:], _bg=True, _bg_exc=False, **kwargs), timeout, abort_when
+        )
     finally:
         for handler in splitters.values():
             if handler:
@@ -91,8 +99,10 @@ def run(
     return Completed(tuple(argv), proc.exit_code, out, err)
 
 
-def _finish(command: Any, timeout: float | None) -> Any:
-    """Wait for a command started with _bg, killing it at the deadline.
+def _finish(
+    command: Any, timeout: float | None, abort_when: Callable[[], bool] | None = None
+) -> Any:
+    """Wait for a command started with _bg, killing it at the deadline (or on `abort_when`).
 
     A timer thread, not sh's _timeout: that one polls every 0.1 s and so adds 0.1 s to
     every call, which the many short ssh calls would all pay.
@@ -108,6 +118,17 @@ def _finish(command: Any, timeout: float | None) -> Any:
     if timer:
         timer.daemon = True
         timer.start()
+    if abort_when:
+
+        def watch() -> None:
+            while command.is_alive():
+                if abort_when():
+                    with contextlib.suppress(ProcessLookupError, OSError):
+                        command.kill()
+                    return
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, daemon=True).start()
     try:
         command.wait()
     except sh.ErrorReturnCode:
@@ -137,6 +158,9 @@ class _splitter:
             return
         self.pending += text
         if "\n" not in text and "\r" not in text:
+            if len(self.pending) > MAX_LINE:
+                self.callback(self.pending)
+                self.pending = ""
             return  # sh may hand over one byte at a time: split only at line ends
         *lines, self.pending = _LINE_END.split(self.pending)
         for line in lines:

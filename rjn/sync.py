@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +24,8 @@ from rjn.remote import Remote
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
 _FILES = re.compile(r"Number of regular files transferred:\s*([\d,]+)")
 _BYTES = re.compile(r"Total transferred file size:\s*([\d,]+)")
+_MOVED = re.compile(r"^\s*([\d,]+)\s+\d{1,3}%")
+_OVER_MAX = re.compile(r"^(.*) is over max-size$", re.MULTILINE)
 
 Progress = Callable[[int], Any]
 
@@ -32,6 +36,7 @@ class Transfer:
 
     files: int
     bytes: int
+    over_max_size: tuple[str, ...] = ()
 
 
 def push_filters(config: Config) -> list[str]:
@@ -49,6 +54,8 @@ def push(
     """Copy the project to the remote. Never deletes there, never replaces a newer remote file."""
     argv = [
         "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
+        # A link of the project's that leaves it (to ~/.aws, say) is not sent at all.
+        "--safe-links",
         # A notebook edited in the remote Jupyter is newer than the local copy: keep it.
         "--update",
         # Times compare to the nanosecond: an edit of the same size within a second still goes.
@@ -67,25 +74,47 @@ def _rsync(
     progress: Progress | None,
     input: str | None = None,
     ok_codes: Sequence[int] = (0,),
+    writes_here: bool = False,
+    max_bytes: int | None = None,
 ) -> Transfer:
+    moved = [0]
+
     def on_line(line: str) -> None:
         match = _PERCENT.search(f" {line} ")
         if match and progress:
             progress(int(match.group(1)))
+        count = _MOVED.match(line)
+        if count:
+            moved[0] = int(count.group(1).replace(",", ""))
 
-    result = proc.run(argv, on_out=on_line if progress else None, input=input)
+    watched = progress is not None or max_bytes is not None
+    too_much = (lambda: moved[0] > max_bytes) if max_bytes is not None else None
+    result = proc.run(argv, on_out=on_line if watched else None, input=input, abort_when=too_much)
+    if too_much and too_much():
+        raise RemoteError(
+            f"{remote.host}: the pull was stopped at {moved[0]:,} bytes, over [sync] "
+            f"max_pull_size ({max_bytes:,}); nothing was placed",
+            hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
+            "remove what should not come home from the results folders",
+        )
     if result.code not in ok_codes:
-        raise _rsync_error(remote, result)
+        raise _rsync_error(remote, result, writes_here)
     files = _FILES.search(result.out)
     size = _BYTES.search(result.out)
     return Transfer(
         files=int(files.group(1).replace(",", "")) if files else 0,
         bytes=int(size.group(1).replace(",", "")) if size else 0,
+        over_max_size=tuple(_OVER_MAX.findall(result.out)),
     )
 
 
-def _rsync_error(remote: Remote, result: proc.Completed) -> RemoteError:
+def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> RemoteError:
     err = result.err
+    if "No space left on device" in err and writes_here:
+        return RemoteError(
+            "the local disk is full; nothing was placed (every file is old or new, none half)",
+            hint="free space on this machine, then run `rjn sync` again",
+        )
     if "No space left on device" in err:
         return RemoteError(
             f"{remote.host}: the disk is full; rsync could not write",
@@ -104,15 +133,54 @@ def _rsync_error(remote: Remote, result: proc.Completed) -> RemoteError:
 
 
 # -- pulling results home ----------------------------------------------------------------
+#
+# The remote is not fully trusted (a shared cluster, a folder others can write to): every name
+# and link it sends is checked, and every local write lands inside the project. Files arrive
+# in a private staging folder first; placing them walks the destination one folder at a time
+# through directory descriptors, never following a link, so a local symlink (made by the user
+# or by anyone) cannot carry a write elsewhere.
 
 
 @dataclass(frozen=True)
 class Pulled:
-    """One file that came home: where it went, and whether it was kept beside a local edit."""
+    """One file that came home (or was refused): where it went, whether it was kept beside a
+    local edit, and why it was refused."""
 
     path: str
     size: int
     conflict_copy: str | None = None
+    refused: str | None = None
+
+
+class Refused(RemoteError):
+    """A name or link from the remote that rjn will not write."""
+
+
+def checked_name(name: object, folders: Sequence[str]) -> str:
+    """A relative path from the remote, accepted only as a plain path inside one of `folders`:
+    no '..' or '.', not absolute, no NUL or control characters."""
+    if not isinstance(name, str) or not 0 < len(name) <= 4096:
+        raise Refused(f"the remote sent a file name that is not one: {name!r:.80}")
+    if name.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise Refused(f"the remote sent an absolute path or a control character: {name!r:.200}")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise Refused(f"the remote sent a path that leaves its folder: {name!r:.200}")
+    if not any(name.startswith(f"{folder.strip('/')}/") for folder in folders):
+        raise Refused(f"the remote sent a file outside the results folders: {name!r:.200}")
+    return name
+
+
+def _link_stays_inside(rel: str, text: str, folders: Sequence[str]) -> bool:
+    """Whether a link at `rel` pointing at `text` resolves, as written, inside its own results
+    folder (the link's text is data from the remote: judged lexically, never resolved here)."""
+    if not text or text.startswith("/") or "\0" in text:
+        return False
+    top = rel.split("/")[0]
+    if top not in (folder.strip("/") for folder in folders):
+        return False
+    joined = os.path.normpath(os.path.join(os.path.dirname(rel), text))
+    return joined == top or joined.startswith(top + "/")
 
 
 def _index_path(config: Config) -> Path:
@@ -128,8 +196,7 @@ def _load_index(config: Config) -> dict[str, dict[str, list[int]]]:
         return {}
 
 
-def _stamp(path: Path) -> list[int]:
-    info = path.stat()
+def _stamp(info: os.stat_result) -> list[int]:
     return [info.st_mtime_ns, info.st_size]
 
 
@@ -147,36 +214,52 @@ def pull(
     pull: the remote version is then kept beside it, under a new name.
     """
     root = config.root
+    results = config.sync.results
+    listing = None
+    if files is not None:
+        listing = "".join(f"{checked_name(f, results)}\n" for f in files)
     with _staging(root) as staging:
         argv = [
             "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
-            "--info=progress2", "--stats", "--no-inc-recursive",
+            "--info=progress2,skip1", "--stats", "--no-inc-recursive",
             # Unchanged files (same size and time as the local copy) are not fetched at all;
             # times compare to the nanosecond, so a same-size rewrite within a second counts.
             f"--compare-dest={root}", "--modify-window=-1",
+            f"--max-size={config.sync.max_file_size}",
+            # Links land in staging as links (inert there) and placing judges each one; a link
+            # that leaves the tree comes as its target's content only if the user asked.
+            *(["--copy-unsafe-links"] if config.sync.follow_symlinks else []),
             "-e", remote.rsync_shell(),
         ]  # fmt: skip
         if files is None:
-            argv += [f"--include=/{f.strip('/')}/***" for f in config.sync.results]
+            argv += [f"--include=/{f.strip('/')}/***" for f in results]
             argv += ["--exclude=*"]
         else:
             argv += ["--files-from=-"]
         argv += [remote.rsync_target(f"{remote_dir}/"), f"{staging}/"]
-        listing = "".join(f"{f}\n" for f in files) if files is not None else None
         # 23/24: a file vanished or changed while listed; the watcher reports it again.
-        _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24) if files else (0, 24))
-        return _place(config, staging)
+        moved = _rsync(remote, argv, progress, input=listing,
+                       ok_codes=(0, 23, 24) if files else (0, 24), writes_here=True,
+                       # A listed pull is bounded by the watcher's burst and file caps.
+                       max_bytes=config.sync.max_pull_size if files is None else None,
+                       )  # fmt: skip
+        too_big = [
+            Pulled(name, 0, refused="larger than [sync] max_file_size")
+            for name in moved.over_max_size
+        ]
+        return too_big + _place(config, staging)
 
 
 def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
     """Place files that arrived inline ({relpath: (content, mtime_ns)}) as a pull would."""
     root = config.root
     with _staging(root) as staging:
-        for rel, (content, mtime_ns) in files.items():
-            staged = (staging / rel).resolve()
-            if not staged.is_relative_to(staging):
-                raise RemoteError(f"the remote sent a path outside the project: {rel!r}")
-            staged.parent.mkdir(parents=True, exist_ok=True)
+        for name, (content, mtime_ns) in files.items():
+            rel = checked_name(name, config.sync.results)
+            if len(content) > config.sync.max_file_size:
+                raise Refused(f"{rel}: the remote sent more than [sync] max_file_size")
+            staged = staging / rel
+            staged.parent.mkdir(parents=True, exist_ok=True)  # inside our own fresh folder
             staged.write_bytes(content)
             os.utime(staged, ns=(mtime_ns, mtime_ns))
         return _place(config, staging)
@@ -192,39 +275,109 @@ def _staging(root: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _staged(staging: Path) -> Iterator[str]:
+    """Every file and link in the staging folder, relative to it; links are not entered."""
+    for folder, dirs, names in os.walk(staging):
+        here = Path(folder)
+        for name in sorted(names) + sorted(d for d in dirs if (here / d).is_symlink()):
+            yield (here / name).relative_to(staging).as_posix()
+
+
 def _place(config: Config, staging: Path) -> list[Pulled]:
     index = _load_index(config)
-    placed = []
-    for staged in sorted(p for p in staging.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = staged.relative_to(staging).as_posix()
-        target = config.root / rel
-        remote_stamp = _stamp(staged)
-        record = index.get(rel, {})
-        edited = target.exists() and _stamp(target) != record.get("local")
-        if edited:
-            if record.get("remote") == remote_stamp:
-                continue  # this remote version is already kept beside the local edit
-            keep = _conflict_name(target)
-            os.replace(staged, keep)
-            record["remote"] = remote_stamp
-            placed.append(Pulled(rel, remote_stamp[1], keep.relative_to(config.root).as_posix()))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target)
-            record = {"local": _stamp(target), "remote": remote_stamp}
-            placed.append(Pulled(rel, remote_stamp[1]))
-        index[rel] = record
-    if placed:
+    placed: list[Pulled] = []
+    root_fd = os.open(config.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for rel in _staged(staging):
+            staged = staging / rel
+            info = staged.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                text = os.readlink(staged)
+                if not _link_stays_inside(rel, text, config.sync.results):
+                    placed.append(Pulled(rel, 0, refused=f"a link to {text!r} outside its folder"))
+                    continue
+            try:
+                folder = _open_folder(root_fd, rel)
+            except Refused as refused:
+                placed.append(Pulled(rel, info.st_size, refused=refused.message))
+                continue
+            try:
+                placed += _place_one(index, rel, staged, info, folder)
+            finally:
+                os.close(folder)
+    finally:
+        os.close(root_fd)
+    if any(p.refused is None for p in placed):
         state.write_private(_index_path(config), json.dumps(index))
     return placed
 
 
-def _conflict_name(target: Path) -> Path:
+def _open_folder(root_fd: int, rel: str) -> int:
+    """A descriptor of the folder that will hold `rel`, made where missing; a component that is
+    a link, or not a folder, refuses (it is never followed)."""
+    fd = os.dup(root_fd)
+    walked = []
+    try:
+        for part in rel.split("/")[:-1]:
+            walked.append(part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o777, dir_fd=fd)
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Refused(
+                        f"{'/'.join(walked)} is a link or a file here: nothing is written "
+                        "through it"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lstat_at(folder: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _place_one(
+    index: dict[str, Any], rel: str, staged: Path, info: os.stat_result, folder: int
+) -> list[Pulled]:
+    """Move one staged file into `folder` (a descriptor): in place, or beside a local edit."""
+    name = rel.rsplit("/", 1)[-1]
+    remote_stamp = _stamp(info)
+    record = index.get(rel, {})
+    local = _lstat_at(folder, name)
+    if local is not None and stat.S_ISDIR(local.st_mode):
+        return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
+    edited = local is not None and _stamp(local) != record.get("local")
+    if edited:
+        if record.get("remote") == remote_stamp:
+            return []  # this remote version is already kept beside the local edit
+        keep = _conflict_name(folder, name)
+        os.replace(staged, keep, dst_dir_fd=folder)
+        index[rel] = {**record, "remote": remote_stamp}
+        copy = "/".join([*rel.split("/")[:-1], keep])
+        return [Pulled(rel, info.st_size, copy)]
+    # rename() replaces a link itself, never what it points at.
+    os.replace(staged, name, dst_dir_fd=folder)
+    placed = _lstat_at(folder, name)
+    index[rel] = {"local": _stamp(placed) if placed else None, "remote": remote_stamp}
+    return [Pulled(rel, info.st_size)]
+
+
+def _conflict_name(folder: int, name: str) -> str:
     """`fig.png` -> `fig.remote-20261123-101500.png`: a new name, never an existing file."""
     when = time.strftime("%Y%m%d-%H%M%S")
+    stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
     for n in range(1000):
-        suffix = f".remote-{when}" + (f"-{n}" if n else "")
-        candidate = target.with_name(f"{target.stem}{suffix}{target.suffix}")
-        if not candidate.exists():
+        candidate = f"{stem}.remote-{when}{f'-{n}' if n else ''}{dot}{suffix}"
+        if _lstat_at(folder, candidate) is None:
             return candidate
-    raise RemoteError(f"cannot find a free name beside {target}")
+    raise RemoteError(f"cannot find a free name beside {name}")

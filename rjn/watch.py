@@ -91,26 +91,55 @@ def watch(
                 deadline = seen + BATCH_WINDOW
                 while pending is not None:
                     if "file" in pending:
-                        name = pending["file"]
-                        if "data" in pending:
-                            inline[name] = (base64.b64decode(pending["data"]), pending["mtime_ns"])
+                        name, data = _file_event(remote, config, pending)
+                        if data is not None:
+                            inline[name] = data
                             batch.discard(name)
                         else:
                             batch.add(name)
                             inline.pop(name, None)
+                    if len(inline) + len(batch) >= config.sync.max_burst:
+                        break  # a flood: one rsync of the results folders instead
                     # Small files came whole in their event; wait a moment only for pulls.
                     left = deadline - time.monotonic() if batch else 0
                     try:
                         pending = messages.get(timeout=left) if left > 0 else messages.get_nowait()
                     except queue.Empty:
                         pending = None
-                arrived = sync.receive(config, inline) if inline else []
-                if batch:
-                    arrived += sync.pull(remote, config, remote_dir, files=sorted(batch))
+                if len(inline) + len(batch) >= config.sync.max_burst:
+                    arrived = sync.pull(remote, config, remote_dir)
+                else:
+                    arrived = sync.receive(config, inline) if inline else []
+                    if batch:
+                        arrived += sync.pull(remote, config, remote_dir, files=sorted(batch))
                 for item in arrived:
                     on_pulled(item, time.monotonic() - seen)
     finally:
         watcher.close()
+
+
+def _file_event(
+    remote: Remote, config: Config, message: dict[str, Any]
+) -> tuple[str, tuple[bytes, int] | None]:
+    """A file event from the remote watcher, checked as untrusted input: its name (a plain
+    path in a results folder), and its content and time when it came inline."""
+    fields = set(message)
+    if not fields <= {"file", "data", "mtime_ns"} or ("data" in fields) != ("mtime_ns" in fields):
+        unknown = sorted(fields - {"file"})
+        raise RemoteError(
+            f"{remote.host}: the remote watcher sent unknown fields: {unknown!r:.200}"
+        )
+    name = sync.checked_name(message["file"], config.sync.results)
+    if "data" not in message:
+        return name, None
+    data, mtime_ns = message["data"], message["mtime_ns"]
+    if not isinstance(data, str) or type(mtime_ns) is not int:
+        raise RemoteError(f"{remote.host}: the remote watcher sent a malformed event for {name}")
+    try:
+        content = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise RemoteError(f"{remote.host}: the remote watcher sent bad data for {name}") from None
+    return name, (content, mtime_ns)
 
 
 def _lost(remote: Remote, stderr: str) -> Exception:

@@ -276,5 +276,47 @@ def test_inline_files_land_in_a_project_never_synced_before(tmp_path: Path) -> N
     [pulled] = sync.receive(config, {"results/a.png": (b"png", 1_700_000_000_000_000_000)})
     assert pulled.path == "results/a.png"
     assert (tmp_path / "fresh" / "results" / "a.png").read_bytes() == b"png"
-    with pytest.raises(Exception, match="outside the project"):
-        sync.receive(config, {"../escape.png": (b"x", 1)})
+    with pytest.raises(sync.Refused, match="leaves its folder"):
+        sync.receive(config, {"results/../../escape.png": (b"x", 1)})
+
+
+# -- what a remote may send ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["results/../x.png", "/etc/passwd", "results//x.png", "results/./x.png", "results/a\nb.png",
+     "results/\x00.png", "helpers.py", "resultsx/a.png", "", 5, None, "results/" + "a" * 5000],
+)  # fmt: skip
+def test_names_from_the_remote_that_are_refused(name: object) -> None:
+    with pytest.raises(sync.Refused):
+        sync.checked_name(name, ("results", "figures"))
+
+
+def test_plain_names_in_results_are_accepted() -> None:
+    assert sync.checked_name("figures/a b/ü.png", ("results", "figures/")) == "figures/a b/ü.png"
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "inside"),
+    [("results/a.png", "b.png", True), ("results/sub/a.png", "../b.png", True),
+     ("results/a.png", "../helpers.py", False), ("results/a.png", "/etc/passwd", False),
+     ("results/a", "..", False), ("results/sub/a", "../../results/b", True),
+     ("results/a.png", "", False), ("data/a.png", "b.png", False)],
+)  # fmt: skip
+def test_links_are_judged_by_where_they_point(rel: str, text: str, inside: bool) -> None:
+    assert sync._link_stays_inside(rel, text, ("results",)) is inside
+
+
+def test_helper_lines_are_untrusted() -> None:
+    from rjn import remote
+
+    seen: list[dict] = []
+    parse = remote._messages(seen.append)
+    parse('{"log": "hi"}')
+    parse("Welcome to the cluster!")  # a chatty login script
+    parse('["not", "an", "object"]')
+    parse("x" * (remote.MESSAGE_MAX + 1))
+    assert seen[0] == {"log": "hi"} and seen[1] == {"log": "Welcome to the cluster!"}
+    assert "list instead of an object" in seen[2]["error"]["message"]
+    assert "a line of" in seen[3]["error"]["message"]

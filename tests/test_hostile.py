@@ -1,0 +1,201 @@
+"""A hostile remote: links, names and streams meant to make a pull write outside the project.
+Nothing outside the destination may change (a sentinel tree is compared before and after), and
+the output names what was refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_rjn
+from test_open import opened
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Iterator[Path]:
+    root = make_project("hostile", sync="max_file_size = 1000000")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+    yield root
+    run_rjn("close", "--server", cwd=root)
+
+
+@pytest.fixture(scope="module")
+def remote(project: Path, short_tmp: Path) -> Path:
+    results = short_tmp / "remote" / "hostile" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    return results
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[Path]:
+    """A tree outside the project that nothing may touch."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep")
+    (outside / "sub" / "authorized_keys").write_text("ssh-ed25519 AAAA mine\n")
+    before = snapshot(outside)
+    yield outside
+    assert snapshot(outside) == before, "something was written outside the project"
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else (
+                path.read_bytes() if path.is_file() else None)  # fmt: skip
+            found[str(path.relative_to(root))] = (info.st_mode, info.st_mtime_ns, content)
+    return found
+
+
+def test_links_that_leave_the_folder_never_become_local_links(project, remote, sentinel):
+    (remote / "real.png").write_bytes(b"real")
+    (remote / "alias.png").symlink_to("real.png")  # stays inside: comes as a link
+    (remote / "esc").symlink_to(sentinel)  # a folder outside
+    (remote / "evil.png").symlink_to("/etc/passwd")
+    (remote / "up.png").symlink_to("../../outside.png")  # relative, but leaves the folder
+    (remote / "dangling.png").symlink_to("nowhere.png")
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    local = project / "results"
+    assert (local / "real.png").read_bytes() == b"real"
+    assert os.readlink(local / "alias.png") == "real.png"
+    for name in ("esc", "evil.png", "up.png"):
+        assert not os.path.lexists(local / name)
+        assert f"results/{name} not pulled: a link to" in result.stderr
+    assert "Traceback" not in result.stderr and "refused" in result.stderr
+
+
+def test_a_local_link_is_never_written_through(project, remote, sentinel):
+    # The swap: a link here (planted, or left by an older tool) where the remote has a folder.
+    (project / "results").mkdir(exist_ok=True)
+    (project / "results" / "swap").symlink_to(sentinel / "sub")
+    (remote / "swap").mkdir()
+    (remote / "swap" / "authorized_keys").write_text("ssh-ed25519 AAAA attacker\n")
+    (remote / "swap" / "written-through.png").write_bytes(b"x")
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "results/swap is a link or a file here: nothing is written through it" in result.stderr
+    assert os.readlink(project / "results" / "swap") == str(sentinel / "sub")  # left as it was
+
+
+def test_a_file_over_the_size_cap_is_named_and_not_pulled(project, remote):
+    with open(remote / "huge.bin", "wb") as handle:
+        handle.truncate(1024**3)  # 1 GB, sparse
+    try:
+        result = run_rjn("sync", cwd=project)
+        assert result.returncode == 0, result.stderr
+        assert "results/huge.bin not pulled: larger than [sync] max_file_size" in result.stderr
+        assert not (project / "results" / "huge.bin").exists()
+    finally:
+        (remote / "huge.bin").unlink()
+
+
+HOSTILE_STREAMS = {
+    "dot-dot name": ({"file": "results/../../outside/keep.txt", "data": "eA==", "mtime_ns": 1},
+                     "leaves its folder"),
+    "absolute name": ({"file": "/tmp/rjn-evil.png", "data": "eA==", "mtime_ns": 1},
+                      "an absolute path"),
+    "control character": ({"file": "results/a\x1b[2J.png"}, "control character"),
+    "outside results": ({"file": "helpers.py", "data": "eA==", "mtime_ns": 1},
+                        "outside the results folders"),
+    "wrong types": ({"file": "results/t.png", "data": 5, "mtime_ns": "now"}, "malformed event"),
+    "unknown field": ({"file": "results/u.png", "exec": "rm -rf ~"}, "unknown fields"),
+    "not an object": (["results/v.png"], "list instead of an object"),
+}  # fmt: skip
+
+
+@pytest.fixture
+def fake_watcher(short_tmp: Path) -> Iterator[Callable[[str], None]]:
+    """Make the remote's environment python (the remote controls it) print a given stream."""
+    python = short_tmp / "remote" / "hostile" / ".rjn" / "venv" / "bin" / "python"
+    real = os.readlink(python)
+    stream = python.with_name("hostile-stream")
+
+    def install(text: str) -> None:
+        stream.write_text(text)
+        python.unlink()
+        python.write_text(f"#!/bin/sh\ncat {stream}\nexec sleep 60\n")
+        python.chmod(0o755)
+
+    yield install
+    python.unlink()
+    python.symlink_to(real)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_STREAMS))
+def test_the_watch_stream_is_untrusted_input(case, project, fake_watcher, sentinel):
+    event, said = HOSTILE_STREAMS[case]
+    ready = {"ready": {"mode": "events", "fs": "ext4", "reason": ""}}
+    fake_watcher(json.dumps(ready) + "\n" + json.dumps(event) + "\n")
+    watched = run_rjn("watch", cwd=project, timeout=60)
+    assert watched.returncode == 4, watched.stderr
+    assert said in watched.stderr and "Traceback" not in watched.stderr
+    assert not Path("/tmp/rjn-evil.png").exists()
+
+
+def test_an_endless_line_ends_the_stream_with_a_clear_error(project, fake_watcher) -> None:
+    ready = {"ready": {"mode": "events", "fs": "ext4", "reason": ""}}
+    # More than the line limit, with no line end: the stream is cut off, not buffered forever.
+    fake_watcher(json.dumps(ready) + "\n" + '{"file": "results/x.png", "data": "'
+                 + base64.b64encode(os.urandom(13 * 1024 * 1024)).decode())  # fmt: skip
+    watched = run_rjn("watch", cwd=project, timeout=120)
+    assert watched.returncode == 4, watched.stderr
+    assert "rjn's remote helper sent a line of" in watched.stderr
+
+
+def test_a_pull_over_the_total_cap_is_stopped_with_nothing_placed(make_project, short_tmp):
+    project = make_project("capped", sync="max_pull_size = 200000")
+    results = short_tmp / "remote" / "capped" / "results"
+    results.mkdir(parents=True)
+    for n in range(6):
+        (results / f"part{n}.bin").write_bytes(os.urandom(100_000))
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 4, result.stderr
+    assert "over [sync] max_pull_size (200,000); nothing was placed" in result.stderr
+    assert not (project / "results").exists() or not any((project / "results").iterdir())
+    assert not list(project.glob(".rjn-incoming-*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
+def test_a_full_local_disk_stops_the_pull_with_nothing_half_written(make_project, short_tmp):
+    project = make_project("smalldisk")
+    results = short_tmp / "remote" / "smalldisk" / "results"
+    results.mkdir(parents=True)
+    (results / "small.png").write_bytes(b"small")
+    (results / "big.png").write_bytes(os.urandom(3 * 1024 * 1024))
+    toml = (project / "remote.toml").read_text()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(project)], check=True)
+    try:
+        (project / "remote.toml").write_text(toml)  # the tmpfs hides the project's own files
+        result = run_rjn("sync", cwd=project)
+        assert result.returncode == 4, result.stderr
+        assert "the local disk is full" in result.stderr and "Traceback" not in result.stderr
+        assert not (project / "results").exists()  # not even the small one: all or nothing
+        assert not list(project.glob(".rjn-incoming-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(project)], check=False)
+
+
+def test_a_flood_of_tiny_files_comes_home_by_one_rsync(project, remote, sentinel) -> None:
+    from test_results import Watcher, wait_for
+
+    watcher = Watcher(project)
+    try:
+        flood = remote / "flood"
+        flood.mkdir()
+        for n in range(10_000):
+            (flood / f"f{n:05}.png").write_bytes(b"%d" % n)
+        local = project / "results" / "flood"
+        wait_for(lambda: local.is_dir() and len(os.listdir(local)) == 10_000, timeout=300,
+                 what="10,000 files home")  # fmt: skip
+        assert (local / "f09999.png").read_bytes() == b"9999"
+    finally:
+        assert watcher.stop() == 0

@@ -885,6 +885,16 @@ def watch(args):
         with lock:
             emit(**message)
 
+    tree = args.get("tree")
+    if tree:
+        tree = {"exclude": list(tree["exclude"]), "include": list(tree.get("include", []))}
+
+    def changed(path):
+        rel = os.path.relpath(path, project)
+        if not rel.startswith("..") and travels_path(rel, tree):
+            with lock:
+                emit(changed=rel)
+
     mode, reason = args.get("mode", "auto"), ""
     kind = fs_type(project)
     if mode == "auto":
@@ -920,12 +930,69 @@ def watch(args):
         observer = InotifyObserver()
         for folder in folders:
             observer.schedule(Handler(), folder, recursive=True)
+        if tree:
+            watch_tree(observer, project, tree, changed)
         observer.start()
         emit(ready={"mode": "events", "fs": kind, "reason": reason})
         while True:
             time.sleep(3600)
     emit(ready={"mode": "poll", "fs": kind, "reason": reason, "interval": interval})
+    if tree:
+        polling = threading.Thread(target=poll_tree, args=(project, tree, changed, interval))
+        polling.daemon = True
+        polling.start()
     poll(folders, report, interval)
+
+
+def travels_path(rel, tree):
+    """Whether a path and every folder above it travel both ways."""
+    parts = rel.split("/")
+    return all(
+        travels("/".join(parts[: i + 1]), i < len(parts) - 1, tree["exclude"], tree["include"])
+        for i in range(len(parts))
+    )
+
+
+def watch_tree(observer, project, tree, changed):
+    """Events for the project's own files (a notebook saved in Jupyter, a script edited here),
+    without watching what never travels (the environment in .rjn/ holds thousands of folders)."""
+    from watchdog.events import FileSystemEventHandler
+
+    def top_level(path):
+        rel = os.path.relpath(path, project)
+        if "/" not in rel and os.path.isdir(path) and travels(rel, True, **tree):
+            observer.schedule(Tree(), path, recursive=True)
+
+    class Tree(FileSystemEventHandler):
+        def on_closed(self, event):
+            changed(event.src_path)
+
+        def on_moved(self, event):
+            changed(event.dest_path)
+
+        def on_deleted(self, event):
+            changed(event.src_path)
+
+        def on_created(self, event):
+            if event.is_directory:
+                top_level(event.src_path)
+
+    observer.schedule(Tree(), project, recursive=False)
+    for name in os.listdir(project):
+        top_level(os.path.join(project, name))
+
+
+def poll_tree(project, tree, changed, interval):
+    """Polling for the project's own files: a change reported once it held still a round."""
+    previous = scan_tree(project, tree["exclude"], tree["include"])
+    while True:
+        time.sleep(interval)
+        current = scan_tree(project, tree["exclude"], tree["include"], previous)
+        for rel in set(current) ^ set(previous) | {
+            r for r in current if r in previous and current[r] != previous[r]
+        }:
+            changed(os.path.join(project, rel))
+        previous = current
 
 
 def exit_when_stdin_closes():
@@ -1156,6 +1223,96 @@ def logs(args):
     return {"run": run_id, "exit": code}
 
 
+# -- the project tree, both ways ---------------------------------------------------------
+# What travels is decided by one matcher, imported by the local side too (rjn.agent.travels),
+# so both sides list the same files.
+
+
+def travels(rel, is_dir, exclude, include=()):
+    """Whether a project path (posix, relative) is kept in step: rsync-style patterns, where
+    "name/" matches folders only, a pattern with a slash is anchored at the project, and
+    `include` wins over `exclude`."""
+    import fnmatch
+
+    name = rel.rsplit("/", 1)[-1]
+
+    def matches(pattern):
+        folder_only = pattern.endswith("/")
+        pattern = pattern.rstrip("/")
+        if folder_only and not is_dir:
+            return False
+        if "/" in pattern:
+            return fnmatch.fnmatchcase(rel, pattern.lstrip("/"))
+        return fnmatch.fnmatchcase(name, pattern)
+
+    if any(matches(p) for p in include):
+        return True
+    return not any(matches(p) for p in exclude)
+
+
+def file_hash(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def scan_tree(project, exclude, include=(), known=None):
+    """{relpath: [size, mtime_ns, sha256]} of every regular file that travels; links are not
+    followed, and a file whose size and time match `known` keeps its known hash unread."""
+    known = known or {}
+    found = {}
+    for folder, dirs, files in os.walk(project):
+        base = os.path.relpath(folder, project)
+        base = "" if base == "." else base + "/"
+        dirs[:] = [d for d in dirs if travels(base + d, True, exclude, include)]
+        for name in files:
+            rel = base + name
+            if not travels(rel, False, exclude, include):
+                continue
+            try:
+                info = os.lstat(os.path.join(folder, name))
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                stamp = [info.st_size, info.st_mtime_ns]
+                seen = known.get(rel)
+                if seen and seen[:2] == stamp and seen[2]:
+                    digest = seen[2]
+                else:
+                    digest = file_hash(os.path.join(folder, name))
+            except OSError:
+                continue  # vanished while we looked: the next scan sees it as it is
+            found[rel] = stamp + [digest]
+    return found
+
+
+def scan(args):
+    project = project_dir(args["dir"])
+    return {"files": scan_tree(project, args["exclude"], args.get("include", ()), args["known"])}
+
+
+def trash(args):
+    """Move files to <project>/.rjn/trash/<time>/ (recoverable), each only if it is still the
+    version the caller saw (size and time): a file changed since is left alone."""
+    project = project_dir(args["dir"])
+    when = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for rel, stamp in sorted(args["files"].items()):
+        path = os.path.join(project, rel)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if [info.st_size, info.st_mtime_ns] != stamp[:2] or not stat.S_ISREG(info.st_mode):
+            continue
+        target = os.path.join(rjn_dir(project), "trash", when, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(path, target)
+        moved.append(rel)
+    return {"moved": moved, "trash": os.path.join(project, RJN_DIR, "trash", when)}
+
+
 # -- probing -----------------------------------------------------------------------------
 
 
@@ -1173,11 +1330,19 @@ def probe(args):
         "server": server_state(project),
         "disk_free": usage.free,
         "has_rsync": shutil.which("rsync") is not None,
+        # The tree, when asked: two-way sync decides in the same round trip.
+        "files": (
+            scan_tree(project, args["exclude"], args.get("include", ()), args.get("known"))
+            if "exclude" in args
+            else None
+        ),
     }
 
 
 ACTIONS = {
     "probe": probe,
+    "scan": scan,
+    "trash": trash,
     "env": ensure_env,
     "start": start,
     "stop": stop,

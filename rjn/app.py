@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rjn import config as config_module
-from rjn import env, requirements, server, state, sync, tunnel, watch
+from rjn import env, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.remote import Remote
@@ -68,7 +68,7 @@ class Opened:
     url: str
     tokened_url: str
     logged_in: bool
-    pushed_files: int
+    synced: twoway.Outcome
     env_installed: bool
     server_started: bool
     requirements: tuple[str, ...]
@@ -102,7 +102,7 @@ class Prepared:
     sources_hash: str
     env_hash: str
     logged_in: bool
-    pushed_files: int
+    synced: twoway.Outcome
     env_installed: bool
 
 
@@ -114,10 +114,11 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     wanted = env.wanted_hash(config, reqs)
     logged_in = connect(remote, report)
     with report.step("Checking the remote"):
-        info = remote.agent("probe", {"dir": config.remote_dir, "env_hash": wanted}, timeout=60)
+        probe = {"dir": config.remote_dir, "env_hash": wanted, **twoway.scan_args(config)}
+        info = remote.agent("probe", probe, timeout=300)
     remote_dir: str = info["dir"]
-    with report.step(f"Syncing to {remote.host}:{remote_dir}"):
-        pushed = sync.push(remote, config, remote_dir, report.progress)
+    with report.step(f"Syncing with {remote.host}:{remote_dir}"):
+        synced = twoway.run(remote, config, remote_dir, info["files"], progress=report.progress)
     if not info["env_current"]:
         with report.step("Installing the environment"):
             env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
@@ -129,7 +130,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
         sources,
         wanted,
         logged_in,
-        pushed.files,
+        synced,
         not info["env_current"],
     )
 
@@ -194,7 +195,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
         url=record.url or "",
         tokened_url=record.tokened_url() or "",
         logged_in=ready.logged_in,
-        pushed_files=ready.pushed_files,
+        synced=ready.synced,
         env_installed=ready.env_installed,
         server_started=live.started,
         requirements=reqs.lines,
@@ -224,6 +225,7 @@ class Status:
     job_state: str | None = None
     node: str | None = None
     time_left: str | None = None
+    conflicts: dict[str, str] = field(default_factory=dict)
 
 
 def status(config: Config) -> Status:
@@ -254,6 +256,11 @@ def status(config: Config) -> Status:
         problems.append("the Jupyter server is not running: `rjn open` starts it")
     elif not tunnel_ok and saved.local_port:
         problems.append("the tunnel does not answer: `rjn open` repairs it")
+    conflicts = twoway.conflicts(config)
+    problems += [
+        f"{rel} changed on both sides: the remote version is {copy} (delete one to resolve)"
+        for rel, copy in conflicts.items()
+    ]
     return Status(
         project=config.name,
         host=remote.host,
@@ -271,6 +278,7 @@ def status(config: Config) -> Status:
         job_state=job.get("job_state"),
         node=job.get("node"),
         time_left=job.get("time_left"),
+        conflicts=conflicts,
     )
 
 
@@ -348,8 +356,11 @@ def shell(config: Config, command: list[str] | None) -> int:
     return code
 
 
-# Waits between reconnection attempts, in seconds; the last one repeats.
-BACKOFF = (1, 2, 4, 8, 15, 30)
+# Waits between reconnection attempts, in seconds; the last one repeats. Each attempt is a
+# fresh connection with a short connect timeout, so a link that comes back is found within
+# about a second (TCP's own backoff on the old connection is never waited for).
+BACKOFF = (0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 5)
+RECONNECT_TIMEOUT = 3
 # A wall clock that ran this much further than the monotonic one means the laptop slept.
 CLOCK_JUMP = 20.0
 
@@ -374,7 +385,7 @@ def watch_results(
     failures = 0
     while not stop():
         try:
-            remote.connect()
+            remote.connect(timeout=RECONNECT_TIMEOUT if failures else None)
             reconnected = failures > 0
             if reconnected:
                 on_link(f"reconnected to {remote.host}")
@@ -399,7 +410,10 @@ def watch_results(
         except ConnectionFailed as lost:
             delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
             failures += 1
-            on_link(f"{lost.message}; reconnecting in {delay}s (Ctrl-C stops)")
+            if failures == 1:
+                on_link(f"{lost.message}; reconnecting (Ctrl-C stops)")
+            elif failures % 20 == 0:  # say it now and then, not at every attempt
+                on_link(f"still reconnecting ({failures} attempts): {lost.message}")
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not stop():
                 time.sleep(0.1)
@@ -425,28 +439,33 @@ def _link_check(remote: Remote) -> Callable[[], None]:
 
 @dataclass(frozen=True)
 class Synced:
-    """What `rjn sync` moved."""
+    """What `rjn sync` moved: results home, and the project both ways."""
 
     project: str
     direction: str
     files: tuple[sync.Pulled, ...] = ()
-    pushed_files: int = 0
+    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
 
 
 def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
-    """Pull all results now (only changed files); with push, send the project as `open` does."""
+    """Both ways, now: results and remote edits come home, local edits go out, a file changed
+    on both sides keeps both versions. With push, only send: nothing local changes."""
     remote = make_remote(config)
     connect(remote, report)
     remote_dir = _remote_dir(config, remote)
     if push:
         with report.step("Writing requirements"):
             requirements.write(config)
-        with report.step(f"Pushing to {remote.host}:{remote_dir}"):
-            sent = sync.push(remote, config, remote_dir, report.progress)
-        return Synced(config.name, "push", pushed_files=sent.files)
+    with report.step(f"Syncing with {remote.host}:{remote_dir}"):
+        tree = twoway.run(
+            remote, config, remote_dir, direction="push" if push else "both",
+            progress=report.progress,
+        )  # fmt: skip
+    if push:
+        return Synced(config.name, "push", tree=tree)
     with report.step(f"Pulling results from {remote.host}"):
         pulled = sync.pull(remote, config, remote_dir, None, report.progress)
-    return Synced(config.name, "pull", files=tuple(pulled))
+    return Synced(config.name, "both", files=tuple(pulled), tree=tree)
 
 
 @dataclass(frozen=True)
@@ -457,6 +476,7 @@ class Ran:
     exit_code: int
     pulled: tuple[sync.Pulled, ...] = ()
     run_id: str | None = None
+    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
 
 
 def run(
@@ -493,7 +513,9 @@ def run(
     code = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command}, on_output)
     with report.step(f"Pulling results from {ready.remote.host}"):
         pulled = sync.pull(ready.remote, config, ready.remote_dir, None, report.progress)
-    return Ran(config.name, code, tuple(pulled))
+        # What the run wrote outside the results folders comes home too.
+        tree = twoway.run(ready.remote, config, ready.remote_dir)
+    return Ran(config.name, code, tuple(pulled), tree=tree)
 
 
 def stream_run(

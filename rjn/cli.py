@@ -227,6 +227,7 @@ def run(
         ui.err.print(f"started run {result.run_id}; follow it with `rjn logs -f`")
     for pulled in result.pulled:
         ui.show_pulled(pulled)
+    ui.show_tree(result.tree)
     raise typer.Exit(result.exit_code)
 
 

@@ -150,15 +150,17 @@ class Pulled:
     size: int
     conflict_copy: str | None = None
     refused: str | None = None
+    trashed: bool = False  # deleted on the remote: moved to the local trash folder
 
 
 class Refused(RemoteError):
     """A name or link from the remote that rjn will not write."""
 
 
-def checked_name(name: object, folders: Sequence[str]) -> str:
-    """A relative path from the remote, accepted only as a plain path inside one of `folders`:
-    no '..' or '.', not absolute, no NUL or control characters."""
+def checked_name(name: object, folders: Sequence[str] | None) -> str:
+    """A relative path from the remote, accepted only as a plain path inside one of `folders`
+    (None: anywhere in the project): no '..' or '.', not absolute, no NUL or control
+    characters."""
     if not isinstance(name, str) or not 0 < len(name) <= 4096:
         raise Refused(f"the remote sent a file name that is not one: {name!r:.80}")
     if name.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -166,7 +168,7 @@ def checked_name(name: object, folders: Sequence[str]) -> str:
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise Refused(f"the remote sent a path that leaves its folder: {name!r:.200}")
-    if not any(name.startswith(f"{folder.strip('/')}/") for folder in folders):
+    if folders is not None and not any(name.startswith(f"{f.strip('/')}/") for f in folders):
         raise Refused(f"the remote sent a file outside the results folders: {name!r:.200}")
     return name
 
@@ -250,6 +252,51 @@ def pull(
         return too_big + _place(config, staging)
 
 
+def pull_decided(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    expected: dict[str, tuple[int, int] | None],
+    progress: Progress | None = None,
+) -> list[Pulled]:
+    """Bring project files home that two-way sync decided to pull. `expected` is each file's
+    local (mtime_ns, size) when the decision was made (None: absent); a file changed since is
+    kept, and the remote version lands beside it."""
+    listing = "".join(f"{checked_name(name, None)}\n" for name in sorted(expected))
+    with _staging(config.root) as staging:
+        argv = [
+            "rsync", "--files-from=-", "--links", "--times", "--compress", "--protect-args",
+            "--info=progress2,skip1", "--stats", "--no-inc-recursive",
+            f"--max-size={config.sync.max_file_size}", "-e", remote.rsync_shell(),
+            remote.rsync_target(f"{remote_dir}/"), f"{staging}/",
+        ]  # fmt: skip
+        moved = _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24),
+                       writes_here=True)  # fmt: skip
+        too_big = [
+            Pulled(name, 0, refused="larger than [sync] max_file_size")
+            for name in moved.over_max_size
+        ]
+        return too_big + _place(config, staging, expected)
+
+
+def push_decided(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    names: Sequence[str],
+    progress: Progress | None = None,
+) -> Transfer:
+    """Send the project files two-way sync decided to push (names from our own scan)."""
+    argv = [
+        "rsync", "--files-from=-", "--links", "--safe-links", "--perms", "--times",
+        "--compress", "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
+        "-e", remote.rsync_shell(), f"{config.root}/", remote.rsync_target(f"{remote_dir}/"),
+    ]  # fmt: skip
+    listing = "".join(f"{name}\n" for name in sorted(names))
+    # 23/24: a file vanished or changed as we sent it; the next sync sees it as it is.
+    return _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24))
+
+
 def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
     """Place files that arrived inline ({relpath: (content, mtime_ns)}) as a pull would."""
     root = config.root
@@ -283,8 +330,13 @@ def _staged(staging: Path) -> Iterator[str]:
             yield (here / name).relative_to(staging).as_posix()
 
 
-def _place(config: Config, staging: Path) -> list[Pulled]:
-    index = _load_index(config)
+def _place(
+    config: Config, staging: Path, expected: dict[str, tuple[int, int] | None] | None = None
+) -> list[Pulled]:
+    """Move staged files into the project. A local file edited since the last pull (results:
+    the pulled index tells) or since the decision (two-way: `expected`) is kept, and the remote
+    version lands beside it."""
+    index: dict[str, Any] = _load_index(config) if expected is None else {}
     placed: list[Pulled] = []
     root_fd = os.open(config.root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -301,13 +353,16 @@ def _place(config: Config, staging: Path) -> list[Pulled]:
             except Refused as refused:
                 placed.append(Pulled(rel, info.st_size, refused=refused.message))
                 continue
+            if expected is not None:
+                seen = expected.get(rel)
+                index[rel] = {"local": list(seen) if seen else None}
             try:
                 placed += _place_one(index, rel, staged, info, folder)
             finally:
                 os.close(folder)
     finally:
         os.close(root_fd)
-    if any(p.refused is None for p in placed):
+    if expected is None and any(p.refused is None for p in placed):
         state.write_private(_index_path(config), json.dumps(index))
     return placed
 

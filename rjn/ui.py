@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from rjn import state
+from rjn import state, twoway
 from rjn.app import Closed, Opened, Status, Synced
 from rjn.errors import RjnError
 from rjn.sync import Pulled
@@ -94,6 +94,7 @@ def show_opened(result: Opened) -> None:
         err.print("  requirements: kept your own requirements.txt")
     for name in result.unreadable:
         err.print(f"  [yellow]note:[/] could not read imports from {escape(name)}")
+    show_tree(result.synced, sent=False)
     reused = [
         what
         for what, fresh in (
@@ -168,6 +169,9 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
     size = _size(pulled.size)
     if pulled.refused:
         err.print(f"[red]✗[/] {escape(pulled.path)} not pulled: {escape(pulled.refused)}")
+    elif pulled.trashed:
+        err.print(f"[yellow]✗[/] {escape(pulled.path)} deleted on the remote: moved to "
+                  f"{twoway.TRASH}/{took}")  # fmt: skip
     elif pulled.conflict_copy:
         err.print(
             f"[yellow]↓[/] {escape(pulled.path)} changed here too: kept yours, "
@@ -196,14 +200,39 @@ def show_link(message: str) -> None:
 
 def show_synced(result: Synced) -> None:
     """What `rjn sync` moved."""
-    if result.direction == "push":
-        err.print(f"{escape(result.project)}: pushed {result.pushed_files} changed file(s)")
-        return
     for pulled in result.files:
         show_pulled(pulled)
-    refused = sum(1 for p in result.files if p.refused)
-    note = f", {refused} refused" if refused else ""
-    err.print(f"{escape(result.project)}: {len(result.files) - refused} file(s) pulled{note}")
+    show_tree(result.tree)
+    refused = sum(1 for p in (*result.files, *result.tree.pulled) if p.refused)
+    came = sum(1 for p in (*result.files, *result.tree.pulled) if not p.refused)
+    parts = [f"{len(result.tree.pushed)} sent"]
+    if result.direction != "push":
+        parts.append(f"{came} file(s) pulled")
+    if refused:
+        parts.append(f"{refused} refused")
+    err.print(f"{escape(result.project)}: {', '.join(parts)}")
+
+
+def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
+    """One line per project file a two-way sync moved (with `sent`, the ones sent too), and
+    every open conflict."""
+    for pulled in tree.pulled:
+        show_pulled(pulled)
+    for rel in tree.pushed if sent else ():
+        err.print(f"[blue]↑[/] {escape(rel)}")
+    for rel in tree.merged:
+        err.print(f"[green]⇅[/] {escape(rel)} changed on both sides: merged cell by cell")
+    for rel in tree.trashed_here:
+        err.print(f"[yellow]✗[/] {escape(rel)} deleted on the remote: moved to {twoway.TRASH}/")
+    for rel in tree.trashed_there:
+        err.print(f"[yellow]✗[/] {escape(rel)} deleted here: moved to the remote's {twoway.TRASH}/")
+    for rel in tree.held:
+        err.print(f"[yellow]![/] {escape(rel)} changed on the remote: `rjn sync` brings it home")
+    for rel, copy in tree.conflicts.items():
+        err.print(
+            f"[yellow]![/] {escape(rel)} changed on both sides: the remote version is "
+            f"{escape(copy)}; delete one of the two to resolve"
+        )
 
 
 def print_output(stream: str, line: str) -> None:

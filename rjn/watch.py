@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import collections
 import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rjn import server, sync
+from rjn import server, sync, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.remote import Remote
@@ -18,8 +19,10 @@ from rjn.remote import Remote
 BATCH_WINDOW = 0.05
 # Files up to this size travel inside their event instead of costing an rsync round trip.
 INLINE_MAX = 2 * 1024 * 1024
+# Changes to project files within this window are brought home by one two-way pass.
+TREE_WINDOW = 0.1
 # How often the link is checked while watching (a local check: no network round trip).
-HEALTH_INTERVAL = 3.0
+HEALTH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from test_open import opened
 
 @pytest.fixture(scope="module")
 def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("hostile", sync="max_file_size = 1000000")
+    root = make_project("evil", sync="max_file_size = 1000000")
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
     yield root
     run_rjn("close", "--server", cwd=root)
@@ -26,7 +26,7 @@ def project(make_project: Callable[..., Path]) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def remote(project: Path, short_tmp: Path) -> Path:
-    results = short_tmp / "remote" / "hostile" / "results"
+    results = short_tmp / "remote" / "evil" / "results"
     results.mkdir(parents=True, exist_ok=True)
     return results
 
@@ -115,7 +115,7 @@ HOSTILE_STREAMS = {
 @pytest.fixture
 def fake_watcher(short_tmp: Path) -> Iterator[Callable[[str], None]]:
     """Make the remote's environment python (the remote controls it) print a given stream."""
-    python = short_tmp / "remote" / "hostile" / ".rjn" / "venv" / "bin" / "python"
+    python = short_tmp / "remote" / "evil" / ".rjn" / "venv" / "bin" / "python"
     real = os.readlink(python)
     stream = python.with_name("hostile-stream")
 

@@ -320,3 +320,41 @@ def test_helper_lines_are_untrusted() -> None:
     assert seen[0] == {"log": "hi"} and seen[1] == {"log": "Welcome to the cluster!"}
     assert "list instead of an object" in seen[2]["error"]["message"]
     assert "a line of" in seen[3]["error"]["message"]
+
+
+# -- two-way sync: the decision table -------------------------------------------------------
+
+
+def test_two_way_decisions_follow_the_agreed_version() -> None:
+    from rjn.twoway import decide
+
+    def e(digest: str) -> list:
+        return [1, 1, digest]
+
+    agreed = {"same": "a", "here": "a", "there": "a", "both": "a", "gone-here": "a",
+              "gone-there": "a", "gone-both": "a", "del-vs-edit": "a", "edit-vs-del": "a",
+              "equal-edits": "a"}  # fmt: skip
+    local = {"same": e("a"), "here": e("b"), "there": e("a"), "both": e("b"), "gone-there": e("a"),
+             "del-vs-edit": None, "edit-vs-del": e("b"), "equal-edits": e("c"), "new-here": e("n"),
+             "new-both": e("x")}  # fmt: skip
+    remote = {"same": e("a"), "here": e("a"), "there": e("b"), "both": e("c"), "gone-here": e("a"),
+              "del-vs-edit": e("b"), "equal-edits": e("c"), "new-there": e("m"),
+              "new-both": e("y")}  # fmt: skip
+    local = {k: v for k, v in local.items() if v}
+    plan = decide(local, remote, agreed)
+    assert plan.push == ("edit-vs-del", "here", "new-here")
+    assert plan.pull == ("del-vs-edit", "new-there", "there")
+    assert plan.conflict == ("both", "new-both")
+    assert plan.trash_remote == ("gone-here",) and plan.trash_local == ("gone-there",)
+    assert plan.forget == ("gone-both",) and plan.agree == ("equal-edits",)
+
+
+def test_what_travels_both_ways() -> None:
+    from rjn.agent import travels
+
+    exclude = [".git/", "*.ckpt", "/results/", ".rjn/", "__pycache__/"]
+    assert travels("analysis.ipynb", False, exclude)
+    assert not travels(".git", True, exclude) and travels(".git", False, exclude)
+    assert not travels("model.ckpt", False, exclude) and not travels("a/b.ckpt", False, exclude)
+    assert not travels("results", True, exclude) and travels("sub/results", True, exclude)
+    assert travels("keep.ckpt", False, exclude, include=["keep.ckpt"])

@@ -159,6 +159,10 @@ class TestHost:
         """Stop everything the host started."""
         self.stop()
 
+    def run_there(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run a command on the host itself, as root (a mount the remote must see, say)."""
+        return subprocess.run(argv, capture_output=True, text=True)
+
     def stop(self) -> None:
         """Stop sshd (sessions it forked end with their connections)."""
         if self.proc and self.proc.poll() is None:

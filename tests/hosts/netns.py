@@ -137,6 +137,12 @@ class NetnsHost(TestHost):
             "sh", "-c", inner, "sh", str(self.base / "hosts"), self.hostname, *argv,
         ]  # fmt: skip
 
+    def run_there(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run a command on the host itself: in sshd's network and mount namespaces."""
+        assert self.proc
+        where = ["nsenter", "-t", str(self.proc.pid), "-m", "-n", "--"]
+        return subprocess.run([*where, *argv], capture_output=True, text=True)
+
     # -- faults ----------------------------------------------------------------------------
 
     def stall(self) -> None:

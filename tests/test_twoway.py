@@ -1,0 +1,134 @@
+"""The project both ways: notebooks saved in the remote Jupyter come home, edits on both sides
+are both kept (merged cell-wise for notebooks), deletions travel only onto unchanged files and
+into a trash folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import NOTEBOOK, run_rjn, status
+from test_open import api, opened
+from test_results import Watcher, wait_for
+
+
+@pytest.fixture(scope="module")
+def project(make_project: Callable[..., Path]) -> Iterator[Path]:
+    root = make_project("both")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+    yield root
+    run_rjn("close", "--server", cwd=root)
+
+
+@pytest.fixture(scope="module")
+def remote(project: Path, short_tmp: Path) -> Path:
+    return short_tmp / "remote" / "both"
+
+
+def synced(project: Path) -> str:
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def notebook(*sources: str) -> dict:
+    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": src, "id": f"cell{n}"} for n, src in enumerate(sources)]  # fmt: skip
+    return {**NOTEBOOK, "cells": cells}
+
+
+def test_a_notebook_saved_in_the_remote_jupyter_comes_home_while_watching(project, remote):
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    watcher = Watcher(project)
+    try:
+        saved = notebook("print('saved in the browser')")
+        body = json.dumps({"type": "notebook", "content": saved}).encode()
+        import urllib.request
+
+        from test_open import DIRECT
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/contents/analysis.ipynb", data=body, method="PUT",
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with DIRECT.open(request, timeout=30) as response:
+            assert response.status == 200
+        home = project / "analysis.ipynb"
+        wait_for(lambda: "saved in the browser" in home.read_text(), timeout=30,
+                 what="the saved notebook home")  # fmt: skip
+        assert api(port, "/api/status", token)[0] == 200
+    finally:
+        assert watcher.stop() == 0
+    assert any("analysis.ipynb" in line for line in watcher.lines)
+
+
+def test_a_local_edit_with_an_older_time_still_goes_out(project, remote) -> None:
+    synced(project)
+    (project / "helpers.py").write_text("def twice(x):\n    return x + x\n")
+    past = time.time() - 3600  # older than the remote copy: rsync --update would skip it
+    os.utime(project / "helpers.py", (past, past))
+    assert "helpers.py" in synced(project)
+    assert "x + x" in (remote / "helpers.py").read_text()
+
+
+def test_a_file_made_remotely_comes_home_with_sync(project, remote) -> None:
+    (remote / "notes.md").write_text("written on the remote\n")
+    synced(project)
+    assert (project / "notes.md").read_text() == "written on the remote\n"
+
+
+def test_both_sides_edit_one_notebook_and_both_edits_are_kept(project, remote) -> None:
+    (project / "nb.ipynb").write_text(json.dumps(notebook("a = 1", "b = 2")))
+    synced(project)
+    assert json.loads((remote / "nb.ipynb").read_text())["cells"][1]["source"] == "b = 2"
+    (project / "nb.ipynb").write_text(json.dumps(notebook("a = 'here'", "b = 2")))
+    (remote / "nb.ipynb").write_text(json.dumps(notebook("a = 1", "b = 'there'")))
+    said = synced(project)
+    assert "merged cell by cell" in said
+    for side in (project, remote):
+        cells = json.loads((side / "nb.ipynb").read_text())["cells"]
+        assert ["".join(c["source"]) for c in cells] == ["a = 'here'", "b = 'there'"], side
+    assert not list(project.glob("nb.remote-*.ipynb"))
+
+
+def test_a_clash_keeps_both_versions_until_the_user_picks(project, remote) -> None:
+    (project / "config.yaml").write_text("lr: 0.1\n")
+    synced(project)
+    (project / "config.yaml").write_text("lr: 0.2  # here\n")
+    (remote / "config.yaml").write_text("lr: 0.3  # there\n")
+    said = synced(project)
+    assert "config.yaml changed on both sides" in said
+    [copy] = project.glob("config.remote-*.yaml")
+    assert copy.read_text() == "lr: 0.3  # there\n"
+    assert (project / "config.yaml").read_text() == "lr: 0.2  # here\n"
+    assert (remote / "config.yaml").read_text() == "lr: 0.3  # there\n"  # nothing overwritten
+    assert any("config.yaml changed on both sides" in p for p in status(project)["problems"])
+    synced(project)  # still unresolved: nothing moves, nothing is lost
+    assert copy.exists() and (remote / "config.yaml").read_text() == "lr: 0.3  # there\n"
+    copy.unlink()  # the user keeps theirs
+    synced(project)
+    assert (remote / "config.yaml").read_text() == "lr: 0.2  # here\n"
+    assert status(project)["conflicts"] == {}
+
+
+def test_deletions_travel_onto_unchanged_files_only_and_into_the_trash(project, remote):
+    for name in ("gone-here.txt", "gone-there.txt", "edited-there.txt"):
+        (project / name).write_text(name)
+    synced(project)
+    (project / "gone-here.txt").unlink()
+    (remote / "gone-there.txt").unlink()
+    (project / "edited-there.txt").unlink()
+    (remote / "edited-there.txt").write_text("edited on the remote")
+    said = synced(project)
+    assert not (remote / "gone-here.txt").exists()
+    assert list((remote / ".rjn" / "trash").glob("*/gone-here.txt"))
+    assert not (project / "gone-there.txt").exists()
+    assert list((project / ".rjn" / "trash").glob("*/gone-there.txt"))
+    # Deleted here but changed there: the change wins, and comes back.
+    assert (project / "edited-there.txt").read_text() == "edited on the remote"
+    assert "deleted" in said
+    assert (project / ".rjn" / ".gitignore").read_text() == "*\n"

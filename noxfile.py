@@ -36,7 +36,8 @@ def remote(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Open cold/warm times and figure latency (remote close -> local file), p50/p99."""
+    """What users wait for, against the separate test host (50 ms away): open, status, sync,
+    run, figure and notebook latency, stall recovery; each as seconds and as x bare ssh."""
     session.install("-e", ".")
     session.run("python", "tests/bench.py")
 

@@ -67,11 +67,21 @@ _FAILURES = (
         "set [remote] identity so that ssh offers only the right key",
     ),
     (
+        "Timeout, server",
+        "the link stalled: the server stopped answering",
+        "check the network or VPN; rjn reconnects once it answers again",
+    ),
+    (
         "Connection closed",
         "the server closed the connection",
         "check the server's sshd logs, or MaxStartups limits",
     ),
 )
+
+
+# Keepalives on the master: a stalled link ends it after about INTERVAL * COUNT seconds.
+KEEPALIVE_INTERVAL = 1
+KEEPALIVE_COUNT = 4
 
 
 def explain(host: str, stderr: str) -> ConnectionFailed:
@@ -187,31 +197,35 @@ class Remote:
             return False
         return proc.run(self.ssh_argv("-O", "check"), timeout=10).ok
 
-    def connect(self) -> bool:
-        """Make sure the master is up; returns True if it had to log in."""
+    def connect(self, timeout: int | None = None) -> bool:
+        """Make sure the master is up; returns True if it had to log in. `timeout` bounds the
+        TCP connect (a quick retry loop after a drop uses a short one)."""
         if self.master_alive():
             return False
         # Two rjn commands for one host must not both start a master: the second would find
         # the socket taken and stay on as a stray plain connection.
         lock = self.control_path.with_name(self.control_path.name + ".lock")
         with state.file_lock(lock, self.config.connect_timeout + 600, f"{self.host} connecting"):
-            return self._start_master()
+            return self._start_master(timeout or self.config.connect_timeout)
 
-    def _start_master(self) -> bool:
+    def _start_master(self, timeout: int) -> bool:
         if self.master_alive():
             return False  # another rjn command started it while we waited
         # A socket left by a dead master would make ssh give up multiplexing.
         self.control_path.unlink(missing_ok=True)
         self.log_path.write_text("")
         interactive = sys.stdin.isatty()
-        timeout = self.config.connect_timeout
         argv = [
             "ssh", *self.options(),
             "-o", "ControlMaster=yes",
             "-o", "ControlPersist=yes",
             "-o", f"ConnectTimeout={timeout}",
-            "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=4",
+            # A link that stalls (wifi gone, laptop lid, a dead NAT entry) drops no connection:
+            # only missing answers tell. Asked every second, four missed answers end the
+            # master, and with it every command and tunnel on it, so that a stall is said
+            # within about 5 s and a fresh connection can take over (see app.watch_results).
+            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
+            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
             # Without a terminal nobody can answer a prompt: fail at once instead of hanging.
             "-o", f"BatchMode={'no' if interactive else 'yes'}",
             "-E", str(self.log_path),

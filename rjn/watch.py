@@ -60,18 +60,20 @@ def watch(
             "patterns": list(config.sync.patterns),
             "mode": mode,
             "inline_max": INLINE_MAX,
+            "tree": dict(zip(("exclude", "include"), twoway.filters(config), strict=True)),
         },
         python=server.venv_python(remote_dir),
         on_message=messages.put,
     )
     checked = time.monotonic()
+    backlog: collections.deque[dict[str, Any]] = collections.deque()
     try:
         while not stop():
             if time.monotonic() - checked > HEALTH_INTERVAL:
                 health()
                 checked = time.monotonic()
             try:
-                message = messages.get(timeout=0.2)
+                message = backlog.popleft() if backlog else messages.get(timeout=0.2)
             except queue.Empty:
                 if not watcher.alive():
                     raise _lost(remote, watcher.stderr) from None
@@ -86,6 +88,25 @@ def watch(
             elif "error" in message:
                 error = message["error"]
                 raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
+            elif "changed" in message:
+                # A project file saved there (a notebook in Jupyter): gather the burst, then
+                # one two-way pass brings it home (or keeps both versions).
+                seen = time.monotonic()
+                names = {_changed(remote, message)}
+                while len(names) < config.sync.max_burst:
+                    try:
+                        following = messages.get(timeout=TREE_WINDOW)
+                    except queue.Empty:
+                        break
+                    if "changed" not in following:
+                        backlog.append(following)  # a result file: handled next
+                        break
+                    names.add(_changed(remote, following))
+                done = twoway.run(remote, config, remote_dir, direction="pull")
+                for item in done.pulled:
+                    on_pulled(item, time.monotonic() - seen)
+                for rel in done.trashed_here:
+                    on_pulled(sync.Pulled(rel, 0, trashed=True), time.monotonic() - seen)
             elif "file" in message:
                 seen = time.monotonic()
                 inline: dict[str, tuple[bytes, int]] = {}
@@ -119,6 +140,13 @@ def watch(
                     on_pulled(item, time.monotonic() - seen)
     finally:
         watcher.close()
+
+
+def _changed(remote: Remote, message: dict[str, Any]) -> str:
+    """A project file the remote watcher saw change, checked as untrusted input."""
+    if set(message) != {"changed"}:
+        raise RemoteError(f"{remote.host}: the remote watcher sent a malformed change event")
+    return sync.checked_name(message["changed"], None)
 
 
 def _file_event(

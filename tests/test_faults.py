@@ -95,20 +95,20 @@ def test_status_tells_the_truth_and_open_repairs(project: Path, host: TestHost, 
     assert status(project)["tunnel"] is True
 
     # A stale state file never blocks.
-    state_files = list(
-        (Path(rjn_env["XDG_STATE_HOME"]) / "rjn" / "projects").glob("epsilon-*.json")
-    )
-    state_files = [p for p in state_files if not p.name.endswith(".pulled.json")]
-    state_files[0].write_text("{not json")
+    from rjn.state import project_key
+
+    projects = Path(rjn_env["XDG_STATE_HOME"]) / "rjn" / "projects"
+    (projects / f"{project_key(project)}.json").write_text("{not json")
     assert status(project)["open"] is False
     assert opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))[0] == port
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
-def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, short_tmp: Path):
+def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, short_tmp, host):
     remote = short_tmp / "remote" / "full"
     remote.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(remote)], check=True)
+    mounted = host.run_there("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(remote))
+    assert mounted.returncode == 0, mounted.stderr
     try:
         project = make_project("full")
         big = os.urandom(2 * 1024 * 1024)
@@ -118,7 +118,7 @@ def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, sho
         assert "the disk is full" in result.stderr and "Traceback" not in result.stderr
         assert (project / "data" / "big.bin").read_bytes() == big
     finally:
-        subprocess.run(["umount", "-l", str(remote)], check=False)
+        host.run_there("umount", "-l", str(remote))
 
 
 def test_an_idle_server_shuts_itself_down(make_project, short_tmp: Path) -> None:
@@ -156,3 +156,37 @@ def test_two_opens_at_once_share_one_master(make_project, host: TestHost, rjn_en
     assert len(masters) == 1, masters
     for project in (first, second):
         run_rjn("close", "--server", cwd=project)
+
+
+@pytest.mark.parametrize("seconds", [20, 90])
+def test_a_stalled_link_is_noticed_in_seconds_and_recovered_at_once(
+    project: Path, host: TestHost, short_tmp: Path, seconds: int
+) -> None:
+    """Packets dropped silently (wifi gone, laptop lid): no connection is refused or closed."""
+    if not hasattr(host, "stall"):
+        pytest.skip("stalling a link needs the separate test host")
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    remote = short_tmp / "remote" / "epsilon"
+    watcher = Watcher(project)
+    try:
+        seen = len(watcher.lines)
+        host.stall()
+        stalled = time.monotonic()
+        # Goal: said within 5 s; asserted at three times that.
+        wait_for(lambda: any("reconnecting" in ln for ln in watcher.lines[seen:]), timeout=15,
+                 what="the stall to be noticed")  # fmt: skip
+        (remote / "results" / "stalled.png").write_bytes(b"written during the stall")
+        time.sleep(max(0.0, seconds - (time.monotonic() - stalled)))
+        host.resume()
+        # Goal: the tunnel answers on the same port within 2 s of the link's return.
+        wait_for(lambda: api(port, "/api/status", token)[0] == 200, timeout=6,
+                 what="the tunnel on the same port")  # fmt: skip
+        wait_for((project / "results" / "stalled.png").exists, timeout=10,
+                 what="the file written during the stall")  # fmt: skip
+    finally:
+        host.resume()
+        watcher.stop()
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    masters = [ln for ln in ps.splitlines()
+               if "ControlMaster=yes" in ln and str(host.ssh_config) in ln]  # fmt: skip
+    assert len(masters) == 1, masters  # the wedged one retired, no leak

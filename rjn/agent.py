@@ -133,10 +133,25 @@ def http_status(record, timeout=3.0):
     return api(record, "GET", "/api/status", timeout)
 
 
-def pid_is_jupyter(pid):
+def process_start(pid):
+    """When a process started (clock ticks since boot, /proc), or None without /proc."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_is_server(record):
+    """Whether the recorded pid is still the server rjn started: a reused pid (another
+    project's Jupyter, anything) has another start time, and is never signalled."""
+    pid = record.get("pid", -1)
+    if record.get("pid_start") is not None:
+        return process_start(pid) == record["pid_start"]
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return b"jupyter" in handle.read()
+            cmdline = handle.read()
+        return b"jupyter" in cmdline and record.get("dir", "").encode() in cmdline
     except OSError:
         # No /proc (macOS): signal 0 tells whether the process exists at all.
         try:
@@ -164,7 +179,7 @@ def server_state(project):
         # A socket on the node cannot be asked from here: the tunnel's probe tells.
         record["alive"] = alive and ("sock" in record or http_status(record) == 200)
         return record
-    alive = pid_is_jupyter(record.get("pid", -1))
+    alive = pid_is_server(record)
     status = http_status(record) if alive else None
     record["alive"] = status == 200
     record["running"] = alive
@@ -224,19 +239,26 @@ def start(args):
             "--ServerApp.port_retries=0",
         ]
     logfile = os.path.join(folder, "jupyter.log")
-    with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
-        # A session of its own and no tie to ssh's pipes: it outlives the connection.
-        proc = subprocess.Popen(
-            argv,
-            cwd=project,
-            env=env,
-            stdin=devnull,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    # Everything Jupyter writes (its log, runtime files that name the token) is ours alone.
+    umask = os.umask(0o077)
+    try:
+        with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
+            os.chmod(logfile, 0o600)
+            # A session of its own and no tie to ssh's pipes: it outlives the connection.
+            proc = subprocess.Popen(
+                argv,
+                cwd=project,
+                env=env,
+                stdin=devnull,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    finally:
+        os.umask(umask)
     record["pid"] = proc.pid
+    record["pid_start"] = process_start(proc.pid)
     record["started_at"] = time.time()
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     record["token"] = token

@@ -235,9 +235,13 @@ def status(config: Config) -> Status:
         return Status(project=config.name, host=config.remote.host, open=False)
     remote = make_remote(config)
     master = remote.master_alive()
-    tunnel_ok = bool(saved.local_port and saved.token) and (
+    carrier = _carrier(remote, saved)
+    # The token is sent only to a port our own master holds.
+    held = bool(saved.local_port) and tunnel.ours(carrier, saved.local_port or 0)
+    tunnel_ok = held and bool(saved.token) and (
         tunnel.probe(saved.local_port or 0, saved.token or "") == 200
     )
+    squatted = bool(saved.local_port) and not held and not tunnel.is_free(saved.local_port or 0)
     alive: bool | None = True if tunnel_ok else None
     pid = saved.server_pid
     job: dict[str, Any] = {}
@@ -254,6 +258,11 @@ def status(config: Config) -> Status:
         problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
     elif alive is False:
         problems.append("the Jupyter server is not running: `rjn open` starts it")
+    elif squatted:
+        problems.append(
+            f"local port {saved.local_port} is taken by another process (not rjn's tunnel): "
+            "`rjn open` moves to another port"
+        )
     elif not tunnel_ok and saved.local_port:
         problems.append("the tunnel does not answer: `rjn open` repairs it")
     conflicts = twoway.conflicts(config)
@@ -352,7 +361,7 @@ def shell(config: Config, command: list[str] | None) -> int:
     )
     code = remote.shell(["sh", "-c", script, "rjn", info["dir"], activate, *(command or [])])
     if code == 255 and not remote.master_alive():
-        raise RjnError(f"the connection to {remote.host} was lost")
+        raise ConnectionFailed(f"the connection to {remote.host} was lost")
     return code
 
 
@@ -541,7 +550,7 @@ def stream_run(
                 if not running.alive() and messages.empty():
                     if interrupted:
                         return 130
-                    raise RjnError(
+                    raise ConnectionFailed(
                         f"the connection to {remote.host} was lost during the run",
                         hint="`rjn run --detach` keeps long runs going without a connection",
                     ) from None

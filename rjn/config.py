@@ -54,7 +54,8 @@ class RemoteConfig:
     dir: str | None = None
     python: str = "python3"
     installer: Literal["uv", "pip"] = "uv"
-    connect_timeout: int = 20
+    # Seconds; unset, ssh's own setting applies (your ~/.ssh/config's ConnectTimeout), else 20.
+    connect_timeout: int | None = None
 
 
 @dataclass(frozen=True)
@@ -319,8 +320,6 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{where} user: {remote.user!r} is not a user name")
     if remote.port is not None and not 0 < remote.port < 65536:
         raise ConfigError(f"{where} port: {remote.port} is not a TCP port")
-    if remote.connect_timeout <= 0:
-        raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
     for option in remote.ssh_options:
         if "=" not in option or option.startswith("-"):
             raise ConfigError(
@@ -329,6 +328,17 @@ def _check(config: Config) -> None:
             )
     if remote.dir is not None and not remote.dir.strip():
         raise ConfigError(f"{where} dir: must not be empty")
+    # OpenSSH expands % in the socket path of a forward; ':' would split PATH for the
+    # remote environment; a line break or NUL breaks every shell line that names the folder.
+    bad = sorted({c for c in remote.dir or "" if c in "%:\n\r\0"})
+    if bad:
+        raise ConfigError(
+            f"{where} dir: {remote.dir!r} contains {', '.join(map(repr, bad))}, which rjn cannot "
+            "pass safely to ssh and the remote shell",
+            hint="choose a folder name without %, : or line breaks",
+        )
+    if remote.connect_timeout is not None and remote.connect_timeout <= 0:
+        raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
     if not remote.python:
         raise ConfigError(f"{where} python: must not be empty")
     jupyter = config.jupyter

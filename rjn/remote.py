@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -193,9 +194,15 @@ class Remote:
 
     def master_alive(self) -> bool:
         """Whether a master for this host is up (a local check, no network)."""
+        return self.master_pid() is not None
+
+    def master_pid(self) -> int | None:
+        """The master's process id, if it is up (a local check, no network)."""
         if not self.control_path.exists():
-            return False
-        return proc.run(self.ssh_argv("-O", "check"), timeout=10).ok
+            return None
+        check = proc.run(self.ssh_argv("-O", "check"), timeout=10)
+        found = re.search(r"pid=(\d+)", check.err)
+        return int(found.group(1)) if check.ok and found else None
 
     def connect(self, timeout: int | None = None) -> bool:
         """Make sure the master is up; returns True if it had to log in. `timeout` bounds the
@@ -205,8 +212,16 @@ class Remote:
         # Two rjn commands for one host must not both start a master: the second would find
         # the socket taken and stay on as a stray plain connection.
         lock = self.control_path.with_name(self.control_path.name + ".lock")
-        with state.file_lock(lock, self.config.connect_timeout + 600, f"{self.host} connecting"):
-            return self._start_master(timeout or self.config.connect_timeout)
+        with state.file_lock(lock, self.connect_timeout + 600, f"{self.host} connecting"):
+            return self._start_master(timeout or self.connect_timeout)
+
+    @property
+    def connect_timeout(self) -> int:
+        """remote.toml's connect_timeout, else the ssh config's ConnectTimeout, else 20 s."""
+        if self.config.connect_timeout:
+            return self.config.connect_timeout
+        configured = self.resolved.get("connecttimeout", "none")
+        return int(configured) if configured.isdigit() else 20
 
     def _start_master(self, timeout: int) -> bool:
         if self.master_alive():

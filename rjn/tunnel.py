@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -34,6 +35,39 @@ def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
         return exc.code
     except (OSError, ValueError):
         return None
+
+
+def held_by(port: int, pid: int) -> bool | None:
+    """Whether process `pid` (our ssh master) is what listens on 127.0.0.1:port; None where
+    this machine cannot tell (no /proc: macOS, BSD).
+
+    The token goes only to a listener that is ours: another local user could listen on a
+    port our tunnel used to hold, and collect whatever is sent there."""
+    try:
+        table = Path("/proc/net/tcp").read_text()
+    except OSError:
+        return None
+    wanted = f"0100007F:{port:04X}"
+    inodes = {
+        fields[9]
+        for fields in (line.split() for line in table.splitlines()[1:])
+        if len(fields) > 9 and fields[1] == wanted and fields[3] == "0A"  # LISTEN
+    }
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
+                return True
+    return False
+
+
+def ours(remote: Remote, port: int) -> bool:
+    """Whether our master holds the port (where that cannot be told: whether it is up)."""
+    pid = remote.master_pid()
+    return pid is not None and held_by(port, pid) is not False
 
 
 def is_free(port: int) -> bool:
@@ -89,7 +123,7 @@ def ensure(
 ) -> int:
     """A working tunnel to the server at `target`: the previous one if it answers, else a new
     forward, on the previous port when it is free (so an open browser tab keeps working)."""
-    if previous_port and probe(previous_port, token) == 200:
+    if previous_port and ours(remote, previous_port) and probe(previous_port, token) == 200:
         return previous_port
     if previous_port and previous_target:
         remote.cancel_forward(previous_port, previous_target)
@@ -99,6 +133,11 @@ def ensure(
         remote.cancel_forward(stable_port(config.root), target)
     port = choose_port(config, previous_port)
     remote.forward(port, target)
+    if not ours(remote, port):
+        raise RjnError(
+            f"local port {port} is taken by another process: the token is not sent there",
+            hint='set [jupyter] local_port to a free port, or "auto"',
+        )
     wait_until(
         lambda: probe(port, token) == 200,
         timeout=wait,

@@ -199,3 +199,93 @@ def test_a_flood_of_tiny_files_comes_home_by_one_rsync(project, remote, sentinel
         assert (local / "f09999.png").read_bytes() == b"9999"
     finally:
         assert watcher.stop() == 0
+
+
+# -- attacks from this machine: another local user, a reused pid ------------------------------
+
+
+class Squatter:
+    """Another local user's listener on a port our tunnel used to hold: it records what it
+    is sent."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.received = b""
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.server.settimeout(0.2)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+def test_the_token_goes_only_to_our_own_tunnel(make_project, host, rjn_env) -> None:
+    from test_faults import master
+
+    project = make_project("squat")
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    master(host, rjn_env, "exit")  # the master (and its tunnel) gone: the port is free
+    squatter = Squatter(port)
+    try:
+        seen = run_rjn("status", "--json", cwd=project)
+        assert seen.returncode == 0, seen.stderr
+        answer = json.loads(seen.stdout)
+        assert answer["tunnel"] is False and answer["tokened_url"] is None
+        reopened = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+        new_port, new_token = opened(reopened)
+        assert new_port != port and new_token == token
+        answer = json.loads(run_rjn("status", "--json", cwd=project).stdout)
+        assert answer["tunnel"] is True
+    finally:
+        squatter.close()
+    assert token.encode() not in squatter.received
+    run_rjn("close", "--server", cwd=project)
+
+
+def test_a_reused_pid_is_never_signalled(make_project, short_tmp) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    project = make_project("reuse")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    record_path = short_tmp / "remote" / "reuse" / ".rjn" / "server.json"
+    record = json.loads(record_path.read_text())
+    # Another program now has the recorded pid's place: even one named like a server.
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "jupyter",
+                              str(short_tmp / "remote" / "reuse")])  # fmt: skip
+    try:
+        record_path.write_text(json.dumps({**record, "pid": decoy.pid}))
+        closed = run_rjn("close", "--server", cwd=project)
+        assert closed.returncode == 0, closed.stderr
+        assert decoy.poll() is None, "rjn signalled a process it did not start"
+    finally:
+        decoy.kill()
+        os.killpg(record["pid"], signal.SIGTERM)
+
+
+def test_a_percent_in_the_remote_dir_is_refused_before_anything_runs(make_project) -> None:
+    project = make_project("percent", remote_name="a%hb")
+    result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+    assert result.returncode == 2, result.stderr
+    assert "contains '%'" in result.stderr and "Traceback" not in result.stderr

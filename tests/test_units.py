@@ -58,6 +58,10 @@ def test_defaults(tmp_path: Path) -> None:
         (TOML + "port = true\n", "[remote] port: expected an integer, got True"),
         (TOML + "ssh_options = ['-v']\n", "is not an ssh option"),
         ("[remote\nhost=", "not valid TOML"),
+        (TOML + "dir = '~/a%hb'\n", "dir: '~/a%hb' contains '%'"),
+        (TOML + "dir = '/x:y'\n", "dir: '/x:y' contains ':'"),
+        (TOML + 'dir = "a\\nb"\n', "contains '\\n'"),
+        (TOML + "[slurm]\nconnect = 'ssh'\n", "[slurm] connect: expected one of 'tcp', 'jump'"),
     ],
 )
 def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -358,3 +362,13 @@ def test_what_travels_both_ways() -> None:
     assert not travels("model.ckpt", False, exclude) and not travels("a/b.ckpt", False, exclude)
     assert not travels("results", True, exclude) and travels("sub/results", True, exclude)
     assert travels("keep.ckpt", False, exclude, include=["keep.ckpt"])
+
+
+def test_the_ssh_configs_connect_timeout_is_honoured(tmp_path: Path) -> None:
+    (tmp_path / "ssh_config").write_text("Host gpu-box\n    ConnectTimeout 7\n")
+    mine = make_remote(tmp_path, ssh_config=str(tmp_path / "ssh_config"))
+    assert mine.connect_timeout == 7
+    (tmp_path / "empty_config").write_text("")
+    assert make_remote(tmp_path, ssh_config=str(tmp_path / "empty_config")).connect_timeout == 20
+    toml = make_remote(tmp_path, ssh_config=str(tmp_path / "ssh_config"), connect_timeout=3)
+    assert toml.connect_timeout == 3

@@ -82,15 +82,19 @@ def demo(session: nox.Session) -> None:
         )  # the second open reuses everything
         session.run(*rjn, "status", env=env)
         _check_answers(session, env, rjn)
-        # The example notebook runs remotely; its figure comes home.
+        # The example notebook runs remotely; its figure comes home. A previous demo's copies
+        # go first: this throwaway remote never agreed on them, and would keep both.
         figure = ROOT / "results" / "temperature.png"
         figure.unlink(missing_ok=True)
+        (ROOT / "results" / "explore.executed.ipynb").unlink(missing_ok=True)
         session.run(*rjn, "run", "--notebook", "notebooks/explore.ipynb", env=env)
         if not figure.is_file() or figure.read_bytes()[:4] != b"\x89PNG":
             session.error(f"{figure} did not come home")
         session.log(f"OK: the notebook ran remotely and {figure.relative_to(ROOT)} came home")
         if "--keep" in session.posargs:
-            session.log("running; press Ctrl-C to stop")
+            exports = " ".join(f"{k}={v}" for k, v in env.items())
+            session.log(f"running; in another terminal: export {exports}; {' '.join(rjn)} status")
+            session.log("press Ctrl-C to stop")
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -826,6 +826,14 @@ def ensure_env(args):
             + req
             + packages
         )
+    if code and any("No space left on device" in line for line in lines):
+        usage = shutil.disk_usage(project)
+        raise Fail(
+            "the remote disk is full (%d MB free in %s): the environment could not be "
+            "installed" % (usage.free // 10**6, project),
+            "free space on the remote (uv's and pip's caches are in ~/.cache), or set "
+            "[remote] dir to a folder on a larger disk",
+        )
     if code:
         raise Fail(
             "installing the requirements failed: " + failing_package(lines),

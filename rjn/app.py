@@ -238,8 +238,10 @@ def status(config: Config) -> Status:
     carrier = _carrier(remote, saved)
     # The token is sent only to a port our own master holds.
     held = bool(saved.local_port) and tunnel.ours(carrier, saved.local_port or 0)
-    tunnel_ok = held and bool(saved.token) and (
-        tunnel.probe(saved.local_port or 0, saved.token or "") == 200
+    tunnel_ok = (
+        held
+        and bool(saved.token)
+        and (tunnel.probe(saved.local_port or 0, saved.token or "") == 200)
     )
     squatted = bool(saved.local_port) and not held and not tunnel.is_free(saved.local_port or 0)
     alive: bool | None = True if tunnel_ok else None
@@ -398,6 +400,13 @@ def watch_results(
             reconnected = failures > 0
             if reconnected:
                 on_link(f"reconnected to {remote.host}")
+                # What happened meanwhile decides, not what we knew: closed here (then the
+                # tunnel stays closed), or a server restarted there (a new token).
+                current = state.load(config.root)
+                if current is None or not current.local_port:
+                    on_link(f"{config.name} was closed: stopped watching")
+                    return
+                saved = _current_server(config, remote, current, on_link)
             if saved.local_port and saved.forward_target and saved.token:
                 carrier = _carrier(remote, saved)
                 carrier.connect()
@@ -426,6 +435,26 @@ def watch_results(
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not stop():
                 time.sleep(0.1)
+
+
+def _current_server(
+    config: Config, remote: Remote, saved: state.ProjectState, on_link: Callable[[str], Any]
+) -> state.ProjectState:
+    """The project's server as it is now (one probe): the one running, or, if the remote lost
+    it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
+    record = remote.agent("probe", {"dir": saved.remote_dir}, timeout=60)["server"]
+    live = server.Server.from_record(record)
+    if live is None:
+        on_link("the Jupyter server was gone: starting it again")
+        live = server.start(remote, config, saved.remote_dir)
+    if (live.token, live.target) != (saved.token, saved.forward_target):
+        if saved.local_port and saved.forward_target:
+            _carrier(remote, saved).cancel_forward(saved.local_port, saved.forward_target)
+        saved.token, saved.forward_target = live.token, live.target
+        saved.server_pid, saved.via_node = live.pid, live.via_node
+        with state.locked(config.root):
+            state.save(saved)
+    return saved
 
 
 def _link_check(remote: Remote) -> Callable[[], None]:

@@ -1,16 +1,23 @@
-"""The `rjn` command line: parse, call a use case, render; errors are caught here and only here."""
+"""The `rjn` command line: parse, call a use case, render; errors are caught here and only here.
+
+Use cases and rendering are imported when a command runs: `rjn --help` loads neither (nor
+what they load: rich's progress, sh, pipreqs).
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from rjn import __version__, app, config, ui
+from rjn import __version__
 from rjn.errors import RjnError
+
+if TYPE_CHECKING:
+    from rjn import config
 
 cli = typer.Typer(
     name="rjn",
@@ -18,6 +25,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's help formatter costs 60 ms of imports on every `--help`.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -37,7 +46,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 
 def _version(value: bool) -> None:
     if value:
-        ui.out.print(f"rjn {__version__}")
+        print(f"rjn {__version__}")
         raise typer.Exit()
 
 
@@ -79,9 +88,13 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
             except RjnError as error:
                 if _options["debug"]:
                     raise
+                from rjn import ui
+
                 ui.show_error(error)
                 raise typer.Exit(error.exit_code) from None
             except KeyboardInterrupt:
+                from rjn import ui
+
                 ui.interrupted()
                 raise typer.Exit(130) from None
 
@@ -92,6 +105,8 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
 
 
 def _config() -> config.Config:
+    from rjn import config
+
     path = _options["config"]
     overrides = {"remote": _options["remote"]}
     return config.load(path if isinstance(path, Path) else config.find(Path.cwd()), overrides)  # type: ignore[arg-type]
@@ -114,6 +129,8 @@ def open_(
 
     Watching goes on until Ctrl-C; the server and tunnel stay up after it.
     """
+    from rjn import app, ui
+
     project = _config()
     result = app.open_project(project, app.Quiet() if as_json else ui.Steps(verbose))
     if as_json:
@@ -127,6 +144,8 @@ def open_(
 
 
 def _watch(project: config.Config) -> None:
+    from rjn import app, ui
+
     try:
         app.watch_results(project, ui.show_ready, ui.show_pulled, ui.show_link)
     except KeyboardInterrupt:
@@ -136,17 +155,21 @@ def _watch(project: config.Config) -> None:
 @command()
 def watch() -> None:
     """Pull each new or changed result figure as soon as it is fully written, until Ctrl-C."""
+
     _watch(_config())
 
 
 @command()
 def sync(
     push: Annotated[
-        bool, typer.Option("--push", help="Push the project instead, as open does.")
+        bool, typer.Option("--push", help="Only send local edits: nothing here changes.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Pull all results now (only changed files; local edits are never overwritten)."""
+    """Both ways, now: results and remote edits come home, local edits go out; an edit on both
+    sides keeps both versions (notebooks are merged cell by cell)."""
+    from rjn import app, ui
+
     result = app.sync_now(_config(), app.Quiet() if as_json else ui.Steps(), push=push)
     ui.print_json(result) if as_json else ui.show_synced(result)
 
@@ -156,6 +179,8 @@ def init(
     host: Annotated[str, typer.Argument(help="The ssh host, or a Host alias from ~/.ssh/config.")],
 ) -> None:
     """Write a remote.toml for the project in this folder."""
+    from rjn import app, ui
+
     path = app.init(Path.cwd(), host)
     ui.err.print(f"wrote {path}; `rjn open` opens the project on {host}")
 
@@ -163,6 +188,8 @@ def init(
 @command()
 def status(as_json: JsonOption = False) -> None:
     """Show the connection, server and tunnel of this project, checked now."""
+    from rjn import app, ui
+
     result = app.status(_config())
     ui.print_json(result) if as_json else ui.show_status(result)
 
@@ -174,12 +201,16 @@ def close(
     ] = False,
 ) -> None:
     """Close the tunnel; with --server, stop Jupyter too and release the connection."""
+    from rjn import app, ui
+
     ui.show_closed(app.close(_config(), stop_server=server))
 
 
 @command()
 def requirements() -> None:
     """Write requirements.txt from the project's imports and notebooks, and show it."""
+    from rjn import app, ui
+
     result = app.requirements_only(_config())
     where = "written" if result.generated else "kept (your own file)"
     ui.err.print(f"{result.path} {where}:")
@@ -194,6 +225,8 @@ def shell(
     ] = None,
 ) -> None:
     """A shell (or one command) in the remote project folder, with its environment active."""
+    from rjn import app
+
     raise typer.Exit(app.shell(_config(), command))
 
 
@@ -214,6 +247,8 @@ def run(
 
     Output streams live; rjn exits with the command's exit code; Ctrl-C stops it remotely.
     """
+    from rjn import app, ui
+
     project = _config()
     argv = list(command or [])
     if notebook:
@@ -237,6 +272,8 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
 ) -> None:
     """Show the output of a detached run; exits with its exit code once it has ended."""
+    from rjn import app, ui
+
     raise typer.Exit(app.logs(_config(), run_id, follow, ui.print_output))
 
 

@@ -143,12 +143,14 @@ def _finish(
 
 
 class _splitter:
-    """Collects a stream and hands complete lines to a callback."""
+    """Collects a stream and hands complete lines to a callback; a line that grows past
+    MAX_LINE without ending is handed over in pieces (the parser rejects them)."""
 
     def __init__(self, callback: Callable[[str], Any] | None, sink: list[str] | None) -> None:
         self.callback = callback
         self.sink = sink
-        self.pending = ""
+        self.parts: list[str] = []  # the unfinished line, in pieces: joining once is linear
+        self.size = 0
 
     def __call__(self, chunk: str | bytes) -> None:
         text = chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
@@ -156,21 +158,23 @@ class _splitter:
             self.sink.append(text)
         if self.callback is None:
             return
-        self.pending += text
         if "\n" not in text and "\r" not in text:
-            if len(self.pending) > MAX_LINE:
-                self.callback(self.pending)
-                self.pending = ""
-            return  # sh may hand over one byte at a time: split only at line ends
-        *lines, self.pending = _LINE_END.split(self.pending)
+            # sh may hand over one byte at a time: split only at line ends.
+            self.parts.append(text)
+            self.size += len(text)
+            if self.size > MAX_LINE:
+                self.flush()
+            return
+        *lines, rest = _LINE_END.split("".join(self.parts) + text)
+        self.parts, self.size = ([rest], len(rest)) if rest else ([], 0)
         for line in lines:
             if line:
                 self.callback(line)
 
     def flush(self) -> None:
-        if self.callback is not None and self.pending:
-            self.callback(self.pending)
-        self.pending = ""
+        if self.callback is not None and self.parts:
+            self.callback("".join(self.parts))
+        self.parts, self.size = [], 0
 
 
 def spawn_detached(argv: Sequence[str], *, log: Path, timeout: float) -> int:
@@ -264,7 +268,9 @@ def start(argv: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]) ->
         _in=feed,
         _out=_splitter(on_out, None),
         _err=_splitter(None, err),
-        _out_bufsize=1,  # whole lines: the helper speaks JSON lines, some of them large
+        # Chunks as they come: the splitter makes lines, and bounds one that never ends
+        # (sh's own line buffering would hold it whole, however large).
+        _out_bufsize=0,
         _bg=True,
         _bg_exc=False,
         _tty_out=False,

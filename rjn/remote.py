@@ -23,13 +23,13 @@ _FAILURES = (
     (
         "REMOTE HOST IDENTIFICATION HAS CHANGED",
         "the host key changed",
-        "if the server was really reinstalled, remove the old key with `ssh-keygen -R HOST`; "
+        "if the server was really reinstalled, remove the old key with `KEYGEN`; "
         "otherwise someone may be intercepting the connection: do not connect",
     ),
     (
         "Host key verification failed",
         "the host key is not known",
-        "connect once with `ssh HOST` to check and accept the host key, then run rjn again",
+        "connect once with `LOGIN` to check and accept the host key, then run rjn again",
     ),
     (
         "Could not resolve hostname",
@@ -85,8 +85,14 @@ KEEPALIVE_INTERVAL = 1
 KEEPALIVE_COUNT = 4
 
 
-def explain(host: str, stderr: str) -> ConnectionFailed:
-    """Turn OpenSSH's stderr into an error that says host, cause and what to try."""
+def explain(
+    host: str, stderr: str, login: str | None = None, keygen: str | None = None
+) -> ConnectionFailed:
+    """Turn OpenSSH's stderr into an error that says host, cause and what to try; `login`
+    and `keygen` are the exact commands that reach this host as rjn does (config file,
+    HostName, port), for the hints."""
+    login = login or f"ssh {host}"
+    keygen = keygen or f"ssh-keygen -R {host}"
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     detail = next(
         (ln for ln in reversed(lines) if not ln.startswith(("@", "Warning:", "debug"))), ""
@@ -95,11 +101,11 @@ def explain(host: str, stderr: str) -> ConnectionFailed:
         if needle in stderr:
             return ConnectionFailed(
                 f"cannot connect to {host}: {cause}" + (f" ({detail})" if detail else ""),
-                hint=hint.replace("HOST", host),
+                hint=hint.replace("HOST", host).replace("LOGIN", login).replace("KEYGEN", keygen),
             )
     return ConnectionFailed(
         f"cannot connect to {host}" + (f": {detail}" if detail else ""),
-        hint=f"try `ssh {host}` by hand to see what fails",
+        hint=f"try `{login}` by hand to see what fails",
     )
 
 
@@ -120,6 +126,20 @@ class Remote:
         self.log_path = log_dir / f"ssh-{safe}.log"
 
     # -- argv building ---------------------------------------------------------------
+
+    def explain(self, stderr: str) -> ConnectionFailed:
+        """explain() with the exact commands for this host in its hints."""
+        try:
+            seen = self.resolved
+        except ConnectionFailed:
+            return explain(self.host, stderr)
+        name, port = seen.get("hostname", self.host), seen.get("port", "22")
+        where = name if port == "22" else f"[{name}]:{port}"
+        known = os.path.expanduser(seen.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
+        login = shlex.join(["ssh", *self.options()[:-2], "--", self.host])  # no ControlPath
+        return explain(
+            self.host, stderr, login, shlex.join(["ssh-keygen", "-R", where, "-f", known])
+        )
 
     def options(self, control: str | None = None) -> list[str]:
         """ssh options shared by every call: the config's, then the control socket."""
@@ -250,7 +270,7 @@ class Remote:
             argv, log=self.log_path, timeout=timeout + (600 if interactive else 30)
         )
         if code != 0 or not self.master_alive():
-            raise explain(self.host, self.log_path.read_text(errors="replace"))
+            raise self.explain(self.log_path.read_text(errors="replace"))
         return True
 
     def responsive(self, timeout: float) -> bool:
@@ -285,7 +305,7 @@ class Remote:
             on_err=on_err,
         )
         if result.code == 255 and not self.master_alive():
-            raise explain(self.host, result.err)
+            raise self.explain(result.err)
         return result
 
     def agent(
@@ -324,7 +344,7 @@ class Remote:
                 raise Timeout(f"{self.host}: rjn's remote helper did not finish {action} "
                               f"within {timeout:g}s")  # fmt: skip
             if code == 255 and not self.master_alive():
-                raise explain(self.host, err)
+                raise self.explain(err)
         else:
             # Parse as lines arrive only when someone is watching the log; else at the end.
             result = self.run(

@@ -14,9 +14,8 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-
-from pipreqs import pipreqs
 
 from rjn.config import Config, RequirementsConfig
 from rjn.errors import ConfigError
@@ -145,14 +144,20 @@ def local_modules(root: Path, files: list[Path]) -> set[str]:
     return names
 
 
+def _pipreqs_data(name: str) -> Path:
+    """A data file of pipreqs' (its lists of stdlib and module -> package names), found
+    without importing pipreqs' module (which pulls in requests and more)."""
+    return Path(str(resources.files("pipreqs") / name))
+
+
 def _stdlib() -> set[str]:
-    with open(pipreqs.join("stdlib")) as handle:
+    with open(_pipreqs_data("stdlib")) as handle:
         listed = {line.strip() for line in handle if line.strip()}
     return listed | set(sys.stdlib_module_names)
 
 
 def _pipreqs_mapping() -> dict[str, str]:
-    with open(pipreqs.join("mapping")) as handle:
+    with open(_pipreqs_data("mapping")) as handle:
         pairs = (line.strip().split(":", 1) for line in handle if ":" in line)
         # Package names are case-insensitive; pipreqs spells some oddly (Requests, PyYAML).
         return {module: package.lower() for module, package in pairs}

@@ -76,6 +76,7 @@ def _rsync(
     ok_codes: Sequence[int] = (0,),
     writes_here: bool = False,
     max_bytes: int | None = None,
+    missing_ok: bool = False,
 ) -> Transfer:
     moved = [0]
 
@@ -97,7 +98,8 @@ def _rsync(
             hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
             "remove what should not come home from the results folders",
         )
-    if result.code not in ok_codes:
+    tolerated = missing_ok and result.code == 23 and _only_missing(result.err)
+    if result.code not in ok_codes and not tolerated:
         raise _rsync_error(remote, result, writes_here)
     files = _FILES.search(result.out)
     size = _BYTES.search(result.out)
@@ -106,6 +108,17 @@ def _rsync(
         bytes=int(size.group(1).replace(",", "")) if size else 0,
         over_max_size=tuple(_OVER_MAX.findall(result.out)),
     )
+
+
+def _only_missing(err: str) -> bool:
+    """Whether every file rsync could not read was missing (a vanished file, or a results
+    folder not made yet), and nothing else went wrong."""
+    lines = err.splitlines()
+    # What follows rsync's summary line is the connection's teardown (a receiver's "broken
+    # pipe" once the sender has exited), not a file it could not read.
+    ends = next((i for i, ln in enumerate(lines) if ln.startswith("rsync error:")), len(lines))
+    problems = [ln for ln in lines[:ends] if ln.startswith("rsync:")]
+    return bool(problems) and all("No such file or directory" in ln for ln in problems)
 
 
 def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> RemoteError:
@@ -234,14 +247,18 @@ def pull(
             "-e", remote.rsync_shell(),
         ]  # fmt: skip
         if files is None:
-            argv += [f"--include=/{f.strip('/')}/***" for f in results]
-            argv += ["--exclude=*"]
+            # Each results folder by its own path, slash-ended: one that is a link on the
+            # remote (to scratch space, as is common on clusters) is followed into.
+            sources = [f"{remote_dir}/./{folder.strip('/')}/" for folder in results]
+            argv += ["--relative", remote.rsync_target(sources[0]), *(f":{s}" for s in sources[1:])]
         else:
-            argv += ["--files-from=-"]
-        argv += [remote.rsync_target(f"{remote_dir}/"), f"{staging}/"]
-        # 23/24: a file vanished or changed while listed; the watcher reports it again.
+            argv += ["--files-from=-", remote.rsync_target(f"{remote_dir}/")]
+        argv += [f"{staging}/"]
+        # 23/24: a file vanished or changed while listed (the watcher reports it again), or a
+        # results folder does not exist there yet.
         moved = _rsync(remote, argv, progress, input=listing,
-                       ok_codes=(0, 23, 24) if files else (0, 24), writes_here=True,
+                       ok_codes=(0, 23, 24) if files else (0, 24),
+                       missing_ok=files is None, writes_here=True,
                        # A listed pull is bounded by the watcher's burst and file caps.
                        max_bytes=config.sync.max_pull_size if files is None else None,
                        )  # fmt: skip
@@ -267,6 +284,8 @@ def pull_decided(
         argv = [
             "rsync", "--files-from=-", "--links", "--times", "--compress", "--protect-args",
             "--info=progress2,skip1", "--stats", "--no-inc-recursive",
+            # Decided by content: sent even when size and time match to the second.
+            "--ignore-times",
             f"--max-size={config.sync.max_file_size}", "-e", remote.rsync_shell(),
             remote.rsync_target(f"{remote_dir}/"), f"{staging}/",
         ]  # fmt: skip
@@ -290,6 +309,8 @@ def push_decided(
     argv = [
         "rsync", "--files-from=-", "--links", "--safe-links", "--perms", "--times",
         "--compress", "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
+        # Decided by content: sent even when size and time match to the second.
+        "--ignore-times",
         "-e", remote.rsync_shell(), f"{config.root}/", remote.rsync_target(f"{remote_dir}/"),
     ]  # fmt: skip
     listing = "".join(f"{name}\n" for name in sorted(names))

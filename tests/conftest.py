@@ -35,6 +35,13 @@ def pytest_report_header() -> str:
     return f"rjn test remote: {_host_kind()}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what talks to a real host `e2e` (`pytest -m "not e2e"` runs the unit tests alone)."""
+    for item in items:
+        if {"host", "make_project"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 NOTEBOOK = {
     "cells": [
         {"cell_type": "markdown", "metadata": {}, "source": ["# Analysis\n", "import fake_md\n"]},

@@ -70,6 +70,8 @@ def test_unknown_host_key_is_not_trusted(host: TestHost, tmp_path: Path) -> None
     project = _with_known_hosts(host, tmp_path, "")
     err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
     assert "the host key is not known" in err
+    # The hint's command reaches the host as rjn does: the same ssh config file.
+    assert f"`ssh -F {tmp_path / 'ssh_config'} -- rjn-test`" in err
 
 
 def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
@@ -80,6 +82,8 @@ def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
     project = _with_known_hosts(host, tmp_path, f"{host.known_name} {kind} {key}\n")
     err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
     assert "the host key changed" in err and "do not connect" in err
+    # The exact command: the host as known_hosts names it (HostName, port), and that file.
+    assert "ssh-keygen -R" in err and host.known_name in err and str(tmp_path / "kh") in err
 
 
 def test_wrong_key_is_an_auth_failure(host: TestHost, tmp_path: Path) -> None:

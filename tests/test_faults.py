@@ -190,3 +190,55 @@ def test_a_stalled_link_is_noticed_in_seconds_and_recovered_at_once(
     masters = [ln for ln in ps.splitlines()
                if "ControlMaster=yes" in ln and str(host.ssh_config) in ln]  # fmt: skip
     assert len(masters) == 1, masters  # the wedged one retired, no leak
+
+
+def test_a_server_lost_during_a_drop_is_started_again(project: Path, host: TestHost) -> None:
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    before = status(project)
+    watcher = Watcher(project)
+    try:
+        host.cut()
+        os.kill(before["server_pid"], signal.SIGKILL)  # the remote rebooted, say
+        wait_for(lambda: any("reconnecting" in ln for ln in watcher.lines), what="loss noticed")
+        host.start()
+        wait_for(lambda: any("starting it again" in ln for ln in watcher.lines), timeout=60,
+                 what="the server started again")  # fmt: skip
+        wait_for(lambda: status(project)["tunnel"] is True, timeout=60, what="the tunnel")
+        after = status(project)
+        assert after["port"] == before["port"] and after["server_pid"] != before["server_pid"]
+        token = after["tokened_url"].split("token=")[1]
+        assert api(after["port"], "/api/status", token)[0] == 200
+        assert watcher.proc.poll() is None
+    finally:
+        watcher.stop()
+
+
+def test_close_sticks_while_a_watch_runs(project: Path, host: TestHost) -> None:
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    watcher = Watcher(project)
+    try:
+        assert run_rjn("close", cwd=project).returncode == 0
+        host.cut()
+        host.start()
+        wait_for(lambda: watcher.proc.poll() is not None, timeout=60, what="the watch to stop")
+        assert any("was closed: stopped watching" in ln for ln in watcher.lines)
+        assert api(port, "/api/status", token)[0] != 200  # the tunnel was not brought back
+    finally:
+        if watcher.proc.poll() is None:
+            watcher.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
+def test_a_remote_disk_that_fills_during_install_is_named(make_project, short_tmp, host):
+    remote = short_tmp / "remote" / "fills"
+    remote.mkdir(parents=True)
+    mounted = host.run_there("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(remote))
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        project = make_project("fills")
+        result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
+        assert result.returncode == 4, result.stderr
+        assert "the remote disk is full" in result.stderr and "MB free in" in result.stderr
+        assert "pin that package" not in result.stderr and "Traceback" not in result.stderr
+    finally:
+        host.run_there("umount", "-l", str(remote))

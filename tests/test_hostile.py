@@ -289,3 +289,18 @@ def test_a_percent_in_the_remote_dir_is_refused_before_anything_runs(make_projec
     result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
     assert result.returncode == 2, result.stderr
     assert "contains '%'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_results_folder_that_is_a_link_on_the_remote_is_followed(make_project, short_tmp):
+    """On clusters results often live on scratch space, linked into the project."""
+    project = make_project("scratchy")
+    scratch = short_tmp / "scratch"
+    (scratch / "run1").mkdir(parents=True)
+    (scratch / "run1" / "loss.png").write_bytes(b"loss")
+    remote = short_tmp / "remote" / "scratchy"
+    remote.mkdir(parents=True)
+    (remote / "results").symlink_to(scratch)
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (project / "results" / "run1" / "loss.png").read_bytes() == b"loss"
+    assert not (project / "results").is_symlink()

@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 from hosts.loopback import TestHost
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("useradd"),
-    reason="a password login needs a user with a password: root makes one",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("useradd"),
+        reason="a password login needs a user with a password: root makes one",
+    ),
+]
 USER = "rjnprompt"
 
 

@@ -372,3 +372,44 @@ def test_the_ssh_configs_connect_timeout_is_honoured(tmp_path: Path) -> None:
     assert make_remote(tmp_path, ssh_config=str(tmp_path / "empty_config")).connect_timeout == 20
     toml = make_remote(tmp_path, ssh_config=str(tmp_path / "ssh_config"), connect_timeout=3)
     assert toml.connect_timeout == 3
+
+
+def test_the_remote_helper_is_python_3_8_syntax() -> None:
+    """It runs on the remote's Python, which may be as old as 3.8 (no newer interpreter can be
+    installed here to run it: CI reaches only the package index)."""
+    import ast
+    from importlib import resources
+
+    source = (resources.files("rjn") / "agent.py").read_text()
+    ast.parse(source, feature_version=(3, 8))
+    for launcher in ("LAUNCHER", "SUPERVISOR"):
+        from rjn import agent
+
+        ast.parse(getattr(agent, launcher), feature_version=(3, 8))
+
+
+def test_a_missing_results_folder_is_no_failure_but_anything_else_is() -> None:
+    missing = (
+        'rsync: [sender] link_stat "/r/./figures/" failed: No such file or directory (2)\n'
+        "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n"
+        "rsync: [Receiver] write error: Broken pipe (32)\n"
+    )
+    assert sync._only_missing(missing)
+    denied = 'rsync: [sender] opendir "/r/./results/x" failed: Permission denied (13)\n' + missing
+    assert not sync._only_missing(denied)
+    assert not sync._only_missing("")
+
+
+def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
+    from rjn import proc
+
+    lines: list[str] = []
+    split = proc._splitter(lines.append, None)
+    for piece in ('{"a":', " 1}\n{", '"b": 2}\r\n', "tail"):
+        split(piece)
+    split.flush()
+    assert lines == ['{"a": 1}', '{"b": 2}', "tail"]
+    lines.clear()
+    for _ in range(proc.MAX_LINE // 65536 + 2):
+        split("x" * 65536)  # byte by byte would be the same, only slower
+    assert len(lines) == 1 and len(lines[0]) > proc.MAX_LINE

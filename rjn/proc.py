@@ -1,11 +1,13 @@
-"""The only module that runs subprocesses: argv lists through `sh`, never a shell string."""
+"""The only module that runs subprocesses: argv lists (through `sh`, or plain pipes for long
+streams), never a shell string."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
-import queue
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -151,9 +153,11 @@ class _splitter:
         self.sink = sink
         self.parts: list[str] = []  # the unfinished line, in pieces: joining once is linear
         self.size = 0
+        # A character may be split across two chunks: decode across them.
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, chunk: str | bytes) -> None:
-        text = chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
+        text = self.decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
         if self.sink is not None:
             self.sink.append(text)
         if self.callback is None:
@@ -215,66 +219,77 @@ def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:
 
 
 class Background:
-    """A command running in the background whose stdin stays open until `close`."""
+    """A command running in the background whose stdin stays open until `close`.
 
-    def __init__(self, command: Any, feed: queue.Queue[bytes | None], err: list[str]) -> None:
-        self._command = command
-        self._feed = feed
-        self._err = err
+    Plain pipes, a reader thread each: output is handed on in whatever chunks the pipe holds,
+    at once. (sh reads an unbuffered stream one byte at a time, and a line-buffered one holds
+    a line whole however long it grows; neither suits a remote that may be hostile.)
+    """
+
+    def __init__(self, argv: Sequence[str], stdin: bytes, on_out: Callable[[str], Any]) -> None:
+        _command(argv[0])  # a missing program is an RjnError that says how to install it
+        self._proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=_pump, args=(self._proc.stdout, _splitter(on_out, None))),
+            threading.Thread(target=_pump, args=(self._proc.stderr, _splitter(None, self._err))),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+        threading.Thread(target=self._feed, args=(stdin,), daemon=True).start()
+
+    def _feed(self, data: bytes) -> None:
+        assert self._proc.stdin
+        with contextlib.suppress(OSError, ValueError):
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
 
     def alive(self) -> bool:
-        return bool(self._command.is_alive())
+        return self._proc.poll() is None
 
     @property
     def code(self) -> int | None:
-        code: int | None = None if self.alive() else self._command.exit_code
-        return code
+        return self._proc.poll()
 
     @property
     def stderr(self) -> str:
         return "".join(self._err)
 
     def wait(self, timeout: float | None) -> int | None:
-        """Wait for it to end (its stdin stays open); its exit code, or None at the deadline."""
+        """Wait for it to end (its stdin stays open) and for its output to be handed on; its
+        exit code, or None at the deadline."""
         try:
-            self._command.wait(timeout=timeout)
-        except sh.TimeoutException:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             return None
-        except sh.ErrorReturnCode:
-            pass
-        return self.code
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code
 
     def close(self, timeout: float = 10) -> int | None:
         """Close its stdin (the polite stop), then terminate it if it lingers."""
-        self._feed.put(None)
-        try:
-            self._command.wait(timeout=timeout)
-        except sh.TimeoutException:
-            self._command.terminate()
-            with contextlib.suppress(sh.TimeoutException):
-                self._command.wait(timeout=5)
-        except sh.ErrorReturnCode:
-            pass
+        with contextlib.suppress(OSError, ValueError):
+            assert self._proc.stdin
+            self._proc.stdin.close()
+        if self.wait(timeout) is None:
+            self._proc.terminate()
+            if self.wait(5) is None:
+                self._proc.kill()
+                self.wait(5)
         return self.code
+
+
+def _pump(stream: Any, sink: _splitter) -> None:
+    """Hand a pipe's output on as it arrives, then what is left at its end."""
+    with contextlib.suppress(OSError, ValueError):
+        while chunk := os.read(stream.fileno(), 65536):
+            sink(chunk)
+    sink.flush()
 
 
 def start(argv: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]) -> Background:
     """Start argv in the background: feed it `stdin` (kept open) and hand its stdout lines over."""
-    feed: queue.Queue[bytes | None] = queue.Queue()
-    feed.put(stdin)
-    err: list[str] = []
-    command = _command(argv[0])(
-        *argv[1:],
-        _in=feed,
-        _out=_splitter(on_out, None),
-        _err=_splitter(None, err),
-        # Chunks as they come: the splitter makes lines, and bounds one that never ends
-        # (sh's own line buffering would hold it whole, however large).
-        _out_bufsize=0,
-        _bg=True,
-        _bg_exc=False,
-        _tty_out=False,
-        _ok_code=_ALL_CODES,
-        _decode_errors="replace",
-    )
-    return Background(command, feed, err)
+    return Background(argv, stdin, on_out)

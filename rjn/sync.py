@@ -1,4 +1,4 @@
-"""Moving files: the project to the remote (rsync over the master), results back home."""
+"""Moving files over the master with rsync, and placing what comes home inside the project."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rjn import proc, state
-from rjn.config import DEFAULT_EXCLUDES, Config
-from rjn.errors import RemoteError
+from rjn.config import Config
+from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.remote import Remote
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
@@ -37,35 +37,6 @@ class Transfer:
     files: int
     bytes: int
     over_max_size: tuple[str, ...] = ()
-
-
-def push_filters(config: Config) -> list[str]:
-    """rsync filter arguments for a push: includes first (rsync takes the first match)."""
-    args = [f"--include={pattern}" for pattern in config.sync.include]
-    # Results travel the other way: a push must never clobber what the remote produced.
-    args += [f"--exclude=/{folder.strip('/')}/" for folder in config.sync.results]
-    args += [f"--exclude={pattern}" for pattern in (*DEFAULT_EXCLUDES, *config.sync.exclude)]
-    return args
-
-
-def push(
-    remote: Remote, config: Config, remote_dir: str, progress: Progress | None = None
-) -> Transfer:
-    """Copy the project to the remote. Never deletes there, never replaces a newer remote file."""
-    argv = [
-        "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
-        # A link of the project's that leaves it (to ~/.aws, say) is not sent at all.
-        "--safe-links",
-        # A notebook edited in the remote Jupyter is newer than the local copy: keep it.
-        "--update",
-        # Times compare to the nanosecond: an edit of the same size within a second still goes.
-        "--modify-window=-1",
-        "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
-        "-e", remote.rsync_shell(),
-        *push_filters(config),
-        f"{config.root}/", remote.rsync_target(f"{remote_dir}/"),
-    ]  # fmt: skip
-    return _rsync(remote, argv, progress)
 
 
 def _rsync(
@@ -121,8 +92,14 @@ def _only_missing(err: str) -> bool:
     return bool(problems) and all("No such file or directory" in ln for ln in problems)
 
 
-def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> RemoteError:
+def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> RjnError:
     err = result.err
+    if result.code in (12, 255) and not remote.master_alive():
+        return ConnectionFailed(
+            f"the connection to {remote.host} was lost during the transfer; every file is "
+            "old or new, none half-written",
+            hint="run the command again once the network is back",
+        )
     if "No space left on device" in err and writes_here:
         return RemoteError(
             "the local disk is full; nothing was placed (every file is old or new, none half)",

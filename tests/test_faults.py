@@ -242,3 +242,41 @@ def test_a_remote_disk_that_fills_during_install_is_named(make_project, short_tm
         assert "pin that package" not in result.stderr and "Traceback" not in result.stderr
     finally:
         host.run_there("umount", "-l", str(remote))
+
+
+def test_sync_meeting_a_stalled_link_fails_in_seconds_and_loses_nothing(
+    project: Path, host: TestHost, short_tmp: Path
+) -> None:
+    if not hasattr(host, "stall"):
+        pytest.skip("stalling a link needs the separate test host")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    remote = short_tmp / "remote" / "epsilon"
+    big = os.urandom(40 * 1024 * 1024)  # about 4 s on the 100 Mbit link: cut in the middle
+    (remote / "results").mkdir(exist_ok=True)
+    (remote / "results" / "big.bin").write_bytes(big)
+    (project / "mine.txt").write_text("a local edit")
+    syncing = subprocess.Popen(
+        [sys.executable, "-m", "rjn", "sync"], cwd=project, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        host.stall()
+        started = time.monotonic()
+        _, err = syncing.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        host.resume()
+    # The goal is about 5 s; asserted at three times that, and rsync's own exit.
+    assert took < 20, f"the stalled sync took {took:.0f}s to give up"
+    assert syncing.returncode == 3 and "Traceback" not in err and "lost" in err, err
+    # Nothing half-written: the big file is absent or whole, no staging folder is left.
+    local = project / "results" / "big.bin"
+    assert not local.exists() or local.read_bytes() == big
+    assert not list(project.glob(".rjn-incoming-*"))
+    assert (project / "mine.txt").read_text() == "a local edit"
+    # Once the link is back, the next sync completes, and nothing is in conflict.
+    done = run_rjn("sync", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert local.read_bytes() == big and (remote / "mine.txt").read_text() == "a local edit"
+    assert status(project)["conflicts"] == {}

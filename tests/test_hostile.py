@@ -304,3 +304,20 @@ def test_a_results_folder_that_is_a_link_on_the_remote_is_followed(make_project,
     assert result.returncode == 0, result.stderr
     assert (project / "results" / "run1" / "loss.png").read_bytes() == b"loss"
     assert not (project / "results").is_symlink()
+
+
+def test_a_link_of_the_project_that_leaves_it_is_never_sent(project, short_tmp) -> None:
+    """No upload of ~/.aws through a link in the project."""
+    secrets = short_tmp / "aws"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "credentials").write_text("[default]\nsecret = s3cr3t\n")
+    (project / "aws").symlink_to(secrets)
+    (project / "key.txt").symlink_to(secrets / "credentials")
+    (project / "notes.txt").write_text("sent")
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    remote = short_tmp / "remote" / "evil"
+    assert (remote / "notes.txt").read_text() == "sent"
+    assert not os.path.lexists(remote / "aws") and not os.path.lexists(remote / "key.txt")
+    assert not any("s3cr3t" in p.read_text(errors="replace")
+                   for p in remote.rglob("*") if p.is_file() and ".rjn" not in p.parts)  # fmt: skip

@@ -135,6 +135,10 @@ def test_server_is_private(first_open, short_tmp: Path) -> None:
     assert "jupyter" in ps and token not in ps
     log = (short_tmp / "remote" / "alpha" / ".rjn" / "jupyter.log").read_text()
     assert "ServerApp" in log and token not in log
+    # What Jupyter writes (its log, runtime files that name the token) is the user's alone.
+    rjn_dir = short_tmp / "remote" / "alpha" / ".rjn"
+    written = [rjn_dir / "jupyter.log", *(rjn_dir / "runtime").rglob("*")]
+    assert written and all(stat.S_IMODE(f.stat().st_mode) & 0o077 == 0 for f in written), written
 
 
 def test_open_again_reuses_everything(first_open, project: Path) -> None:

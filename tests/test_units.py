@@ -112,12 +112,18 @@ def test_rsync_shell_splits_back_into_the_ssh_argv(tmp_path: Path) -> None:
     assert shlex.split(remote.rsync_shell()) == ["ssh", *remote.options(), "-o", "ControlMaster=no"]
 
 
-def test_push_filters_protect_results_and_exclude_caches(tmp_path: Path) -> None:
-    config = load(tmp_path, TOML + "[sync]\ninclude = ['keep.venv']\nexclude = ['*.ckpt']\n")
-    filters = sync.push_filters(config)
-    assert filters[0] == "--include=keep.venv"
-    assert "--exclude=/results/" in filters and "--exclude=/figures/" in filters
-    assert "--exclude=.git/" in filters and filters[-1] == "--exclude=*.ckpt"
+def test_what_travels_both_ways_leaves_out_results_and_caches(tmp_path: Path) -> None:
+    from rjn.agent import travels
+    from rjn.twoway import filters
+
+    config = load(tmp_path, TOML + "[sync]\ninclude = ['keep.ckpt']\nexclude = ['*.ckpt']\n")
+    exclude, include = filters(config)
+    assert not travels("results", True, exclude, include)  # results only come home
+    assert not travels("figures", True, exclude, include)
+    for folder in (".git", ".rjn", ".ipynb_checkpoints", "__pycache__", ".venv"):
+        assert not travels(folder, True, exclude, include), folder
+    assert not travels("model.ckpt", False, exclude, include)
+    assert travels("keep.ckpt", False, exclude, include) and travels("data", True, exclude)
 
 
 def test_stable_port_is_stable_and_in_range(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from rjn import config as config_module
 from rjn import env, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
-from rjn.remote import Remote
+from rjn.remote import Remote, helper_error
 from rjn.requirements import Requirements
 
 
@@ -591,12 +591,14 @@ def stream_run(
                 continue
             if "out" in message or "err" in message:
                 stream = "out" if "out" in message else "err"
-                on_output(stream, message[stream])
+                on_output(stream, str(message[stream]))
             elif "error" in message:
-                error = message["error"]
-                raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
+                raise helper_error(remote.host, message["error"])
             elif "ok" in message:
-                code: int | None = message["ok"]["exit"]
+                done = message["ok"]
+                code = done.get("exit") if isinstance(done, dict) else None
+                if code is not None and type(code) is not int:
+                    raise RemoteError(f"{remote.host}: rjn's remote helper sent a malformed end")
                 return 130 if interrupted else (code or 0)
     finally:
         running.close()

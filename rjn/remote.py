@@ -355,8 +355,7 @@ class Remote:
                     parse(line)
             code, err = result.code, result.err
         if "error" in answer:
-            error = answer["error"]
-            raise RemoteError(f"{self.host}: {error['message']}", hint=error.get("hint"))
+            raise helper_error(self.host, answer["error"])
         if "ok" in answer:
             ok: dict[str, Any] = answer["ok"]
             return ok
@@ -435,6 +434,15 @@ def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]
             handler(_bad(f"{type(message).__name__} instead of an object"))
 
     return line
+
+
+def helper_error(host: str, error: object) -> RemoteError:
+    """The helper's {"error": {"message", "hint"}} as an error for the user, checked as the
+    untrusted input it is."""
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return RemoteError(f"{host}: rjn's remote helper sent a malformed error: {error!r:.200}")
+    hint = error.get("hint")
+    return RemoteError(f"{host}: {error['message']}", hint=hint if isinstance(hint, str) else None)
 
 
 def _bad(what: str) -> dict[str, Any]:

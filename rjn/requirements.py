@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from rjn.config import Config, RequirementsConfig
+from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
 from rjn.state import write_private
 
@@ -46,25 +46,12 @@ CORRECTIONS = {
 # Present in every rjn environment already, or part of Jupyter itself.
 ALWAYS_THERE = {"ipykernel", "IPython", "jupyter"}
 
+# Folders never scanned: what never travels (config's one list), and build outputs.
 SKIP_DIRS = {
-    ".git",
-    ".hg",
-    ".svn",
-    ".venv",
-    "venv",
-    "env",
-    ".nox",
-    ".tox",
-    "__pycache__",
-    ".ipynb_checkpoints",
-    "node_modules",
-    ".rjn",
-    "build",
-    "dist",
-    ".mypy_cache",
-    ".pytest_cache",
-    ".ruff_cache",
-}
+    pattern.rstrip("/")
+    for pattern in DEFAULT_EXCLUDES
+    if pattern.endswith("/") and "*" not in pattern
+} | {"build", "dist"}
 
 
 @dataclass(frozen=True)

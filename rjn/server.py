@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rjn import agent
 from rjn.config import Config
 from rjn.remote import Remote
 
@@ -89,5 +90,6 @@ def stop(remote: Remote, remote_dir: str) -> bool:
 
 
 def venv_python(remote_dir: str) -> str:
-    """The environment's interpreter on the remote (remote_dir is absolute, from the probe)."""
-    return f"{remote_dir}/.rjn/venv/bin/python"
+    """The environment's interpreter on the remote (remote_dir is absolute, from the probe);
+    the helper's own function, so that the remote layout is spelled in one place."""
+    return agent.venv_python(remote_dir)

@@ -13,7 +13,7 @@ from typing import Any
 from rjn import server, sync, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
-from rjn.remote import Remote
+from rjn.remote import Remote, helper_error
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05
@@ -80,14 +80,17 @@ def watch(
                 continue
             if "ready" in message:
                 ready = message["ready"]
-                on_ready(Ready(ready["mode"], ready.get("fs", ""), ready.get("reason", "")))
+                if not isinstance(ready, dict) or ready.get("mode") not in ("events", "poll"):
+                    raise RemoteError(f"{remote.host}: the remote watcher sent a malformed start")
+                on_ready(
+                    Ready(ready["mode"], str(ready.get("fs", "")), str(ready.get("reason", "")))
+                )
                 if catch_up:
                     started = time.monotonic()
                     for pulled in sync.pull(remote, config, remote_dir):
                         on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
-                error = message["error"]
-                raise RemoteError(f"{remote.host}: {error['message']}", hint=error.get("hint"))
+                raise helper_error(remote.host, message["error"])
             elif "changed" in message:
                 # A project file saved there (a notebook in Jupyter): gather the burst, then
                 # one two-way pass brings it home (or keeps both versions).

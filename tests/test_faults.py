@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -103,13 +104,21 @@ def test_status_tells_the_truth_and_open_repairs(project: Path, host: TestHost, 
     assert opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))[0] == port
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
-def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, short_tmp, host):
-    remote = short_tmp / "remote" / "full"
+@contextlib.contextmanager
+def small_remote_disk(host: TestHost, remote: Path, size: str) -> Iterator[None]:
+    """The remote project folder on a small disk of its own, as the remote sees it."""
     remote.mkdir(parents=True)
-    mounted = host.run_there("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(remote))
+    mounted = host.run_there("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(remote))
     assert mounted.returncode == 0, mounted.stderr
     try:
+        yield
+    finally:
+        host.run_there("umount", "-l", str(remote))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
+def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, short_tmp, host):
+    with small_remote_disk(host, short_tmp / "remote" / "full", "512k"):
         project = make_project("full")
         big = os.urandom(2 * 1024 * 1024)
         (project / "data" / "big.bin").write_bytes(big)
@@ -117,8 +126,6 @@ def test_a_full_remote_disk_is_named_and_nothing_local_is_lost(make_project, sho
         assert result.returncode == 4, result.stderr
         assert "the disk is full" in result.stderr and "Traceback" not in result.stderr
         assert (project / "data" / "big.bin").read_bytes() == big
-    finally:
-        host.run_there("umount", "-l", str(remote))
 
 
 def test_an_idle_server_shuts_itself_down(make_project, short_tmp: Path) -> None:
@@ -230,18 +237,12 @@ def test_close_sticks_while_a_watch_runs(project: Path, host: TestHost) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI has it)")
 def test_a_remote_disk_that_fills_during_install_is_named(make_project, short_tmp, host):
-    remote = short_tmp / "remote" / "fills"
-    remote.mkdir(parents=True)
-    mounted = host.run_there("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(remote))
-    assert mounted.returncode == 0, mounted.stderr
-    try:
+    with small_remote_disk(host, short_tmp / "remote" / "fills", "24m"):
         project = make_project("fills")
         result = run_rjn("open", "--no-browser", "--no-watch", cwd=project)
         assert result.returncode == 4, result.stderr
         assert "the remote disk is full" in result.stderr and "MB free in" in result.stderr
         assert "pin that package" not in result.stderr and "Traceback" not in result.stderr
-    finally:
-        host.run_there("umount", "-l", str(remote))
 
 
 def test_sync_meeting_a_stalled_link_fails_in_seconds_and_loses_nothing(

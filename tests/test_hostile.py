@@ -109,6 +109,8 @@ HOSTILE_STREAMS = {
     "wrong types": ({"file": "results/t.png", "data": 5, "mtime_ns": "now"}, "malformed event"),
     "unknown field": ({"file": "results/u.png", "exec": "rm -rf ~"}, "unknown fields"),
     "not an object": (["results/v.png"], "list instead of an object"),
+    "malformed error": ({"error": "boom"}, "malformed error"),
+    "malformed change": ({"changed": 7}, "not one"),
 }  # fmt: skip
 
 

@@ -419,3 +419,12 @@ def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
     for _ in range(proc.MAX_LINE // 65536 + 2):
         split("x" * 65536)  # byte by byte would be the same, only slower
     assert len(lines) == 1 and len(lines[0]) > proc.MAX_LINE
+
+
+def test_errors_from_the_helper_are_checked_too() -> None:
+    from rjn.remote import helper_error
+
+    assert helper_error("h", {"message": "m", "hint": "t"}).hint == "t"
+    assert "malformed error" in helper_error("h", "boom").message
+    assert "malformed error" in helper_error("h", {"message": 5}).message
+    assert helper_error("h", {"message": "m", "hint": ["x"]}).hint is None

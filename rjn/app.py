@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import time
 import tomllib
@@ -15,7 +16,7 @@ from rjn import config as config_module
 from rjn import env, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
-from rjn.remote import Remote, helper_error
+from rjn.remote import Remote, helper_error, master_pid_at
 from rjn.requirements import Requirements
 
 
@@ -138,8 +139,8 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
 def open_project(config: Config, report: Reporter) -> Opened:
     """Connect, write requirements, push, install, start Jupyter, tunnel it; reuse what lives."""
     root = config.root
-    with state.locked(root):
-        previous = state.load(root)
+    with state.locked(root, config.remote_name):
+        previous = state.load(root, config.remote_name)
         ready = prepare(config, report, previous)
         remote, remote_dir, reqs = ready.remote, ready.remote_dir, ready.requirements
         notes = []
@@ -177,6 +178,10 @@ def open_project(config: Config, report: Reporter) -> Opened:
             host=remote.host,
             control_path=str(remote.control_path),
             remote_dir=remote_dir,
+            remote_name=config.remote_name,
+            opened_at=previous.opened_at if previous and previous.opened_at else time.time(),
+            job=live.job,
+            node=live.node,
             local_port=port,
             forward_target=live.target,
             token=live.token,
@@ -226,11 +231,14 @@ class Status:
     node: str | None = None
     time_left: str | None = None
     conflicts: dict[str, str] = field(default_factory=dict)
+    remote_name: str | None = None
+    # GPUs, load, memory and disk of the remote, as its helper read them.
+    machine: dict[str, Any] | None = None
 
 
 def status(config: Config) -> Status:
     """Check master, tunnel and server; say what is wrong and how to repair it."""
-    saved = state.load(config.root)
+    saved = state.load(config.root, config.remote_name)
     if saved is None:
         return Status(project=config.name, host=config.remote.host, open=False)
     remote = make_remote(config)
@@ -247,9 +255,11 @@ def status(config: Config) -> Status:
     alive: bool | None = True if tunnel_ok else None
     pid = saved.server_pid
     job: dict[str, Any] = {}
-    # A working tunnel proves the server; a job's state and time left need the remote.
-    if master and (not tunnel_ok or config.slurm):
-        record = remote.agent("probe", {"dir": config.remote_dir}, timeout=30)["server"]
+    machine: dict[str, Any] | None = None
+    # One exec answers the rest: the server (a job's state, time left), the machine.
+    if master:
+        info = remote.agent("probe", {"dir": config.remote_dir, "machine": True}, timeout=30)
+        record, machine = info["server"], info.get("machine")
         alive = bool(record.get("alive"))
         pid = record.get("pid") if alive else None
         job = {k: record.get(k) for k in ("job", "job_state", "node", "time_left")}
@@ -290,6 +300,8 @@ def status(config: Config) -> Status:
         node=job.get("node"),
         time_left=job.get("time_left"),
         conflicts=conflicts,
+        remote_name=config.remote_name,
+        machine=machine,
     )
 
 
@@ -306,8 +318,8 @@ class Closed:
 def close(config: Config, *, stop_server: bool) -> Closed:
     """Close the tunnel; with stop_server, stop Jupyter and release the master if unused."""
     root = config.root
-    with state.locked(root):
-        saved = state.load(root)
+    with state.locked(root, config.remote_name):
+        saved = state.load(root, config.remote_name)
         remote = make_remote(config)
         carrier = _carrier(remote, saved)
         tunnel_closed = False
@@ -320,8 +332,8 @@ def close(config: Config, *, stop_server: bool) -> Closed:
             stopped = server.stop(remote, config.remote_dir)
             if carrier is not remote:
                 carrier.disconnect()  # the hop to the node: its job is gone
-            state.forget(root)
-            if not _master_in_use(remote, exclude=root):
+            state.forget(root, config.remote_name)
+            if not _master_in_use(remote, config):
                 remote.disconnect()
                 released = True
         elif saved:
@@ -336,13 +348,81 @@ def _carrier(remote: Remote, saved: state.ProjectState | None) -> Remote:
     return remote.to_node(saved.via_node) if saved and saved.via_node else remote
 
 
-def _master_in_use(remote: Remote, exclude: Path) -> bool:
+def _master_in_use(remote: Remote, config: Config) -> bool:
     """Whether another open project's tunnel rides on this master."""
-    mine = str(remote.control_path)
+    mine, me = str(remote.control_path), (str(config.root), config.remote_name)
     return any(
-        s.control_path == mine and s.local_port and Path(s.root) != exclude
+        s.control_path == mine and s.local_port and (s.root, s.remote_name) != me
         for s in state.all_projects()
     )
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One open project, as `rjn ls` shows it: remembered, and checked now."""
+
+    project: str
+    root: str
+    remote: str
+    host: str
+    port: int | None
+    url: str | None
+    tokened_url: str | None
+    connection: bool
+    tunnel: bool
+    job: str | None
+    node: str | None
+    uptime: float | None
+    last_pulled: str | None
+
+
+def list_open(show_token: bool = False) -> list[Listed]:
+    """Every open project on this machine, each checked live (in parallel: one local check of
+    its master and one request through its tunnel, no remote command)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [s for s in state.all_projects() if s.local_port]
+
+    def check(saved: state.ProjectState) -> Listed:
+        pid = master_pid_at(saved.control_path)
+        port = saved.local_port or 0
+        held = pid is not None and tunnel.held_by(port, pid) is not False
+        up = held and tunnel.probe(port, saved.token or "") == 200
+        root = Path(saved.root)
+        return Listed(
+            project=root.name,
+            root=saved.root,
+            remote=saved.remote_name or "remote",
+            host=saved.host,
+            port=saved.local_port,
+            url=saved.url,
+            tokened_url=saved.tokened_url() if show_token and up else None,
+            connection=pid is not None,
+            tunnel=up,
+            job=saved.job,
+            node=saved.node,
+            uptime=time.time() - saved.opened_at if saved.opened_at else None,
+            last_pulled=sync.last_pulled(root, saved.remote_name),
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(check, records))
+
+
+def close_all(stop_server: bool) -> tuple[list[Closed], list[str]]:
+    """`rjn close` for every open project (each with its own remote.toml and remote); what
+    could not be closed is said, and does not stop the others."""
+    closed, failed = [], []
+    for saved in state.all_projects():
+        if not saved.local_port and not stop_server:
+            continue
+        where = Path(saved.root) / config_module.CONFIG_NAME
+        try:
+            config = config_module.load(where, remote=saved.remote_name)
+            closed.append(close(config, stop_server=stop_server))
+        except RjnError as error:
+            failed.append(f"{saved.root}: {error.message}")
+    return closed, failed
 
 
 def requirements_only(config: Config) -> Requirements:
@@ -389,7 +469,7 @@ def watch_results(
     with backoff: the master is re-established and the tunnel comes back on the same local
     port, so an open browser tab works again. The remote server is left as it is.
     """
-    saved = state.load(config.root)
+    saved = state.load(config.root, config.remote_name)
     if saved is None or not saved.remote_dir:
         raise RjnError(f"{config.name} is not open", hint="run `rjn open` first")
     remote = make_remote(config)
@@ -402,7 +482,7 @@ def watch_results(
                 on_link(f"reconnected to {remote.host}")
                 # What happened meanwhile decides, not what we knew: closed here (then the
                 # tunnel stays closed), or a server restarted there (a new token).
-                current = state.load(config.root)
+                current = state.load(config.root, config.remote_name)
                 if current is None or not current.local_port:
                     on_link(f"{config.name} was closed: stopped watching")
                     return
@@ -417,7 +497,7 @@ def watch_results(
                 if port != saved.local_port:
                     on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
                     saved.local_port = port
-                    with state.locked(config.root):
+                    with state.locked(config.root, config.remote_name):
                         state.save(saved)
             failures = 0
             watch.watch(
@@ -452,7 +532,7 @@ def _current_server(
             _carrier(remote, saved).cancel_forward(saved.local_port, saved.forward_target)
         saved.token, saved.forward_target = live.token, live.target
         saved.server_pid, saved.via_node = live.pid, live.via_node
-        with state.locked(config.root):
+        with state.locked(config.root, config.remote_name):
             state.save(saved)
     return saved
 
@@ -527,8 +607,8 @@ def run(
     """Push, ensure the environment, run `command` in the remote project with output streamed
     live as (stream, line), then pull the results. Ctrl-C interrupts the remote command."""
     root = config.root
-    with state.locked(root):
-        previous = state.load(root)
+    with state.locked(root, config.remote_name):
+        previous = state.load(root, config.remote_name)
         ready = prepare(config, report, previous)
         if previous is None:
             state.save(
@@ -537,6 +617,7 @@ def run(
                     host=ready.remote.host,
                     control_path=str(ready.remote.control_path),
                     remote_dir=ready.remote_dir,
+                    remote_name=config.remote_name,
                     env_hash=ready.env_hash,
                 )
             )
@@ -632,19 +713,49 @@ def logs(
 
 def _remote_dir(config: Config, remote: Remote) -> str:
     """The absolute remote project dir: remembered, else asked of the remote (one exec)."""
-    saved = state.load(config.root)
+    saved = state.load(config.root, config.remote_name)
     if saved and saved.remote_dir:
         return saved.remote_dir
     answer: str = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
     return answer
 
 
-def init(folder: Path, host: str) -> Path:
-    """Write a commented remote.toml for `host` (never over an existing one)."""
+def init(folder: Path, host: str, remote_name: str | None = None) -> Path:
+    """Write a commented remote.toml for `host` (never over an existing one); with
+    `remote_name`, add [remotes.NAME] for `host` to the existing file, its comments kept."""
     path = folder / config_module.CONFIG_NAME
+    if remote_name:
+        return _add_remote(path, host, remote_name)
     if path.exists():
-        raise RjnError(f"{path} exists already", hint="edit it, or remove it first")
+        raise RjnError(
+            f"{path} exists already",
+            hint="edit it, or add another machine with `rjn init HOST --remote NAME`",
+        )
     text = config_module.template(host, folder.name)
     config_module.parse(tomllib.loads(text), path)  # what init writes must load
     path.write_text(text)
+    return path
+
+
+def _add_remote(path: Path, host: str, name: str) -> Path:
+    import tomlkit
+
+    if not path.exists():
+        raise RjnError(f"{path} does not exist", hint=f"run `rjn init {host}` first")
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    remotes = document.setdefault("remotes", tomlkit.table(is_super_table=True))
+    if name in remotes:
+        raise RjnError(f"{path}: [remotes.{name}] exists already", hint="edit it there")
+    table = tomlkit.table()
+    table.add(tomlkit.comment(f"`rjn open {name}`; what is not set here comes from [remote]"))
+    table["host"] = host
+    remotes[name] = table
+    text = tomlkit.dumps(document)
+    staged = path.with_name(f".{path.name}.rjn-new")
+    staged.write_text(text, encoding="utf-8")
+    try:
+        config_module.load(staged, remote=name)  # what init writes must load
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
     return path

@@ -30,7 +30,7 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_options: dict[str, object] = {"config": None, "debug": False, "remote": {}}
+_options: dict[str, object] = {"config": None, "debug": False, "remote": {}, "name": None}
 
 ConfigOption = Annotated[
     Path | None,
@@ -63,6 +63,12 @@ def _main(
     remote_dir: Annotated[
         str | None, typer.Option("--remote-dir", help="Use this remote project folder.")
     ] = None,
+    remote_name: Annotated[
+        str | None,
+        typer.Option(
+            "--remote", "-r", help="Use this named remote ([remotes.NAME]).", show_default=False
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
@@ -72,6 +78,7 @@ def _main(
     _options["config"] = config_path
     _options["debug"] = debug
     _options["remote"] = {"host": host, "ssh_config": ssh_config, "dir": remote_dir}
+    _options["name"] = remote_name
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,11 +116,19 @@ def _config() -> config.Config:
 
     path = _options["config"]
     overrides = {"remote": _options["remote"]}
-    return config.load(path if isinstance(path, Path) else config.find(Path.cwd()), overrides)  # type: ignore[arg-type]
+    where = path if isinstance(path, Path) else config.find(Path.cwd())
+    name = _options["name"]
+    return config.load(where, overrides, name if isinstance(name, str) else None)  # type: ignore[arg-type]
 
 
 @command("open")
 def open_(
+    remote: Annotated[
+        str | None,
+        typer.Argument(
+            help="A named remote ([remotes.NAME]); default: the file's default.", show_default=False
+        ),
+    ] = None,
     browser: Annotated[
         bool, typer.Option("--browser/--no-browser", help="Open the browser.")
     ] = True,
@@ -131,6 +146,8 @@ def open_(
     """
     from rjn import app, ui
 
+    if remote:
+        _options["name"] = remote
     project = _config()
     result = app.open_project(project, app.Quiet() if as_json else ui.Steps(verbose))
     if as_json:
@@ -177,12 +194,17 @@ def sync(
 @command()
 def init(
     host: Annotated[str, typer.Argument(help="The ssh host, or a Host alias from ~/.ssh/config.")],
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", help="Add HOST as [remotes.NAME] to the existing remote.toml."),
+    ] = None,
 ) -> None:
-    """Write a remote.toml for the project in this folder."""
+    """Write a remote.toml for the project in this folder (or add a named remote to it)."""
     from rjn import app, ui
 
-    path = app.init(Path.cwd(), host)
-    ui.err.print(f"wrote {path}; `rjn open` opens the project on {host}")
+    path = app.init(Path.cwd(), host, remote)
+    how = f"`rjn open {remote}`" if remote else "`rjn open`"
+    ui.err.print(f"wrote {path}; {how} opens the project on {host}")
 
 
 @command()
@@ -199,11 +221,39 @@ def close(
     server: Annotated[
         bool, typer.Option("--server", help="Also stop the remote Jupyter server and its kernels.")
     ] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every open project on this machine, not just this one.")
+    ] = False,
 ) -> None:
     """Close the tunnel; with --server, stop Jupyter too and release the connection."""
     from rjn import app, ui
 
-    ui.show_closed(app.close(_config(), stop_server=server))
+    if not every:
+        ui.show_closed(app.close(_config(), stop_server=server))
+        return
+    closed, failed = app.close_all(stop_server=server)
+    for result in closed:
+        ui.show_closed(result)
+    for line in failed:
+        ui.err.print(f"[red]✗[/] {ui.escape(line)}")
+    if not closed and not failed:
+        ui.err.print("no open projects")
+    if failed:
+        raise typer.Exit(1)
+
+
+@command("ls")
+def list_(
+    show_token: Annotated[
+        bool, typer.Option("--show-token", help="Show the URLs with their tokens.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Every open project on this machine: remote, URL, tunnel, job, uptime, last figure."""
+    from rjn import app, ui
+
+    found = app.list_open(show_token=show_token)
+    ui.print_json(found) if as_json else ui.show_listed(found)
 
 
 @command()

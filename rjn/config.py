@@ -133,6 +133,9 @@ class Config:
     jupyter: JupyterConfig = JupyterConfig()
     requirements: RequirementsConfig = RequirementsConfig()
     slurm: SlurmConfig | None = None
+    # A named remote ([remotes.NAME], chosen with --remote or `default`); None: [remote].
+    remote_name: str | None = None
+    remote_names: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -207,8 +210,13 @@ def find(start: Path) -> Path:
     )
 
 
-def load(path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
-    """Read and check a remote.toml, then apply overrides given as {table: {key: value}}."""
+def load(
+    path: Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    remote: str | None = None,
+) -> Config:
+    """Read and check a remote.toml, pick the named `remote` (else the file's default), then
+    apply overrides given as {table: {key: value}}."""
     path = path.resolve()
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -220,9 +228,58 @@ def load(path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    raw, name, names = _choose_remote(raw, path, remote)
     for table, values in (overrides or {}).items():
         raw.setdefault(table, {}).update({k: v for k, v in values.items() if v is not None})
-    return parse(raw, path)
+    return dataclasses.replace(parse(raw, path), remote_name=name, remote_names=names)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _choose_remote(
+    raw: dict[str, Any], path: Path, wanted: str | None
+) -> tuple[dict[str, Any], str | None, tuple[str, ...]]:
+    """The document with the chosen named remote merged over [remote] and the other tables
+    (what it does not set, it inherits), its name, and every name known."""
+    raw = dict(raw)
+    remotes = raw.pop("remotes", {})
+    default = raw.pop("default", None)
+    if not isinstance(remotes, dict) or not all(isinstance(v, dict) for v in remotes.values()):
+        raise ConfigError(f"{path}: [remotes] must hold tables, written [remotes.NAME]")
+    names = tuple(remotes)
+    for name in names:
+        if not _NAME.match(name) or name == "remote":
+            raise ConfigError(
+                f"{path}: [remotes.{name}]: a remote's name is letters, digits, - and _ "
+                '(and not "remote", which names [remote])'
+            )
+    if default is not None and (not isinstance(default, str) or default not in (*names, "remote")):
+        raise ConfigError(
+            f"{path}: default: {default!r} names no remote",
+            hint=f'known remotes: {", ".join(names) or "none"} (or "remote" for [remote])',
+        )
+    chosen = wanted or default
+    if chosen in (None, "remote"):
+        return raw, None, names
+    if chosen not in remotes:
+        raise ConfigError(
+            f"{path}: no remote named {chosen!r}{_did_you_mean(chosen, names)}",
+            hint=f"known remotes: {', '.join(names) or 'none, add [remotes.NAME]'}",
+        )
+    where = f"remotes.{chosen}"
+    merged = {table: dict(values) for table, values in raw.items() if isinstance(values, dict)}
+    for key, value in remotes[chosen].items():
+        if isinstance(value, dict):
+            if key not in TABLES or key == "remote":
+                known = ", ".join(f"[{where}.{t}]" for t in TABLES if t != "remote")
+                raise ConfigError(f"{path}: unknown table [{where}.{key}]", hint=f"known: {known}")
+            _check_keys(TABLES[key], value, path, f"{where}.{key}")
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            _check_keys(RemoteConfig, {key: value}, path, where)
+            merged.setdefault("remote", {})[key] = value
+    return {**raw, **merged}, chosen, names
 
 
 def parse(raw: Mapping[str, Any], path: Path) -> Config:
@@ -251,6 +308,11 @@ def parse(raw: Mapping[str, Any], path: Path) -> Config:
 
 
 def _build(cls: type, values: Mapping[str, Any], path: Path, table: str) -> Any:
+    return cls(**_check_keys(cls, values, path, table))
+
+
+def _check_keys(cls: type, values: Mapping[str, Any], path: Path, table: str) -> dict[str, Any]:
+    """Each key known to `cls` and of its type; the values in the dataclass's form."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -261,7 +323,7 @@ def _build(cls: type, values: Mapping[str, Any], path: Path, table: str) -> Any:
                 hint=f"keys of [{table}]: {', '.join(sorted(names))}",
             )
         kwargs[key] = _convert(value, hints[key], f"{path}: [{table}] {key}")
-    return cls(**kwargs)
+    return kwargs
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

@@ -115,6 +115,16 @@ def agent_source() -> bytes:
     return (resources.files("rjn") / "agent.py").read_bytes()
 
 
+def master_pid_at(control_path: str) -> int | None:
+    """The pid of the master listening at a control socket, if one is up (a local check)."""
+    if not Path(control_path).exists():
+        return None
+    argv = ["ssh", "-o", f"ControlPath={_ssh_quote(control_path)}", "-O", "check", "--", "rjn"]
+    check = proc.run(argv, timeout=10)
+    found = re.search(r"pid=(\d+)", check.err)
+    return int(found.group(1)) if check.ok and found else None
+
+
 class Remote:
     """A remote host reached through one OpenSSH ControlMaster."""
 

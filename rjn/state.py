@@ -43,10 +43,10 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def project_key(root: Path) -> str:
-    """A stable, readable key for a project folder."""
+def project_key(root: Path, remote: str | None = None) -> str:
+    """A stable, readable key for a project folder, and one of its named remotes."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    return f"{root.name}-{digest}"
+    return f"{root.name}-{digest}" + (f"@{remote}" if remote else "")
 
 
 @dataclass
@@ -57,6 +57,10 @@ class ProjectState:
     host: str
     control_path: str
     remote_dir: str = ""
+    remote_name: str | None = None  # a named remote ([remotes.NAME]); None: [remote]
+    opened_at: float | None = None
+    job: str | None = None  # a SLURM job's id and node, for `rjn ls`
+    node: str | None = None
     local_port: int | None = None
     forward_target: str | None = None
     token: str | None = None
@@ -80,16 +84,16 @@ class ProjectState:
         return f"http://127.0.0.1:{self.local_port}/{page}?token={self.token}"
 
 
-def state_path(root: Path) -> Path:
-    """The state file of the project in `root`."""
+def state_path(root: Path, remote: str | None = None) -> Path:
+    """The state file of the project in `root` (on its named `remote`)."""
     folder = state_dir() / "projects"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{project_key(root)}.json"
+    return folder / f"{project_key(root, remote)}.json"
 
 
-def load(root: Path) -> ProjectState | None:
+def load(root: Path, remote: str | None = None) -> ProjectState | None:
     """The saved state of a project, or None; a stale or broken file never blocks."""
-    return _read(state_path(root))
+    return _read(state_path(root, remote))
 
 
 def _read(path: Path) -> ProjectState | None:
@@ -103,19 +107,21 @@ def _read(path: Path) -> ProjectState | None:
 
 def save(state: ProjectState) -> None:
     """Write the state atomically, readable by the user alone."""
-    write_private(state_path(Path(state.root)), json.dumps(asdict(state), indent=2))
+    path = state_path(Path(state.root), state.remote_name)
+    write_private(path, json.dumps(asdict(state), indent=2))
 
 
-def forget(root: Path) -> None:
+def forget(root: Path, remote: str | None = None) -> None:
     """Remove a project's state."""
     with contextlib.suppress(FileNotFoundError):
-        state_path(root).unlink()
+        state_path(root, remote).unlink()
 
 
 def all_projects() -> list[ProjectState]:
     """Every project rjn has state for."""
     folder = state_dir() / "projects"
-    found = (_read(p) for p in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+    records = [p for p in sorted(folder.glob("*.json")) if "." not in p.stem]
+    found = (_read(p) for p in records) if folder.is_dir() else ()
     return [s for s in found if s is not None]
 
 
@@ -132,9 +138,12 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def locked(root: Path, timeout: float = 120) -> contextlib.AbstractContextManager[None]:
+def locked(
+    root: Path, remote: str | None = None, timeout: float = 120
+) -> contextlib.AbstractContextManager[None]:
     """Hold the project's lock: two rjn commands never change one project at once."""
-    return file_lock(state_path(root).with_suffix(".lock"), timeout, f"{root.name} busy")
+    path = state_path(root, remote).with_suffix(".lock")
+    return file_lock(path, timeout, f"{root.name} busy")
 
 
 @contextlib.contextmanager

@@ -177,7 +177,18 @@ def _link_stays_inside(rel: str, text: str, folders: Sequence[str]) -> bool:
 
 def _index_path(config: Config) -> Path:
     # Beside the project's state file (whose helper makes the folder on first use).
-    return state.state_path(config.root).with_suffix(".pulled.json")
+    return state.state_path(config.root, config.remote_name).with_suffix(".pulled.json")
+
+
+def last_pulled(root: Path, remote_name: str | None) -> str | None:
+    """The result file that came home last (by its local time), for `rjn ls`."""
+    index_file = state.state_path(root, remote_name).with_suffix(".pulled.json")
+    try:
+        index = json.loads(index_file.read_text())
+        stamped = [(r["local"][0], rel) for rel, r in index.items() if r.get("local")]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return max(stamped)[1] if stamped else None
 
 
 def _load_index(config: Config) -> dict[str, dict[str, list[int]]]:
@@ -355,7 +366,7 @@ def _place(
                 seen = expected.get(rel)
                 index[rel] = {"local": list(seen) if seen else None}
             try:
-                placed += _place_one(index, rel, staged, info, folder)
+                placed += _place_one(index, rel, staged, info, folder, config.remote_name)
             finally:
                 os.close(folder)
     finally:
@@ -400,7 +411,12 @@ def _lstat_at(folder: int, name: str) -> os.stat_result | None:
 
 
 def _place_one(
-    index: dict[str, Any], rel: str, staged: Path, info: os.stat_result, folder: int
+    index: dict[str, Any],
+    rel: str,
+    staged: Path,
+    info: os.stat_result,
+    folder: int,
+    remote_name: str | None,
 ) -> list[Pulled]:
     """Move one staged file into `folder` (a descriptor): in place, or beside a local edit."""
     name = rel.rsplit("/", 1)[-1]
@@ -413,7 +429,7 @@ def _place_one(
     if edited:
         if record.get("remote") == remote_stamp:
             return []  # this remote version is already kept beside the local edit
-        keep = _conflict_name(folder, name)
+        keep = _conflict_name(folder, name, remote_name or "remote")
         os.replace(staged, keep, dst_dir_fd=folder)
         index[rel] = {**record, "remote": remote_stamp}
         copy = "/".join([*rel.split("/")[:-1], keep])
@@ -425,12 +441,13 @@ def _place_one(
     return [Pulled(rel, info.st_size)]
 
 
-def _conflict_name(folder: int, name: str) -> str:
-    """`fig.png` -> `fig.remote-20261123-101500.png`: a new name, never an existing file."""
+def _conflict_name(folder: int, name: str, label: str) -> str:
+    """`fig.png` -> `fig.remote-20261123-101500.png` (`fig.cluster-...` from the remote named
+    cluster, so that two remotes' versions are told apart): never an existing file's name."""
     when = time.strftime("%Y%m%d-%H%M%S")
     stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
     for n in range(1000):
-        candidate = f"{stem}.remote-{when}{f'-{n}' if n else ''}{dot}{suffix}"
+        candidate = f"{stem}.{label}-{when}{f'-{n}' if n else ''}{dot}{suffix}"
         if _lstat_at(folder, candidate) is None:
             return candidate
     raise RemoteError(f"cannot find a free name beside {name}")

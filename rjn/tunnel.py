@@ -82,9 +82,11 @@ def is_free(port: int) -> bool:
     return True
 
 
-def stable_port(root: Path) -> int:
-    """The port a project gets when it is free: the same every time, so bookmarks keep working."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).digest()
+def stable_port(root: Path, remote: str | None = None) -> int:
+    """The port a project (on a named remote) gets when it is free: the same every time, so
+    bookmarks keep working."""
+    key = str(root.resolve()) + (f"@{remote}" if remote else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return PORT_BASE + int.from_bytes(digest[:4], "big") % PORT_SPAN
 
 
@@ -106,7 +108,7 @@ def choose_port(config: Config, previous: int | None) -> int:
                 hint=f'stop what uses it, or set [jupyter] local_port = "auto" in {config.path}',
             )
         return wanted
-    for candidate in (previous, stable_port(config.root)):
+    for candidate in (previous, stable_port(config.root, config.remote_name)):
         if candidate and is_free(candidate):
             return candidate
     return any_free_port()
@@ -130,7 +132,7 @@ def ensure(
     elif previous_port is None:
         # State was lost: a forward of ours may still hold the stable port. Cancelling asks
         # only our master, and no token is sent to whatever else may listen there.
-        remote.cancel_forward(stable_port(config.root), target)
+        remote.cancel_forward(stable_port(config.root, config.remote_name), target)
     port = choose_port(config, previous_port)
     remote.forward(port, target)
     if not ours(remote, port):

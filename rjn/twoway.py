@@ -90,7 +90,7 @@ def _change(entry: Sequence[Any] | None, base: str | None) -> str:
 
 
 def _record_path(config: Config) -> Path:
-    return state.state_path(config.root).with_suffix(".agreed.json")
+    return state.state_path(config.root, config.remote_name).with_suffix(".agreed.json")
 
 
 def load(config: Config) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def _save(config: Config, record: dict[str, Any]) -> None:
 
 def _bases(config: Config) -> Path:
     """Agreed versions of notebooks, by hash: the base of a three-way merge."""
-    folder = state.state_path(config.root).with_suffix(".bases")
+    folder = state.state_path(config.root, config.remote_name).with_suffix(".bases")
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder
 

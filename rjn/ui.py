@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from rjn import state, twoway
-from rjn.app import Closed, Opened, Status, Synced
+from rjn.app import Closed, Listed, Opened, Status, Synced
 from rjn.errors import RjnError
 from rjn.sync import Pulled
 from rjn.watch import Ready
@@ -83,6 +83,11 @@ def print_json(value: Any) -> None:
     """A result as JSON on stdout (dataclasses become objects)."""
     is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
     data = dataclasses.asdict(value) if is_record else value
+    if isinstance(value, list):
+        data = [
+            dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+            for v in value
+        ]
     out.print_json(json.dumps(data, default=str))
 
 
@@ -121,9 +126,10 @@ def show_status(result: Status) -> None:
     def mark(value: bool | None) -> str:
         return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]unknown[/]"}[value]
 
+    named = f" (remote {escape(result.remote_name)})" if result.remote_name else ""
     out.print(
         f"[bold]{escape(result.project)}[/] on "
-        f"{escape(result.host)}:{escape(result.remote_dir or '')}"
+        f"{escape(result.host)}:{escape(result.remote_dir or '')}{named}"
     )
     out.print(f"  connection  {mark(result.master)}")
     pid = f" (pid {result.server_pid})" if result.server and result.server_pid else ""
@@ -138,8 +144,32 @@ def show_status(result: Status) -> None:
     )
     if result.tokened_url:
         out.print(f"  url         {result.tokened_url}")
+    for line in _machine_lines(result.machine or {}):
+        out.print(f"  {line}")
     for problem in result.problems:
         out.print(f"  [yellow]![/] {escape(problem)}")
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    """The remote's GPUs, load, memory and disk, one line each."""
+    lines = []
+    for gpu in machine.get("gpus", []):
+        lines.append(
+            f"gpu         {escape(str(gpu['name']))}: {gpu['mem_used_mb']}/"
+            f"{gpu['mem_total_mb']} MB, {gpu['util_percent']}% busy"
+        )
+    if machine.get("load"):
+        lines.append("load        " + " ".join(f"{x:.2f}" for x in machine["load"]))
+    if machine.get("mem_total"):
+        lines.append(
+            f"memory      {_size(machine['mem_free'])} free of {_size(machine['mem_total'])}"
+        )
+    if machine.get("disk_total"):
+        lines.append(
+            f"disk        {_size(machine['disk_free'])} free of {_size(machine['disk_total'])}"
+            " (where the project is)"
+        )
+    return lines
 
 
 def show_closed(result: Closed) -> None:
@@ -154,6 +184,35 @@ def show_closed(result: Closed) -> None:
         if flag
     ]
     err.print(f"{escape(result.project)}: {', '.join(done) or 'nothing was open'}")
+
+
+def show_listed(projects: list[Listed]) -> None:
+    """`rjn ls`: one block per open project."""
+    if not projects:
+        err.print("no open projects")
+    for p in projects:
+        up = (
+            "[green]up[/]"
+            if p.tunnel
+            else ("[yellow]down[/]" if p.connection else "[red]no connection[/]")
+        )
+        named = f" ({escape(p.remote)})" if p.remote != "remote" else ""
+        out.print(f"[bold]{escape(p.project)}[/]{named} on {escape(p.host)}  {escape(p.root)}")
+        out.print(f"  {p.tokened_url or p.url or ''}  tunnel {up}")
+        extra = []
+        if p.job:
+            extra.append(f"slurm job {p.job}" + (f" on {escape(p.node)}" if p.node else ""))
+        if p.uptime is not None:
+            extra.append(f"open for {_span(p.uptime)}")
+        if p.last_pulled:
+            extra.append(f"last pulled {escape(p.last_pulled)}")
+        if extra:
+            out.print("  " + ", ".join(extra))
+
+
+def _span(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 def show_ready(ready: Ready) -> None:
@@ -186,7 +245,9 @@ def _size(count: int) -> str:
         return f"{count} B"
     if count < 1024**2:
         return f"{count / 1024:.1f} kB"
-    return f"{count / 1024**2:.1f} MB"
+    if count < 1024**3:
+        return f"{count / 1024**2:.1f} MB"
+    return f"{count / 1024**3:.1f} GB"
 
 
 def _duration(seconds: float) -> str:

@@ -75,8 +75,9 @@ def main() -> None:
     project.mkdir()
     (project / "remote.toml").write_text(host.remote_toml(remote))
     (project / "analysis.py").write_text("import yaml\n")
-    (project / "notes.ipynb").write_text(json.dumps({"cells": [], "metadata": {},
-                                                     "nbformat": 4, "nbformat_minor": 5}))
+    (project / "notes.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
     watcher = None
     try:
         ssh = ["ssh", "-F", str(host.ssh_config), "-o", "ControlPath=none", ALIAS, "true"]

@@ -428,3 +428,66 @@ def test_errors_from_the_helper_are_checked_too() -> None:
     assert "malformed error" in helper_error("h", "boom").message
     assert "malformed error" in helper_error("h", {"message": 5}).message
     assert helper_error("h", {"message": "m", "hint": ["x"]}).hint is None
+
+
+# -- named remotes ------------------------------------------------------------------------------
+
+NAMED = """# my project
+[remote]
+host = "gpu-box"
+dir = "~/p"
+
+[jupyter]
+idle_timeout = 30
+
+[remotes.cluster]   # the cluster
+host = "login"
+[remotes.cluster.slurm]
+partition = "gpu"
+[remotes.cluster.jupyter]
+app = "notebook"
+"""
+
+
+def test_a_named_remote_inherits_what_it_does_not_set(tmp_path: Path) -> None:
+    (tmp_path / "remote.toml").write_text(NAMED)
+    base = cfg.load(tmp_path / "remote.toml")
+    assert base.remote_name is None and base.slurm is None and base.remote.host == "gpu-box"
+    named = cfg.load(tmp_path / "remote.toml", remote="cluster")
+    assert named.remote_name == "cluster" and named.remote_names == ("cluster",)
+    assert named.remote.host == "login" and named.remote.dir == "~/p"
+    assert named.slurm and named.slurm.partition == "gpu"
+    assert named.jupyter.app == "notebook" and named.jupyter.idle_timeout == 30
+    (tmp_path / "remote.toml").write_text('default = "cluster"\n' + NAMED)
+    assert cfg.load(tmp_path / "remote.toml").remote_name == "cluster"
+    assert cfg.load(tmp_path / "remote.toml", remote="remote").remote_name is None
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "message"),
+    [
+        (NAMED, "clustr", "no remote named 'clustr' (did you mean 'cluster'?)"),
+        (NAMED + "[remotes.lab]\nhots = 'x'\n", "lab", "[remotes.lab] unknown key 'hots'"),
+        (NAMED + "[remotes.lab.jupyter]\napp = 'x'\n", "lab", "[remotes.lab.jupyter] app"),
+        (NAMED + "[remotes.lab.sink]\n", "lab", "unknown table [remotes.lab.sink]"),
+        ('default = "nope"\n' + NAMED, None, "default: 'nope' names no remote"),
+        (NAMED + "[remotes.'a b']\nhost = 'x'\n", None, "a remote's name is letters"),
+    ],
+)
+def test_named_remote_errors_name_file_table_and_key(tmp_path, text, name, message) -> None:
+    (tmp_path / "remote.toml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        cfg.load(tmp_path / "remote.toml", remote=name)
+    assert message in caught.value.message and str(tmp_path) in caught.value.message
+
+
+def test_init_adds_a_named_remote_and_keeps_the_comments(tmp_path: Path) -> None:
+    from rjn import app
+
+    (tmp_path / "remote.toml").write_text(NAMED)
+    app.init(tmp_path, "cloud-vm", "cloud")
+    text = (tmp_path / "remote.toml").read_text()
+    assert text.startswith(NAMED) and "# the cluster" in text
+    assert cfg.load(tmp_path / "remote.toml", remote="cloud").remote.host == "cloud-vm"
+    with pytest.raises(Exception, match="exists already"):
+        app.init(tmp_path, "x", "cloud")

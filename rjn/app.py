@@ -8,6 +8,7 @@ import queue
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -244,6 +245,14 @@ def status(config: Config) -> Status:
     remote = make_remote(config)
     master = remote.master_alive()
     carrier = _carrier(remote, saved)
+    pool = ThreadPoolExecutor(max_workers=1)
+    # One exec answers the rest (the server, a job's state and time left, the machine); it
+    # goes while the tunnel is checked.
+    asked = (
+        pool.submit(remote.agent, "probe", {"dir": config.remote_dir, "machine": True}, timeout=30)
+        if master
+        else None
+    )
     # The token is sent only to a port our own master holds.
     held = bool(saved.local_port) and tunnel.ours(carrier, saved.local_port or 0)
     tunnel_ok = (
@@ -256,9 +265,9 @@ def status(config: Config) -> Status:
     pid = saved.server_pid
     job: dict[str, Any] = {}
     machine: dict[str, Any] | None = None
-    # One exec answers the rest: the server (a job's state, time left), the machine.
-    if master:
-        info = remote.agent("probe", {"dir": config.remote_dir, "machine": True}, timeout=30)
+    if asked:
+        info = asked.result()
+        pool.shutdown()
         record, machine = info["server"], info.get("machine")
         alive = bool(record.get("alive"))
         pid = record.get("pid") if alive else None
@@ -379,8 +388,6 @@ class Listed:
 def list_open(show_token: bool = False) -> list[Listed]:
     """Every open project on this machine, each checked live (in parallel: one local check of
     its master and one request through its tunnel, no remote command)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     records = [s for s in state.all_projects() if s.local_port]
 
     def check(saved: state.ProjectState) -> Listed:
@@ -574,15 +581,18 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
     if push:
         with report.step("Writing requirements"):
             requirements.write(config)
-    with report.step(f"Syncing with {remote.host}:{remote_dir}"):
-        tree = twoway.run(
-            remote, config, remote_dir, direction="push" if push else "both",
-            progress=report.progress,
-        )  # fmt: skip
     if push:
+        with report.step(f"Sending to {remote.host}:{remote_dir}"):
+            tree = twoway.run(remote, config, remote_dir, direction="push",
+                              progress=report.progress)  # fmt: skip
         return Synced(config.name, "push", tree=tree)
-    with report.step(f"Pulling results from {remote.host}"):
-        pulled = sync.pull(remote, config, remote_dir, None, report.progress)
+    # The results and the project are apart (results never travel both ways): both passes
+    # go at once, each over the one master.
+    step = report.step(f"Syncing with {remote.host}:{remote_dir}")
+    with step, ThreadPoolExecutor(max_workers=1) as pool:
+        results = pool.submit(sync.pull, remote, config, remote_dir)
+        tree = twoway.run(remote, config, remote_dir, progress=report.progress)
+        pulled = results.result()
     return Synced(config.name, "both", files=tuple(pulled), tree=tree)
 
 

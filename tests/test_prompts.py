@@ -106,7 +106,7 @@ def test_the_password_prompt_shows_and_the_master_asks_once(password_host, short
     assert first.read(1.5).strip() == b""
     first.type(password)
     assert first.finish() == 0, first.screen
-    assert b"Pulling results" in first.screen and password.encode() not in first.screen
+    assert b"Syncing with" in first.screen and password.encode() not in first.screen
 
     again = Terminal(["sync"], project)
     assert again.finish() == 0, again.screen

@@ -640,10 +640,12 @@ def run(
         )
         return Ran(config.name, 0, run_id=started["run"])
     code = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command}, on_output)
-    with report.step(f"Pulling results from {ready.remote.host}"):
-        pulled = sync.pull(ready.remote, config, ready.remote_dir, None, report.progress)
-        # What the run wrote outside the results folders comes home too.
+    # Results, and what the run wrote outside them, come home at once.
+    step = report.step(f"Pulling results from {ready.remote.host}")
+    with step, ThreadPoolExecutor(max_workers=1) as pool:
+        results = pool.submit(sync.pull, ready.remote, config, ready.remote_dir)
         tree = twoway.run(ready.remote, config, ready.remote_dir)
+        pulled = results.result()
     return Ran(config.name, code, tuple(pulled), tree=tree)
 
 

@@ -50,8 +50,9 @@ class Quiet:
 def connect(remote: Remote, report: Reporter) -> bool:
     """The master up; True if it had to log in. ssh may ask for a password, a 2FA code, a
     passphrase or a new host key then: the display steps aside for it."""
-    with report.step(f"Connecting to {remote.host}", prompts=not remote.master_alive()):
-        return remote.connect()
+    up = remote.master_alive()
+    with report.step(f"Connecting to {remote.host}", prompts=not up):
+        return False if up else remote.connect()
 
 
 def make_remote(config: Config) -> Remote:
@@ -243,7 +244,8 @@ def status(config: Config) -> Status:
     if saved is None:
         return Status(project=config.name, host=config.remote.host, open=False)
     remote = make_remote(config)
-    master = remote.master_alive()
+    master_pid = remote.master_pid()
+    master = master_pid is not None
     carrier = _carrier(remote, saved)
     pool = ThreadPoolExecutor(max_workers=1)
     # One exec answers the rest (the server, a job's state and time left, the machine); it
@@ -254,7 +256,9 @@ def status(config: Config) -> Status:
         else None
     )
     # The token is sent only to a port our own master holds.
-    held = bool(saved.local_port) and tunnel.ours(carrier, saved.local_port or 0)
+    held = bool(saved.local_port) and tunnel.ours(
+        carrier, saved.local_port or 0, master_pid if carrier is remote else None
+    )
     tunnel_ok = (
         held
         and bool(saved.token)

@@ -64,9 +64,10 @@ def held_by(port: int, pid: int) -> bool | None:
     return False
 
 
-def ours(remote: Remote, port: int) -> bool:
-    """Whether our master holds the port (where that cannot be told: whether it is up)."""
-    pid = remote.master_pid()
+def ours(remote: Remote, port: int, pid: int | None = None) -> bool:
+    """Whether our master (`pid`, if the caller knows it) holds the port; where that cannot
+    be told, whether the master is up."""
+    pid = pid or remote.master_pid()
     return pid is not None and held_by(port, pid) is not False
 
 

@@ -247,35 +247,28 @@ def status(config: Config) -> Status:
     master_pid = remote.master_pid()
     master = master_pid is not None
     carrier = _carrier(remote, saved)
-    pool = ThreadPoolExecutor(max_workers=1)
-    # One exec answers the rest (the server, a job's state and time left, the machine); it
-    # goes while the tunnel is checked.
-    asked = (
-        pool.submit(remote.agent, "probe", {"dir": config.remote_dir, "machine": True}, timeout=30)
-        if master
-        else None
-    )
-    # The token is sent only to a port our own master holds.
-    held = bool(saved.local_port) and tunnel.ours(
-        carrier, saved.local_port or 0, master_pid if carrier is remote else None
-    )
-    tunnel_ok = (
-        held
-        and bool(saved.token)
-        and (tunnel.probe(saved.local_port or 0, saved.token or "") == 200)
-    )
-    squatted = bool(saved.local_port) and not held and not tunnel.is_free(saved.local_port or 0)
-    alive: bool | None = True if tunnel_ok else None
+    alive: bool | None = None
     pid = saved.server_pid
     job: dict[str, Any] = {}
     machine: dict[str, Any] | None = None
-    if asked:
-        info = asked.result()
-        pool.shutdown()
-        record, machine = info["server"], info.get("machine")
-        alive = bool(record.get("alive"))
-        pid = record.get("pid") if alive else None
-        job = {k: record.get(k) for k in ("job", "job_state", "node", "time_left")}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # One exec answers the rest (the server, a job's state and time left, the machine);
+        # it goes while the tunnel is checked.
+        probe = {"dir": config.remote_dir, "machine": True}
+        asked = pool.submit(remote.agent, "probe", probe, timeout=30) if master else None
+        # The token is sent only to a port our own master holds.
+        port = saved.local_port or 0
+        held = bool(port) and tunnel.ours(carrier, port, master_pid if carrier is remote else None)
+        tunnel_ok = held and bool(saved.token) and tunnel.probe(port, saved.token or "") == 200
+        squatted = bool(port) and not held and not tunnel.is_free(port)
+        if tunnel_ok:
+            alive = True
+        if asked:
+            info = asked.result()
+            record, machine = info["server"], info.get("machine")
+            alive = bool(record.get("alive"))
+            pid = record.get("pid") if alive else None
+            job = {k: record.get(k) for k in ("job", "job_state", "node", "time_left")}
     problems = []
     if job.get("job") and job.get("job_state") not in ("RUNNING", None):
         problems.append(f"SLURM job {job['job']} is {job['job_state']}")

@@ -228,11 +228,7 @@ class Remote:
 
     def master_pid(self) -> int | None:
         """The master's process id, if it is up (a local check, no network)."""
-        if not self.control_path.exists():
-            return None
-        check = proc.run(self.ssh_argv("-O", "check"), timeout=10)
-        found = re.search(r"pid=(\d+)", check.err)
-        return int(found.group(1)) if check.ok and found else None
+        return master_pid_at(str(self.control_path))
 
     def connect(self, timeout: int | None = None) -> bool:
         """Make sure the master is up; returns True if it had to log in. `timeout` bounds the

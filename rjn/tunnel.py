@@ -48,8 +48,8 @@ def held_by(port: int, pid: int) -> bool | None:
     except OSError:
         return None
     wanted = f"0100007F:{port:04X}"
-    inodes = {
-        fields[9]
+    listeners = {
+        f"socket:[{fields[9]}]"
         for fields in (line.split() for line in table.splitlines()[1:])
         if len(fields) > 9 and fields[1] == wanted and fields[3] == "0A"  # LISTEN
     }
@@ -59,7 +59,7 @@ def held_by(port: int, pid: int) -> bool | None:
         return False
     for fd in fds:
         with contextlib.suppress(OSError):
-            if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
+            if os.readlink(fd) in listeners:
                 return True
     return False
 

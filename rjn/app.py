@@ -9,7 +9,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ from rjn import config as config_module
 from rjn import env, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
+from rjn.records import Closed, Listed, Opened, Ran, Status, Synced
 from rjn.remote import Remote, helper_error, master_pid_at
 from rjn.requirements import Requirements
 
@@ -61,40 +62,6 @@ def make_remote(config: Config) -> Remote:
 
 
 @dataclass(frozen=True)
-class Opened:
-    """What `rjn open` did and where the server is."""
-
-    project: str
-    host: str
-    remote_dir: str
-    port: int
-    url: str
-    tokened_url: str
-    logged_in: bool
-    synced: twoway.Outcome
-    env_installed: bool
-    server_started: bool
-    requirements: tuple[str, ...]
-    requirements_generated: bool
-    unreadable: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-def write_requirements(
-    config: Config, previous: state.ProjectState | None
-) -> tuple[Requirements, str]:
-    """requirements.txt, rescanned only when a source file changed since the last open;
-    with the sources' fingerprint, for the next open to compare."""
-    fingerprint = requirements.sources_fingerprint(config.root)
-    path = config.root / config.requirements.file
-    if previous and previous.sources_hash == fingerprint and path.exists():
-        text = path.read_text(encoding="utf-8")
-        lines = tuple(ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#"))
-        return Requirements(path, lines, text.startswith(requirements.HEADER)), fingerprint
-    return requirements.write(config), fingerprint
-
-
-@dataclass(frozen=True)
 class Prepared:
     """A project made ready on the remote: connected, pushed, its environment current."""
 
@@ -113,7 +80,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     """Write requirements, connect, probe (one exec), push, and install only what changed."""
     remote = make_remote(config)
     with report.step("Writing requirements"):
-        reqs, sources = write_requirements(config, previous)
+        reqs, sources = requirements.current(config, previous.sources_hash if previous else None)
     wanted = env.wanted_hash(config, reqs)
     logged_in = connect(remote, report)
     with report.step("Checking the remote"):
@@ -212,32 +179,6 @@ def open_project(config: Config, report: Reporter) -> Opened:
     )
 
 
-@dataclass(frozen=True)
-class Status:
-    """What is true now, checked, not remembered."""
-
-    project: str
-    host: str
-    open: bool
-    master: bool = False
-    tunnel: bool = False
-    server: bool | None = None
-    remote_dir: str | None = None
-    port: int | None = None
-    url: str | None = None
-    tokened_url: str | None = None
-    server_pid: int | None = None
-    problems: tuple[str, ...] = field(default=())
-    job: str | None = None
-    job_state: str | None = None
-    node: str | None = None
-    time_left: str | None = None
-    conflicts: dict[str, str] = field(default_factory=dict)
-    remote_name: str | None = None
-    # GPUs, load, memory and disk of the remote, as its helper read them.
-    machine: dict[str, Any] | None = None
-
-
 def status(config: Config) -> Status:
     """Check master, tunnel and server; say what is wrong and how to repair it."""
     saved = state.load(config.root, config.remote_name)
@@ -246,7 +187,7 @@ def status(config: Config) -> Status:
     remote = make_remote(config)
     master_pid = remote.master_pid()
     master = master_pid is not None
-    carrier = _carrier(remote, saved)
+    carrier = tunnel.carrier(remote, saved.via_node if saved else None)
     alive: bool | None = None
     pid = saved.server_pid
     job: dict[str, Any] = {}
@@ -311,23 +252,13 @@ def status(config: Config) -> Status:
     )
 
 
-@dataclass(frozen=True)
-class Closed:
-    """What `rjn close` stopped."""
-
-    project: str
-    tunnel_closed: bool
-    server_stopped: bool
-    master_released: bool
-
-
 def close(config: Config, *, stop_server: bool) -> Closed:
     """Close the tunnel; with stop_server, stop Jupyter and release the master if unused."""
     root = config.root
     with state.locked(root, config.remote_name):
         saved = state.load(root, config.remote_name)
         remote = make_remote(config)
-        carrier = _carrier(remote, saved)
+        carrier = tunnel.carrier(remote, saved.via_node if saved else None)
         tunnel_closed = False
         if saved and saved.local_port and saved.forward_target:
             tunnel.close(carrier, saved.local_port, saved.forward_target)
@@ -348,12 +279,6 @@ def close(config: Config, *, stop_server: bool) -> Closed:
     return Closed(config.name, tunnel_closed, stopped, released)
 
 
-def _carrier(remote: Remote, saved: state.ProjectState | None) -> Remote:
-    """The connection that carries the project's tunnel: the host's master, or the hop to the
-    compute node whose socket Jupyter listens on."""
-    return remote.to_node(saved.via_node) if saved and saved.via_node else remote
-
-
 def _master_in_use(remote: Remote, config: Config) -> bool:
     """Whether another open project's tunnel rides on this master."""
     mine, me = str(remote.control_path), (str(config.root), config.remote_name)
@@ -361,25 +286,6 @@ def _master_in_use(remote: Remote, config: Config) -> bool:
         s.control_path == mine and s.local_port and (s.root, s.remote_name) != me
         for s in state.all_projects()
     )
-
-
-@dataclass(frozen=True)
-class Listed:
-    """One open project, as `rjn ls` shows it: remembered, and checked now."""
-
-    project: str
-    root: str
-    remote: str
-    host: str
-    port: int | None
-    url: str | None
-    tokened_url: str | None
-    connection: bool
-    tunnel: bool
-    job: str | None
-    node: str | None
-    uptime: float | None
-    last_pulled: str | None
 
 
 def list_open(show_token: bool = False) -> list[Listed]:
@@ -451,15 +357,6 @@ def shell(config: Config, command: list[str] | None) -> int:
     return code
 
 
-# Waits between reconnection attempts, in seconds; the last one repeats. Each attempt is a
-# fresh connection with a short connect timeout, so a link that comes back is found within
-# about a second (TCP's own backoff on the old connection is never waited for).
-BACKOFF = (0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 5)
-RECONNECT_TIMEOUT = 3
-# A wall clock that ran this much further than the monotonic one means the laptop slept.
-CLOCK_JUMP = 20.0
-
-
 def watch_results(
     config: Config,
     on_ready: Callable[[watch.Ready], Any],
@@ -467,106 +364,12 @@ def watch_results(
     on_link: Callable[[str], Any] = lambda message: None,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Pull each new or changed result file as soon as it is complete, until Ctrl-C.
-
-    A dropped link (the master dies, ServerAlive gives up, the laptop slept) is repaired
-    with backoff: the master is re-established and the tunnel comes back on the same local
-    port, so an open browser tab works again. The remote server is left as it is.
-    """
+    """Pull each new or changed result file as soon as it is complete, until Ctrl-C; a dropped
+    link is repaired (see watch.follow)."""
     saved = state.load(config.root, config.remote_name)
     if saved is None or not saved.remote_dir:
         raise RjnError(f"{config.name} is not open", hint="run `rjn open` first")
-    remote = make_remote(config)
-    failures = 0
-    while not stop():
-        try:
-            remote.connect(timeout=RECONNECT_TIMEOUT if failures else None)
-            reconnected = failures > 0
-            if reconnected:
-                on_link(f"reconnected to {remote.host}")
-                # What happened meanwhile decides, not what we knew: closed here (then the
-                # tunnel stays closed), or a server restarted there (a new token).
-                current = state.load(config.root, config.remote_name)
-                if current is None or not current.local_port:
-                    on_link(f"{config.name} was closed: stopped watching")
-                    return
-                saved = _current_server(config, remote, current, on_link)
-            if saved.local_port and saved.forward_target and saved.token:
-                carrier = _carrier(remote, saved)
-                carrier.connect()
-                port = tunnel.ensure(
-                    carrier, config, saved.forward_target, saved.token,
-                    saved.local_port, saved.forward_target,
-                )  # fmt: skip
-                if port != saved.local_port:
-                    on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
-                    saved.local_port = port
-                    with state.locked(config.root, config.remote_name):
-                        state.save(saved)
-            failures = 0
-            watch.watch(
-                remote, config, saved.remote_dir, on_ready, on_pulled,
-                config.sync.watch, stop, health=_link_check(remote), catch_up=reconnected,
-            )  # fmt: skip
-            return
-        except ConnectionFailed as lost:
-            delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
-            failures += 1
-            if failures == 1:
-                on_link(f"{lost.message}; reconnecting (Ctrl-C stops)")
-            elif failures % 20 == 0:  # say it now and then, not at every attempt
-                on_link(f"still reconnecting ({failures} attempts): {lost.message}")
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and not stop():
-                time.sleep(0.1)
-
-
-def _current_server(
-    config: Config, remote: Remote, saved: state.ProjectState, on_link: Callable[[str], Any]
-) -> state.ProjectState:
-    """The project's server as it is now (one probe): the one running, or, if the remote lost
-    it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
-    record = remote.agent("probe", {"dir": saved.remote_dir}, timeout=60)["server"]
-    live = server.Server.from_record(record)
-    if live is None:
-        on_link("the Jupyter server was gone: starting it again")
-        live = server.start(remote, config, saved.remote_dir)
-    if (live.token, live.target) != (saved.token, saved.forward_target):
-        if saved.local_port and saved.forward_target:
-            _carrier(remote, saved).cancel_forward(saved.local_port, saved.forward_target)
-        saved.token, saved.forward_target = live.token, live.target
-        saved.server_pid, saved.via_node = live.pid, live.via_node
-        with state.locked(config.root, config.remote_name):
-            state.save(saved)
-    return saved
-
-
-def _link_check(remote: Remote) -> Callable[[], None]:
-    """A health check for the watch loop: the master is up, and no sleep went unnoticed."""
-    last = [time.time(), time.monotonic()]
-
-    def check() -> None:
-        wall, mono = time.time(), time.monotonic()
-        slept = (wall - last[0]) - (mono - last[1]) > CLOCK_JUMP
-        last[:] = [wall, mono]
-        if not remote.master_alive():
-            raise ConnectionFailed(f"the connection to {remote.host} was lost")
-        if slept and not remote.responsive(timeout=10):
-            # After a sleep the TCP connection may be dead while ssh has not noticed yet.
-            remote.disconnect()
-            raise ConnectionFailed(f"the connection to {remote.host} did not survive the sleep")
-
-    return check
-
-
-@dataclass(frozen=True)
-class Synced:
-    """What `rjn sync` moved: results home, and the project both ways."""
-
-    project: str
-    direction: str
-    files: tuple[sync.Pulled, ...] = ()
-    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
+    watch.follow(make_remote(config), config, saved, on_ready, on_pulled, on_link, stop)
 
 
 def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
@@ -591,17 +394,6 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
         tree = twoway.run(remote, config, remote_dir, progress=report.progress)
         pulled = results.result()
     return Synced(config.name, "both", files=tuple(pulled), tree=tree)
-
-
-@dataclass(frozen=True)
-class Ran:
-    """How a remote run ended, and the results it brought home."""
-
-    project: str
-    exit_code: int
-    pulled: tuple[sync.Pulled, ...] = ()
-    run_id: str | None = None
-    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
 
 
 def run(

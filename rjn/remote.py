@@ -264,7 +264,7 @@ class Remote:
             # A link that stalls (wifi gone, laptop lid, a dead NAT entry) drops no connection:
             # only missing answers tell. Asked every second, four missed answers end the
             # master, and with it every command and tunnel on it, so that a stall is said
-            # within about 5 s and a fresh connection can take over (see app.watch_results).
+            # within about 5 s and a fresh connection can take over (see watch.follow).
             "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
             "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
             # Without a terminal nobody can answer a prompt: fail at once instead of hanging.

@@ -198,3 +198,15 @@ def write(config: Config) -> Requirements:
         write_private(path, text)
         path.chmod(0o644)
     return Requirements(path, lines, generated=True, skipped_files=tuple(skipped))
+
+
+def current(config: Config, known: str | None) -> tuple[Requirements, str]:
+    """requirements.txt, rescanned only when a source file changed since the fingerprint
+    `known` (the last open's); with the fingerprint now, for the next open to compare."""
+    fingerprint = sources_fingerprint(config.root)
+    path = config.root / config.requirements.file
+    if known == fingerprint and path.exists():
+        text = path.read_text(encoding="utf-8")
+        lines = tuple(ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#"))
+        return Requirements(path, lines, text.startswith(HEADER)), fingerprint
+    return write(config), fingerprint

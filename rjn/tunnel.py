@@ -154,3 +154,9 @@ def close(remote: Remote, port: int, target: str) -> None:
     """Stop forwarding `port`."""
     with contextlib.suppress(RjnError):
         remote.cancel_forward(port, target)
+
+
+def carrier(remote: Remote, via_node: str | None) -> Remote:
+    """The connection that carries a project's tunnel: the host's master, or the hop to the
+    compute node whose socket Jupyter listens on ([slurm] connect = "jump")."""
+    return remote.to_node(via_node) if via_node else remote

@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from rjn import state, twoway
-from rjn.app import Closed, Listed, Opened, Status, Synced
 from rjn.errors import RjnError
+from rjn.records import Closed, Listed, Opened, Status, Synced
 from rjn.sync import Pulled
 from rjn.watch import Ready
 

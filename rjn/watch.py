@@ -8,9 +8,9 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from rjn import server, sync, twoway
+from rjn import server, state, sync, tunnel, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.remote import Remote, helper_error
@@ -143,6 +143,125 @@ def watch(
                     on_pulled(item, time.monotonic() - seen)
     finally:
         watcher.close()
+
+
+# Waits between reconnection attempts, in seconds; the last one repeats. Each attempt is a
+# fresh connection with a short connect timeout, so a link that comes back is found within
+# about a second (TCP's own backoff on the old connection is never waited for).
+BACKOFF = (0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 5)
+RECONNECT_TIMEOUT = 3
+# A wall clock that ran this much further than the monotonic one means the laptop slept.
+CLOCK_JUMP = 20.0
+
+
+def follow(
+    remote: Remote,
+    config: Config,
+    saved: state.ProjectState,
+    on_ready: Callable[[Ready], Any],
+    on_pulled: Callable[[sync.Pulled, float], Any],
+    on_link: Callable[[str], Any] = lambda message: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Pull each new or changed result file as soon as it is complete, until Ctrl-C.
+
+    A dropped link (the master dies, ServerAlive gives up, the laptop slept) is repaired
+    with backoff: the master is re-established and the tunnel comes back on the same local
+    port, so an open browser tab works again. The remote server is left as it is.
+    """
+    failures = 0
+    while not stop():
+        try:
+            remote.connect(timeout=RECONNECT_TIMEOUT if failures else None)
+            reconnected = failures > 0
+            if reconnected:
+                on_link(f"reconnected to {remote.host}")
+                # What happened meanwhile decides, not what we knew: closed here (then the
+                # tunnel stays closed), or a server restarted there (a new token).
+                current = state.load(config.root, config.remote_name)
+                if current is None or not current.local_port:
+                    on_link(f"{config.name} was closed: stopped watching")
+                    return
+                saved = _current_server(config, remote, current, on_link)
+            if saved.local_port and saved.forward_target and saved.token:
+                carrier = tunnel.carrier(remote, saved.via_node)
+                carrier.connect()
+                port = tunnel.ensure(
+                    carrier, config, saved.forward_target, saved.token,
+                    saved.local_port, saved.forward_target,
+                )  # fmt: skip
+                if port != saved.local_port:
+                    on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
+                    saved.local_port = port
+                    with state.locked(config.root, config.remote_name):
+                        state.save(saved)
+            failures = 0
+            watch(
+                remote, config, saved.remote_dir, on_ready, on_pulled,
+                config.sync.watch, stop, health=link_check(remote), catch_up=reconnected,
+            )  # fmt: skip
+            return
+        except ConnectionFailed as lost:
+            delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+            failures += 1
+            if failures == 1:
+                on_link(f"{lost.message}; reconnecting (Ctrl-C stops)")
+            elif failures % 20 == 0:  # say it now and then, not at every attempt
+                on_link(f"still reconnecting ({failures} attempts): {lost.message}")
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stop():
+                time.sleep(0.1)
+
+
+def _current_server(
+    config: Config, remote: Remote, saved: state.ProjectState, on_link: Callable[[str], Any]
+) -> state.ProjectState:
+    """The project's server as it is now (one probe): the one running, or, if the remote lost
+    it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
+    record = remote.agent("probe", {"dir": saved.remote_dir}, timeout=60)["server"]
+    live = server.Server.from_record(record)
+    if live is None:
+        on_link("the Jupyter server was gone: starting it again")
+        live = server.start(remote, config, saved.remote_dir)
+    if (live.token, live.target) != (saved.token, saved.forward_target):
+        if saved.local_port and saved.forward_target:
+            hop = tunnel.carrier(remote, saved.via_node)
+            hop.cancel_forward(saved.local_port, saved.forward_target)
+        saved.token, saved.forward_target = live.token, live.target
+        saved.server_pid, saved.via_node = live.pid, live.via_node
+        with state.locked(config.root, config.remote_name):
+            state.save(saved)
+    return saved
+
+
+class Link(Protocol):
+    """What the health check needs of a connection (a Remote is one)."""
+
+    host: str
+
+    def master_alive(self) -> bool: ...
+
+    def responsive(self, timeout: float) -> bool: ...
+
+    def disconnect(self) -> None: ...
+
+
+def link_check(remote: Link) -> Callable[[], None]:
+    """A health check for the watch loop: the master is up, and no sleep went unnoticed."""
+    last = [time.time(), time.monotonic()]
+
+    def check() -> None:
+        wall, mono = time.time(), time.monotonic()
+        slept = (wall - last[0]) - (mono - last[1]) > CLOCK_JUMP
+        last[:] = [wall, mono]
+        if not remote.master_alive():
+            raise ConnectionFailed(f"the connection to {remote.host} was lost")
+        if slept and not remote.responsive(timeout=10):
+            # After a sleep the TCP connection may be dead while ssh has not noticed yet.
+            remote.disconnect()
+            raise ConnectionFailed(f"the connection to {remote.host} did not survive the sleep")
+
+    return check
 
 
 def _changed(remote: Remote, message: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,8 +89,8 @@ def test_find_walks_up(tmp_path: Path) -> None:
 # -- argv building ------------------------------------------------------------------------
 
 
-def make_remote(tmp_path: Path, **remote: object) -> Remote:
-    config = cfg.RemoteConfig(host="gpu-box", **remote)  # type: ignore[arg-type]
+def make_remote(tmp_path: Path, **remote: Any) -> Remote:
+    config = cfg.RemoteConfig(host="gpu-box", **remote)
     return Remote(config, control_dir=tmp_path / "run dir", log_dir=tmp_path)
 
 
@@ -235,23 +236,23 @@ class Link:
 
 
 def test_link_check_notices_a_dead_master() -> None:
-    from rjn.app import _link_check
     from rjn.errors import ConnectionFailed
+    from rjn.watch import link_check
 
     with pytest.raises(ConnectionFailed, match="connection to box was lost"):
-        _link_check(Link(alive=False))()  # type: ignore[arg-type]
+        link_check(Link(alive=False))()
 
 
 def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from rjn import app
+    from rjn import watch
     from rjn.errors import ConnectionFailed
 
     now = time.time()
-    monkeypatch.setattr(app.time, "time", lambda: now)
+    monkeypatch.setattr(watch.time, "time", lambda: now)
     quiet, asleep = Link(answers=False), Link(answers=False)
-    check_quiet, check_asleep = app._link_check(quiet), app._link_check(asleep)  # type: ignore[arg-type]
+    check_quiet, check_asleep = watch.link_check(quiet), watch.link_check(asleep)
     check_quiet()  # no jump: no round trip, even though the remote would not answer
     assert not quiet.dropped
     now += 3600  # the wall clock ran an hour ahead of the monotonic one: the laptop slept
@@ -259,7 +260,7 @@ def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.Mon
         check_asleep()
     assert asleep.dropped
     awake = Link(answers=True)
-    check_awake = app._link_check(awake)  # type: ignore[arg-type]
+    check_awake = watch.link_check(awake)
     now += 3600
     check_awake()
     assert not awake.dropped

@@ -69,8 +69,17 @@ def data_home():
     return os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
 
 
+def venv_dir(project):
+    """The project's environment: the one place the remote layout spells it."""
+    return os.path.join(project, RJN_DIR, "venv")
+
+
+def venv_bin(project, name):
+    return os.path.join(venv_dir(project), "bin", name)
+
+
 def venv_python(project):
-    return os.path.join(project, RJN_DIR, "venv", "bin", "python")
+    return venv_bin(project, "python")
 
 
 def socket_path(project):
@@ -793,7 +802,7 @@ def ensure_env(args):
     wanted = {"hash": args["hash"], "python": sys.version}
     if env_record(project) == wanted and os.path.exists(venv_python(project)):
         return {"changed": False}
-    venv = os.path.join(project, RJN_DIR, "venv")
+    venv = venv_dir(project)
     requirements = os.path.join(project, args["requirements"])
     packages = list(args.get("packages", []))
     req = ["-r", requirements] if os.path.exists(requirements) else []

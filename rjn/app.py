@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rjn import config as config_module
-from rjn import env, requirements, server, state, sync, tunnel, twoway, watch
+from rjn import env, places, probe, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.records import Closed, Listed, Opened, Ran, Status, Synced
@@ -58,7 +58,7 @@ def connect(remote: Remote, report: Reporter) -> bool:
 
 def make_remote(config: Config) -> Remote:
     """The Remote for a project's host; masters are shared by every project on that host."""
-    return Remote(config.remote, control_dir=state.runtime_dir(), log_dir=state.state_dir())
+    return Remote(config.remote, control_dir=places.runtime_dir(), log_dir=places.state_dir())
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Prepared:
 
     remote: Remote
     remote_dir: str
-    probe: dict[str, Any]
+    probe: probe.Probe
     requirements: Requirements
     sources_hash: str
     env_hash: str
@@ -84,12 +84,12 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     wanted = env.wanted_hash(config, reqs)
     logged_in = connect(remote, report)
     with report.step("Checking the remote"):
-        probe = {"dir": config.remote_dir, "env_hash": wanted, **twoway.scan_args(config)}
-        info = remote.agent("probe", probe, timeout=300)
-    remote_dir: str = info["dir"]
+        info = probe.look(remote, config.remote_dir, env_hash=wanted,
+                          tree=twoway.scan_args(config), timeout=300)  # fmt: skip
+    remote_dir = info.dir
     with report.step(f"Syncing with {remote.host}:{remote_dir}"):
-        synced = twoway.run(remote, config, remote_dir, info["files"], progress=report.progress)
-    if not info["env_current"]:
+        synced = twoway.run(remote, config, remote_dir, info.files, progress=report.progress)
+    if not info.env_current:
         with report.step("Installing the environment"):
             env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
     return Prepared(
@@ -101,7 +101,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
         wanted,
         logged_in,
         synced,
-        not info["env_current"],
+        not info.env_current,
     )
 
 
@@ -113,7 +113,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
         ready = prepare(config, report, previous)
         remote, remote_dir, reqs = ready.remote, ready.remote_dir, ready.requirements
         notes = []
-        live = server.Server.from_record(ready.probe["server"])
+        live = ready.probe.server
         if live and ready.env_installed:
             notes.append("the environment changed: restart running kernels to use it")
         if live is None:
@@ -190,13 +190,16 @@ def status(config: Config) -> Status:
     carrier = tunnel.carrier(remote, saved.via_node if saved else None)
     alive: bool | None = None
     pid = saved.server_pid
-    job: dict[str, Any] = {}
+    job = probe.Job()
     machine: dict[str, Any] | None = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         # One exec answers the rest (the server, a job's state and time left, the machine);
         # it goes while the tunnel is checked.
-        probe = {"dir": config.remote_dir, "machine": True}
-        asked = pool.submit(remote.agent, "probe", probe, timeout=30) if master else None
+        asked = (
+            pool.submit(probe.look, remote, config.remote_dir, machine=True, timeout=30)
+            if master
+            else None
+        )
         # The token is sent only to a port our own master holds.
         port = saved.local_port or 0
         held = bool(port) and tunnel.ours(carrier, port, master_pid if carrier is remote else None)
@@ -206,13 +209,12 @@ def status(config: Config) -> Status:
             alive = True
         if asked:
             info = asked.result()
-            record, machine = info["server"], info.get("machine")
-            alive = bool(record.get("alive"))
-            pid = record.get("pid") if alive else None
-            job = {k: record.get(k) for k in ("job", "job_state", "node", "time_left")}
+            machine, job = info.machine, info.job
+            alive = info.server is not None
+            pid = info.server.pid if info.server else None
     problems = []
-    if job.get("job") and job.get("job_state") not in ("RUNNING", None):
-        problems.append(f"SLURM job {job['job']} is {job['job_state']}")
+    if job.id and job.state not in ("RUNNING", None):
+        problems.append(f"SLURM job {job.id} is {job.state}")
     if not master:
         problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
     elif alive is False:
@@ -242,10 +244,10 @@ def status(config: Config) -> Status:
         tokened_url=saved.tokened_url() if tunnel_ok else None,
         server_pid=pid,
         problems=tuple(problems),
-        job=job.get("job"),
-        job_state=job.get("job_state"),
-        node=job.get("node"),
-        time_left=job.get("time_left"),
+        job=job.id,
+        job_state=job.state,
+        node=job.node,
+        time_left=job.time_left,
         conflicts=conflicts,
         remote_name=config.remote_name,
         machine=machine,
@@ -344,14 +346,14 @@ def shell(config: Config, command: list[str] | None) -> int:
     """An interactive shell, or one command, in the remote project dir with the env activated."""
     remote = make_remote(config)
     remote.connect()
-    info = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)
-    activate = f"{info['dir']}/.rjn/venv/bin/activate"
+    remote_dir = probe.look(remote, config.remote_dir).dir
+    activate = server.venv_activate(remote_dir)
     # One fixed script; paths and the user's command reach it as positional arguments (data).
     script = (
         'cd "$1" || exit 1; [ -f "$2" ] && . "$2"; shift 2; '
         'if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi'
     )
-    code = remote.shell(["sh", "-c", script, "rjn", info["dir"], activate, *(command or [])])
+    code = remote.shell(["sh", "-c", script, "rjn", remote_dir, activate, *(command or [])])
     if code == 255 and not remote.master_alive():
         raise ConnectionFailed(f"the connection to {remote.host} was lost")
     return code
@@ -517,8 +519,7 @@ def _remote_dir(config: Config, remote: Remote) -> str:
     saved = state.load(config.root, config.remote_name)
     if saved and saved.remote_dir:
         return saved.remote_dir
-    answer: str = remote.agent("probe", {"dir": config.remote_dir}, timeout=60)["dir"]
-    return answer
+    return probe.look(remote, config.remote_dir).dir
 
 
 def init(folder: Path, host: str, remote_name: str | None = None) -> Path:

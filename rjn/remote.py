@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rjn import proc, state
+from rjn import places, proc
 from rjn.config import RemoteConfig
 from rjn.errors import ConnectionFailed, RemoteError, RjnError, Timeout
 
@@ -238,7 +238,7 @@ class Remote:
         # Two rjn commands for one host must not both start a master: the second would find
         # the socket taken and stay on as a stray plain connection.
         lock = self.control_path.with_name(self.control_path.name + ".lock")
-        with state.file_lock(lock, self.connect_timeout + 600, f"{self.host} connecting"):
+        with places.file_lock(lock, self.connect_timeout + 600, f"{self.host} connecting"):
             return self._start_master(timeout or self.connect_timeout)
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
-from rjn.state import write_private
+from rjn.places import write_private
 
 HEADER = (
     "# Written by rjn from the project's imports; edit remote.toml [requirements], not this file."

@@ -93,3 +93,8 @@ def venv_python(remote_dir: str) -> str:
     """The environment's interpreter on the remote (remote_dir is absolute, from the probe);
     the helper's own function, so that the remote layout is spelled in one place."""
     return agent.venv_python(remote_dir)
+
+
+def venv_activate(remote_dir: str) -> str:
+    """The environment's activate script on the remote."""
+    return agent.venv_bin(remote_dir, "activate")

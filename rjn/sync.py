@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rjn import proc, state
+from rjn import places, proc, state
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.remote import Remote
@@ -176,13 +176,12 @@ def _link_stays_inside(rel: str, text: str, folders: Sequence[str]) -> bool:
 
 
 def _index_path(config: Config) -> Path:
-    # Beside the project's state file (whose helper makes the folder on first use).
-    return state.state_path(config.root, config.remote_name).with_suffix(".pulled.json")
+    return state.project_file(config.root, config.remote_name, ".pulled")
 
 
 def last_pulled(root: Path, remote_name: str | None) -> str | None:
     """The result file that came home last (by its local time), for `rjn ls`."""
-    index_file = state.state_path(root, remote_name).with_suffix(".pulled.json")
+    index_file = state.project_file(root, remote_name, ".pulled")
     try:
         index = json.loads(index_file.read_text())
         stamped = [(r["local"][0], rel) for rel, r in index.items() if r.get("local")]
@@ -372,7 +371,7 @@ def _place(
     finally:
         os.close(root_fd)
     if expected is None and any(p.refused is None for p in placed):
-        state.write_private(_index_path(config), json.dumps(index))
+        places.write_private(_index_path(config), json.dumps(index))
     return placed
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rjn import agent, state, sync
+from rjn import agent, places, state, sync
 from rjn.config import DEFAULT_EXCLUDES, Config
 from rjn.remote import Remote
 
@@ -90,7 +90,7 @@ def _change(entry: Sequence[Any] | None, base: str | None) -> str:
 
 
 def _record_path(config: Config) -> Path:
-    return state.state_path(config.root, config.remote_name).with_suffix(".agreed.json")
+    return state.project_file(config.root, config.remote_name, ".agreed")
 
 
 def load(config: Config) -> dict[str, Any]:
@@ -107,14 +107,13 @@ def load(config: Config) -> dict[str, Any]:
 
 
 def _save(config: Config, record: dict[str, Any]) -> None:
-    state.write_private(_record_path(config), json.dumps(record))
+    places.write_private(_record_path(config), json.dumps(record))
 
 
 def _bases(config: Config) -> Path:
     """Agreed versions of notebooks, by hash: the base of a three-way merge."""
-    folder = state.state_path(config.root, config.remote_name).with_suffix(".bases")
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder
+    record = state.project_file(config.root, config.remote_name)
+    return places.private_dir(record.with_suffix(".bases"))
 
 
 def conflicts(config: Config) -> dict[str, str]:
@@ -314,7 +313,7 @@ def _agreed(
         base = _bases(config) / here[2]
         if not base.exists():
             with contextlib.suppress(OSError):
-                state.write_private(base, (config.root / rel).read_text(encoding="utf-8"))
+                places.write_private(base, (config.root / rel).read_text(encoding="utf-8"))
 
 
 def _merge(config: Config, files: dict[str, Any], item: sync.Pulled, remote_tree: Tree) -> bool:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from rjn import state, twoway
+from rjn import places, twoway
 from rjn.errors import RjnError
 from rjn.records import Closed, Listed, Opened, Status, Synced
 from rjn.sync import Pulled
@@ -305,9 +305,9 @@ def print_output(stream: str, line: str) -> None:
 
 def open_browser(tokened_url: str) -> bool:
     """Open the browser through a private redirect file, so the token is in no process's argv."""
-    page = state.state_dir() / "open.html"
+    page = places.state_dir() / "open.html"
     target = html.escape(tokened_url, quote=True)
-    state.write_private(
+    places.write_private(
         page,
         f'<!doctype html><meta http-equiv="refresh" content="0;url={target}">'
         f'<a href="{target}">Open Jupyter</a>',

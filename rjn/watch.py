@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rjn import server, state, sync, tunnel, twoway
+from rjn import probe, server, state, sync, tunnel, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.remote import Remote, helper_error
@@ -218,8 +218,7 @@ def _current_server(
 ) -> state.ProjectState:
     """The project's server as it is now (one probe): the one running, or, if the remote lost
     it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
-    record = remote.agent("probe", {"dir": saved.remote_dir}, timeout=60)["server"]
-    live = server.Server.from_record(record)
+    live = probe.look(remote, saved.remote_dir).server
     if live is None:
         on_link("the Jupyter server was gone: starting it again")
         live = server.start(remote, config, saved.remote_dir)

@@ -492,3 +492,62 @@ def test_init_adds_a_named_remote_and_keeps_the_comments(tmp_path: Path) -> None
     assert cfg.load(tmp_path / "remote.toml", remote="cloud").remote.host == "cloud-vm"
     with pytest.raises(Exception, match="exists already"):
         app.init(tmp_path, "x", "cloud")
+
+
+# -- the probe's answer, as untrusted input -------------------------------------------------------
+
+
+def test_a_probe_answer_becomes_a_typed_record() -> None:
+    from rjn import probe
+
+    answer = {
+        "dir": "/home/u/p", "env_current": True, "files": {}, "machine": None,
+        "server": {"alive": True, "pid": 12, "token": "t", "app": "lab", "sock": "/s",
+                   "job": "7", "job_state": "RUNNING", "node": "n1", "time_left": "1:00"},
+    }  # fmt: skip
+    seen = probe.parse("box", answer)
+    assert seen.server is not None and (seen.server.pid, seen.server.target) == (12, "/s")
+    assert seen.job == probe.Job("7", "RUNNING", "n1", "1:00")
+    assert (seen.dir, seen.env_current, seen.files) == ("/home/u/p", True, {})
+    gone = probe.parse("box", {**answer, "server": {"alive": False, "job": "7"}})
+    assert gone.server is None and gone.job.id == "7"
+
+
+MALFORMED_PROBES = [
+    {"dir": 3},
+    {"env_current": "yes"},
+    {"server": []},
+    {"files": [1]},
+    {"server": {"alive": True, "token": 5}},
+    {"server": {"alive": True, "pid": "1", "token": ""}},
+    {"server": {"alive": False, "job": 7}},
+]
+
+
+@pytest.mark.parametrize("change", MALFORMED_PROBES)
+def test_a_malformed_probe_answer_names_its_field(change: dict) -> None:
+    from rjn import probe
+    from rjn.errors import RemoteError
+
+    good = {"dir": "/p", "env_current": False, "server": {"alive": False}}
+    with pytest.raises(RemoteError, match=r"box: rjn's remote helper sent a malformed probe \("):
+        probe.parse("box", {**good, **change})
+
+
+# -- local state ----------------------------------------------------------------------------------
+
+
+def test_records_are_found_by_name_and_paths_make_no_folders(tmp_path, monkeypatch) -> None:
+    from rjn import places, state
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    root = tmp_path / "my.project"  # a dot in the folder's name
+    path = state.project_file(root, "lab", ".agreed")
+    assert not path.parent.exists()  # only a path: nothing is made for it
+    for remote in (None, "lab"):
+        state.save(state.ProjectState(root=str(root), host="h", control_path="c",
+                                      remote_name=remote))  # fmt: skip
+    places.write_private(path, "{}")  # a project's other file is not a record
+    found = sorted((s.root, s.remote_name or "") for s in state.all_projects())
+    assert found == [(str(root), ""), (str(root), "lab")]
+    assert (path.parent.stat().st_mode & 0o777) == 0o700

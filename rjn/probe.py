@@ -1,0 +1,87 @@
+"""One look at the remote project in one exec: its folder, environment, server, tree, machine.
+
+Every use case that needs to know the remote asks here, and gets a typed record checked as the
+untrusted input it is (a field of the wrong type is an error, never a crash further on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rjn.errors import RemoteError
+from rjn.remote import Remote
+from rjn.server import Server
+
+
+@dataclass(frozen=True)
+class Job:
+    """A SLURM job behind the project's server, as squeue (or sacct, once it ended) says."""
+
+    id: str | None = None
+    state: str | None = None
+    node: str | None = None
+    time_left: str | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The remote project as it is now."""
+
+    dir: str
+    env_current: bool
+    server: Server | None  # the server, if it is alive and answering
+    job: Job
+    # The remote tree (path -> [size, mtime_ns, hash]) when asked for, for two-way sync.
+    files: dict[str, Any] | None = None
+    # GPUs, load, memory and disk, when asked for (`rjn status`).
+    machine: dict[str, Any] | None = None
+
+
+def look(
+    remote: Remote,
+    remote_dir: str,
+    *,
+    env_hash: str | None = None,
+    tree: dict[str, Any] | None = None,
+    machine: bool = False,
+    timeout: float = 60,
+) -> Probe:
+    """Ask the helper once. `env_hash` is the environment wanted (else it is not current);
+    `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state."""
+    args: dict[str, Any] = {"dir": remote_dir, "machine": machine, **(tree or {})}
+    if env_hash:
+        args["env_hash"] = env_hash
+    return parse(remote.host, remote.agent("probe", args, timeout=timeout))
+
+
+def parse(host: str, answer: dict[str, Any]) -> Probe:
+    """The helper's answer as a Probe; a malformed one is a RemoteError naming the field."""
+
+    def field(name: str, kinds: type | tuple[type, ...], where: dict[str, Any] = answer) -> Any:
+        value = where.get(name)
+        if not isinstance(value, kinds):
+            raise RemoteError(f"{host}: rjn's remote helper sent a malformed probe ({name})")
+        return value
+
+    record = field("server", dict)
+    text = (str, type(None))
+    job = Job(
+        id=field("job", text, record),
+        state=field("job_state", text, record),
+        node=field("node", text, record),
+        time_left=field("time_left", text, record),
+    )
+    server = None
+    if record.get("alive") is True:
+        field("token", str, record)
+        field("pid", (int, type(None)), record)
+        server = Server.from_record(record)
+    return Probe(
+        dir=field("dir", str),
+        env_current=field("env_current", bool),
+        server=server,
+        job=job,
+        files=field("files", (dict, type(None))),
+        machine=field("machine", (dict, type(None))),
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -30,7 +31,20 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_options: dict[str, object] = {"config": None, "debug": False, "remote": {}, "name": None}
+
+@dataclass
+class Globals:
+    """The options given before the command (`rjn --host box open`)."""
+
+    config: Path | None = None
+    debug: bool = False
+    host: str | None = None
+    ssh_config: str | None = None
+    remote_dir: str | None = None
+    remote_name: str | None = None
+
+
+_globals = Globals()
 
 ConfigOption = Annotated[
     Path | None,
@@ -75,10 +89,8 @@ def _main(
     ] = False,
 ) -> None:
     """rjn opens a project's notebooks on a remote Jupyter server, tunnelled to your browser."""
-    _options["config"] = config_path
-    _options["debug"] = debug
-    _options["remote"] = {"host": host, "ssh_config": ssh_config, "dir": remote_dir}
-    _options["name"] = remote_name
+    global _globals
+    _globals = Globals(config_path, debug, host, ssh_config, remote_dir, remote_name)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,7 +105,7 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
             try:
                 return function(*args, **kwargs)
             except RjnError as error:
-                if _options["debug"]:
+                if _globals.debug:
                     raise
                 from rjn import ui
 
@@ -114,11 +126,11 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
 def _config() -> config.Config:
     from rjn import config
 
-    path = _options["config"]
-    overrides = {"remote": _options["remote"]}
-    where = path if isinstance(path, Path) else config.find(Path.cwd())
-    name = _options["name"]
-    return config.load(where, overrides, name if isinstance(name, str) else None)  # type: ignore[arg-type]
+    given = _globals
+    overrides = {"remote": {"host": given.host, "ssh_config": given.ssh_config,
+                            "dir": given.remote_dir}}  # fmt: skip
+    where = given.config or config.find(Path.cwd())
+    return config.load(where, overrides, given.remote_name)
 
 
 @command("open")
@@ -147,7 +159,7 @@ def open_(
     from rjn import app, ui
 
     if remote:
-        _options["name"] = remote
+        _globals.remote_name = remote
     project = _config()
     result = app.open_project(project, app.Quiet() if as_json else ui.Steps(verbose))
     if as_json:

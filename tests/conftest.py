@@ -100,32 +100,11 @@ def rjn_env(short_tmp: Path) -> Iterator[dict[str, str]]:
     # Leave nothing running: stop every master the session started (their tunnels go with them).
     for sock in (short_tmp / "run" / "rjn").glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True)
-    subprocess.run(["pkill", "-f", str(short_tmp / "remote")], capture_output=True)
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def run_rjn(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user runs it, with no terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "rjn", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
-
-
-def status(project: Path) -> dict:
-    """`rjn status --json`, parsed."""
-    result = run_rjn("status", "--json", cwd=project)
-    assert result.returncode == 0, result.stderr
-    answer: dict = json.loads(result.stdout)
-    return answer
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
+from helpers import run_rjn
 from hosts.loopback import TestHost
 
 

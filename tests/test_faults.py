@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,10 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn, status
+from helpers import Watcher, api, master, master_pid, opened, run_rjn, status, wait_for
 from hosts.loopback import TestHost
-from test_open import api, opened
-from test_results import Watcher, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +24,6 @@ def project(make_project: Callable[..., Path]) -> Iterator[Path]:
     run_rjn("close", "--server", cwd=root)
 
 
-def master(host: TestHost, rjn_env: dict[str, str], command: str) -> str:
-    """`ssh -O command` to the test host's master; what ssh said."""
-    control = Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn" / "%C"
-    argv = ["ssh", "-F", str(host.ssh_config), "-o", f"ControlPath={control}", "-O", command]
-    return subprocess.run([*argv, "rjn-test"], capture_output=True, text=True).stderr
-
-
-def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:
-    check = master(host, rjn_env, "check")
-    match = re.search(r"pid=(\d+)", check)
-    assert match, check
-    return int(match.group(1))
-
-
 def remote_agents(remote_dir: Path, action: str) -> list[str]:
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     # The remote side only: on loopback the local ssh client's argv names the helper too.
@@ -48,7 +31,9 @@ def remote_agents(remote_dir: Path, action: str) -> list[str]:
             and str(remote_dir) in ln and "ssh" not in ln.split()[0]]  # fmt: skip
 
 
-def test_watch_reconnects_after_the_link_drops(project: Path, host: TestHost, short_tmp: Path):
+def test_watch_reconnects_after_the_link_drops(
+    project: Path, host: TestHost, short_tmp: Path, rjn_env: dict[str, str]
+) -> None:
     port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     remote = short_tmp / "remote" / "epsilon"
     watcher = Watcher(project)
@@ -58,7 +43,17 @@ def test_watch_reconnects_after_the_link_drops(project: Path, host: TestHost, sh
         assert api(port, "/api/status", token)[0] != 200
         # Written while the link is down: comes home once it is back.
         (remote / "results" / "during.png").write_bytes(b"during the drop")
-        time.sleep(2)  # a few failed attempts while the host is away
+        # Attempts fail while the host is away: each one rewrites the master's log.
+        log = Path(rjn_env["XDG_STATE_HOME"]) / "rjn" / "ssh-rjn-test.log"
+        failed: set[int] = set()
+
+        def another_failure() -> bool:
+            with contextlib.suppress(OSError):
+                if "refused" in log.read_text():
+                    failed.add(log.stat().st_mtime_ns)
+            return len(failed) >= 2
+
+        wait_for(another_failure, what="two failed attempts to reconnect")
         host.start()
         wait_for(lambda: any("reconnected" in ln for ln in watcher.lines), timeout=60,
                  what="reconnection")  # fmt: skip
@@ -261,7 +256,13 @@ def test_sync_meeting_a_stalled_link_fails_in_seconds_and_loses_nothing(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(1.5)
+        # Stall in the middle of the transfer: once part of the file has come home.
+        def receiving() -> bool:
+            return any(
+                p.stat().st_size for p in project.glob(".rjn-incoming-*/**/*") if p.is_file()
+            )
+
+        wait_for(receiving, what="the transfer to start")
         host.stall()
         started = time.monotonic()
         _, err = syncing.communicate(timeout=60)

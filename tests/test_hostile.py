@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
-from test_open import opened
+from helpers import opened, run_rjn
 
 
 @pytest.fixture(scope="module")

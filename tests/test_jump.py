@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn, status
+from helpers import api, execute, opened, run_rjn, status
 from hosts.loopback import ALIAS, TestHost
-from test_open import api, execute, opened
 
 
 @pytest.fixture(scope="module")

@@ -4,79 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import subprocess
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import websocket
-from conftest import run_rjn
-
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
-URL = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([\w-]+)")
-
-
-def api(port: int, path: str, token: str | None, method: str = "GET") -> tuple[int, dict]:
-    headers = {"Authorization": f"token {token}"} if token else {}
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers=headers, method=method
-    )
-    try:
-        with DIRECT.open(request, timeout=10) as response:
-            body = response.read()
-            return response.status, json.loads(body) if body else {}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except urllib.error.URLError:
-        return 0, {}
-
-
-def opened(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
-    assert result.returncode == 0, result.stderr
-    match = URL.search(result.stdout)
-    assert match, result.stdout
-    return int(match.group(1)), match.group(2)
-
-
-def execute(port: int, token: str, code: str) -> str:
-    """Run code in a new kernel through the tunnel, over the kernel's websocket; return stdout."""
-    status, kernel = api(port, "/api/kernels", token, method="POST")
-    assert status == 201
-    ws = websocket.create_connection(
-        f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels",
-        header=[f"Authorization: token {token}"],
-        timeout=60,
-    )
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                   "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False},
-    }))  # fmt: skip
-    output = []
-    try:
-        while True:
-            message = json.loads(ws.recv())
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = message["msg_type"]
-            if kind == "stream":
-                output.append(message["content"]["text"])
-            elif kind == "error":
-                raise AssertionError(message["content"]["evalue"])
-            elif kind == "status" and message["content"]["execution_state"] == "idle":
-                return "".join(output)
-    finally:
-        ws.close()
-        api(port, f"/api/kernels/{kernel['id']}", token, method="DELETE")
+from helpers import api, execute, opened, run_rjn
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +84,15 @@ def test_open_again_reuses_everything(first_open, project: Path) -> None:
     assert "Installing" not in again.stderr and "Starting" not in again.stderr
 
 
-def test_status_reports_what_is_up(first_open, project: Path) -> None:
+def test_status_reports_what_is_up(first_open, project: Path, host) -> None:
     port, _ = opened(first_open)
     result = run_rjn("status", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["master"] and status["tunnel"] and status["server"]
     assert status["port"] == port and not status["problems"]
+    # The server (detached from its login) is one of the host's own: its teardown stops it.
+    assert status["server_pid"] in host.processes()
 
 
 def test_push_never_overwrites_newer_remote_work(

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
+from helpers import api, opened, run_rjn
 from hosts.loopback import ALIAS, TestHost
-from test_open import api, opened
 
 
 @pytest.fixture(scope="module")

@@ -4,54 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
-from test_open import execute, opened
-
-
-def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Watcher:
-    """`rjn watch` running in the background, its stderr collected line by line."""
-
-    def __init__(self, project: Path) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rjn", "watch"],
-            cwd=project,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_for(
-            lambda: any("watching results" in ln for ln in self.lines) or self.proc.poll(),
-            what="the watcher to start",
-        )
-        assert self.proc.poll() is None, self.lines
-
-    def _read(self) -> None:
-        assert self.proc.stderr
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip())
-
-    def stop(self) -> int:
-        self.proc.send_signal(2)  # Ctrl-C
-        return self.proc.wait(timeout=30)
+from helpers import Watcher, execute, opened, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +66,10 @@ def test_a_half_written_file_is_never_pulled_half(watcher, project: Path, remote
         handle.write(b"first half;")
         handle.flush()
         os.fsync(handle.fileno())
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            assert not local.exists(), "pulled before it was closed"
-            time.sleep(0.05)
+        # A file finished after the write: once it is home, the watcher has seen that write.
+        (remote / "results" / "after-slow.dat").write_bytes(b"done")
+        wait_for((project / "results" / "after-slow.dat").exists, what="the later file")
+        assert not local.exists(), "pulled before it was closed"
         handle.write(b"second half")
     wait_for(local.exists, what="slow.dat after close")
     assert local.read_bytes() == b"first half;second half"

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn
-from test_results import wait_for
+from helpers import master, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +78,34 @@ def test_ctrl_c_stops_the_remote_command(project: Path, short_tmp: Path) -> None
     wait_for(gone, timeout=20, what="the remote command to stop")
 
 
-def test_a_detached_run_outlives_the_connection_and_logs_follow_it(project: Path) -> None:
+def test_a_detached_run_outlives_the_connection_and_logs_follow_it(
+    project: Path, host, rjn_env, short_tmp: Path
+) -> None:
+    remote = short_tmp / "remote" / "delta"
+    tag = f"detached-{time.time_ns()}"
+    # It waits for a go-ahead that is given only once the connection is really gone.
     code = (
-        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.5)\n"
-        "raise SystemExit(7)"
+        f"import os, time\nprint('step 0', flush=True)\nopen('{tag}.up', 'w').close()\n"
+        f"while not os.path.exists('{tag}.go'):\n    time.sleep(0.1)\n"
+        "for i in (1, 2):\n    print('step', i, flush=True)\nraise SystemExit(7)"
     )
     started = run_rjn("run", "--detach", "--", "python", "-c", code, cwd=project)
     assert started.returncode == 0, started.stderr
     assert "rjn logs -f" in started.stderr
-    # Drop the connection: the run goes on without it.
-    closed = run_rjn("close", "--server", cwd=project)
-    assert closed.returncode == 0, closed.stderr
-    followed = run_rjn("logs", "--follow", cwd=project)
-    assert followed.stdout.splitlines() == ["step 0", "step 1", "step 2"]
+    wait_for((remote / f"{tag}.up").exists, what="the run to start")
+    # The link drops for real: sshd and every session it carried are gone, and so is the master.
+    host.cut()
+    try:
+        wait_for(lambda: "Master running" not in master(host, rjn_env, "check"),
+                 what="the master to go")  # fmt: skip
+        assert run_rjn("status", "--json", cwd=project).stdout.count('"master": false') == 1
+        running = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True)
+        assert tag in running.stdout, "the run ended with its connection"
+    finally:
+        host.start()
+    (remote / f"{tag}.go").touch()
+    followed = run_rjn("logs", "--follow", cwd=project)  # reconnects
+    assert followed.stdout.splitlines() == ["step 0", "step 1", "step 2"], followed.stderr
     assert followed.returncode == 7
 
 

@@ -10,11 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_rjn, status
+from helpers import api, execute, opened, run_rjn, status, wait_for
 from hosts.loopback import TestHost
 from hosts.slurm import Cluster, available
-from test_open import api, execute, opened
-from test_results import wait_for
 
 SLURM = 'partition = "debug"\ntime = "00:30:00"\ncpus = 1\nsetup = ["export RJN_SETUP=done"]'
 

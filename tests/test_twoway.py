@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NOTEBOOK, run_rjn, status
-from test_open import api, opened
-from test_results import Watcher, wait_for
+from conftest import NOTEBOOK
+from helpers import Watcher, api, opened, run_rjn, status, wait_for
 
 
 @pytest.fixture(scope="module")

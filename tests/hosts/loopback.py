@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 ALIAS = "rjn-test"
+# The variable sshd sets in every session of a test host: which host started a process.
+MARK = "RJN_TEST_HOST_ID"
 
 
 def _free_port() -> int:
@@ -84,7 +86,10 @@ class TestHost:
         (self.base / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
         self.known_hosts.write_text(f"{self.known_name} {host_pub[0]} {host_pub[1]}\n")
-        setenv = " ".join(f"{k}={v}" for k, v in self.remote_env.items())
+        # Every process a login starts carries the mark, detached ones too: teardown finds
+        # and stops exactly what this host ran (processes()), nothing else on the machine.
+        marked = {**self.remote_env, MARK: str(self.base)}
+        setenv = " ".join(f"{k}={v}" for k, v in marked.items())
         (self.base / "sshd_config").write_text(
             "\n".join(
                 [
@@ -104,7 +109,7 @@ class TestHost:
                     "MaxSessions 100",
                     "MaxStartups 100",
                     "LogLevel VERBOSE",
-                    *([f"SetEnv {setenv}"] if setenv else []),
+                    f"SetEnv {setenv}",
                     "",
                 ]
             )
@@ -156,8 +161,22 @@ class TestHost:
         return argv
 
     def teardown(self) -> None:
-        """Stop everything the host started."""
+        """Stop sshd and everything started on the host (by PID, found by its mark)."""
         self.stop()
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def processes(self) -> list[int]:
+        """Every process a login to this host started, and their children, still running."""
+        mark = f"{MARK}={self.base}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+        return found
 
     def run_there(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Run a command on the host itself, as root (a mount the remote must see, say)."""

@@ -158,11 +158,12 @@ class NetnsHost(TestHost):
     # -- the end -----------------------------------------------------------------------------
 
     def processes(self) -> list[int]:
-        """Every process running on the host (in its namespace)."""
+        """Every process running on the host (in its namespace), and what its logins started
+        elsewhere (a SLURM job on the compute node, which is this machine)."""
         found = subprocess.run(
             ["ip", "netns", "pids", self.namespace], capture_output=True, text=True
         ).stdout.split()
-        return [int(pid) for pid in found]
+        return sorted({int(pid) for pid in found} | set(super().processes()))
 
     def teardown(self) -> None:
         """Stop sshd, everything started on the host, the link and the proxy; delete the

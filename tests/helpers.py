@@ -1,0 +1,152 @@
+"""What the end-to-end tests share: the CLI as a user runs it, the server's API through the
+tunnel, `rjn watch` in the background, the master's control socket, waiting for a condition."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import websocket
+from hosts.loopback import TestHost
+
+
+def run_rjn(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user runs it, with no terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "rjn", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def status(project: Path) -> dict:
+    """`rjn status --json`, parsed."""
+    result = run_rjn("status", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    answer: dict = json.loads(result.stdout)
+    return answer
+
+
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+URL = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([\w-]+)")
+
+
+def api(port: int, path: str, token: str | None, method: str = "GET") -> tuple[int, dict]:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers=headers, method=method
+    )
+    try:
+        with DIRECT.open(request, timeout=10) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except urllib.error.URLError:
+        return 0, {}
+
+
+def opened(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    assert result.returncode == 0, result.stderr
+    match = URL.search(result.stdout)
+    assert match, result.stdout
+    return int(match.group(1)), match.group(2)
+
+
+def execute(port: int, token: str, code: str) -> str:
+    """Run code in a new kernel through the tunnel, over the kernel's websocket; return stdout."""
+    status, kernel = api(port, "/api/kernels", token, method="POST")
+    assert status == 201
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels",
+        header=[f"Authorization: token {token}"],
+        timeout=60,
+    )
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False},
+    }))  # fmt: skip
+    output = []
+    try:
+        while True:
+            message = json.loads(ws.recv())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = message["msg_type"]
+            if kind == "stream":
+                output.append(message["content"]["text"])
+            elif kind == "error":
+                raise AssertionError(message["content"]["evalue"])
+            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                return "".join(output)
+    finally:
+        ws.close()
+        api(port, f"/api/kernels/{kernel['id']}", token, method="DELETE")
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Watcher:
+    """`rjn watch` running in the background, its stderr collected line by line."""
+
+    def __init__(self, project: Path) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rjn", "watch"],
+            cwd=project,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(
+            lambda: any("watching results" in ln for ln in self.lines) or self.proc.poll(),
+            what="the watcher to start",
+        )
+        assert self.proc.poll() is None, self.lines
+
+    def _read(self) -> None:
+        assert self.proc.stderr
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+
+    def stop(self) -> int:
+        self.proc.send_signal(2)  # Ctrl-C
+        return self.proc.wait(timeout=30)
+
+
+def master(host: TestHost, rjn_env: dict[str, str], command: str) -> str:
+    """`ssh -O command` to the test host's master; what ssh said."""
+    control = Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn" / "%C"
+    argv = ["ssh", "-F", str(host.ssh_config), "-o", f"ControlPath={control}", "-O", command]
+    return subprocess.run([*argv, "rjn-test"], capture_output=True, text=True).stderr
+
+
+def master_pid(host: TestHost, rjn_env: dict[str, str]) -> int:
+    check = master(host, rjn_env, "check")
+    match = re.search(r"pid=(\d+)", check)
+    assert match, check
+    return int(match.group(1))

@@ -38,7 +38,7 @@ def remote(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """What users wait for, against the separate test host (50 ms away): open, status, sync,
     run, figure and notebook latency, stall recovery; each as seconds and as x bare ssh."""
-    session.install("-e", ".")
+    session.install("-e", ".", "websocket-client")
     session.run("python", "tests/bench.py")
 
 

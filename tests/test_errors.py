@@ -49,6 +49,38 @@ def test_refused_connection_says_host_cause_and_hint(host: TestHost, tmp_path: P
     assert "sshd runs on the host" in err
 
 
+# Every command that needs the remote, as a user would type it.
+CONNECTING = [
+    ["open", "--no-browser", "--no-watch"],
+    ["sync"],
+    ["sync", "--push"],
+    ["run", "--", "true"],
+    ["shell", "--", "true"],
+    ["logs"],
+    ["close", "--server"],
+]
+
+
+@pytest.mark.parametrize("argv", CONNECTING, ids=lambda argv: " ".join(argv[:2]))
+def test_each_command_exits_3_when_the_host_cannot_be_reached(
+    argv: list[str], host: TestHost, tmp_path: Path
+) -> None:
+    write_project(tmp_path / "p", host.remote_toml(tmp_path / "remote", "port = 1\n"))
+    err = failed(run_rjn(*argv, cwd=tmp_path / "p"), 3)
+    assert "cannot connect to rjn-test: the connection was refused" in err
+
+
+@pytest.mark.parametrize("argv", [*CONNECTING, ["status"], ["watch"], ["close"], ["ls"]],
+                         ids=lambda argv: " ".join(argv[:2]))  # fmt: skip
+def test_each_command_exits_2_on_a_bad_remote_toml(argv: list[str], tmp_path: Path) -> None:
+    write_project(tmp_path, '[remote]\nhost = "x"\nprot = 22\n')
+    if argv == ["ls"]:  # reads no remote.toml: every open project's own
+        assert run_rjn(*argv, cwd=tmp_path).returncode == 0
+        return
+    err = failed(run_rjn(*argv, cwd=tmp_path), 2)
+    assert "remote.toml" in err and "prot" in err
+
+
 def test_unresolvable_host(tmp_path: Path) -> None:
     write_project(tmp_path, '[remote]\nhost = "no-such-host.invalid"\nconnect_timeout = 5\n')
     err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=tmp_path), 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -393,6 +394,53 @@ def test_the_remote_helper_is_python_3_8_syntax() -> None:
         from rjn import agent
 
         ast.parse(getattr(agent, launcher), feature_version=(3, 8))
+
+
+def _oldest_python() -> str | None:
+    """A Python 3.8, the oldest the helper promises: one pyenv keeps, or on PATH (a pyenv shim
+    there may not run, so each is tried)."""
+    import glob
+    import shutil
+    import subprocess
+
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = [*sorted(glob.glob(f"{pyenv}/versions/3.8*/bin/python3.8")), shutil.which("python3.8")]
+    for python in filter(None, found):
+        check = [python, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 8))"]
+        if subprocess.run(check, capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.skipif(_oldest_python() is None, reason="no Python 3.8 here (PATH or pyenv)")
+def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
+    """Started as the remote starts it (its source over stdin), under the oldest Python it
+    promises: the probe, a listing of the tree, and the clear error for a bad request."""
+    import subprocess
+
+    from rjn.remote import _agent_command, agent_source
+
+    (tmp_path / "p" / "data").mkdir(parents=True)
+    (tmp_path / "p" / "data" / "a.csv").write_text("x\n")
+    python = _oldest_python()
+    assert python
+
+    def helper(action: str, args: dict) -> dict:
+        argv = _agent_command(python, action, args)
+        done = subprocess.run(argv, input=agent_source(), capture_output=True, timeout=60,
+                              cwd=tmp_path)  # fmt: skip
+        assert b"Traceback" not in done.stderr and done.stdout, (done.returncode, done.stderr)
+        answer: dict = json.loads(done.stdout.decode().splitlines()[-1])
+        return answer
+
+    probe = helper("probe", {"dir": str(tmp_path / "p"), "machine": True,
+                             "exclude": [".rjn/"], "known": {}})  # fmt: skip
+    ok = probe["ok"]
+    assert ok["python"].startswith("3.8.") and ok["dir"] == str(tmp_path / "p")
+    assert ok["files"]["data/a.csv"][0] == 2 and ok["server"] == {"alive": False}
+    assert ok["machine"]["disk_total"] > 0
+    refused = helper("probe", {"dir": str(tmp_path / "p" / "data" / "a.csv" / "x")})
+    assert refused["error"]["message"].startswith("cannot create the project directory")
 
 
 def test_a_missing_results_folder_is_no_failure_but_anything_else_is() -> None:

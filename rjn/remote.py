@@ -151,6 +151,23 @@ class Remote:
             self.host, stderr, login, shlex.join(["ssh-keygen", "-R", where, "-f", known])
         )
 
+    def lost(self, stderr: str) -> ConnectionFailed:
+        """A command ended with its connection gone: lost under it (the master's log says why,
+        a stall say), or, if ssh had to connect on its own and could not, explain() that."""
+        if any(needle in stderr for needle, _, _ in _FAILURES):
+            return self.explain(stderr)
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            log = ""
+        why = next(((cause, hint) for needle, cause, hint in _FAILURES if needle in log), None)
+        return ConnectionFailed(
+            f"the connection to {self.host} was lost" + (f": {why[0]}" if why else ""),
+            hint=why[1].replace("HOST", self.host)
+            if why
+            else "check the network, then run it again",
+        )
+
     def options(self, control: str | None = None) -> list[str]:
         """ssh options shared by every call: the config's, then the control socket."""
         cfg = self.config
@@ -311,7 +328,7 @@ class Remote:
             on_err=on_err,
         )
         if result.code == 255 and not self.master_alive():
-            raise self.explain(result.err)
+            raise self.lost(result.err)
         return result
 
     def agent(
@@ -350,7 +367,7 @@ class Remote:
                 raise Timeout(f"{self.host}: rjn's remote helper did not finish {action} "
                               f"within {timeout:g}s")  # fmt: skip
             if code == 255 and not self.master_alive():
-                raise self.explain(err)
+                raise self.lost(err)
         else:
             # Parse as lines arrive only when someone is watching the log; else at the end.
             result = self.run(

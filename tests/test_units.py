@@ -599,3 +599,19 @@ def test_records_are_found_by_name_and_paths_make_no_folders(tmp_path, monkeypat
     found = sorted((s.root, s.remote_name or "") for s in state.all_projects())
     assert found == [(str(root), ""), (str(root), "lab")]
     assert (path.parent.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_connection_lost_under_a_command_says_so(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path)
+    remote.log_path.write_text("Timeout, server gpu-box not responding.\n")
+    lost = remote.lost("")  # what the command's own ssh said: nothing
+    assert (lost.message, lost.exit_code) == (
+        "the connection to gpu-box was lost: the link stalled: the server stopped answering",
+        3,
+    )
+    assert "reconnects once it answers" in (lost.hint or "")
+    remote.log_path.write_text("")
+    assert remote.lost("").message == "the connection to gpu-box was lost"
+    # ssh had to connect by itself (no master) and could not: that is said as such.
+    refused = remote.lost("ssh: connect to host gpu-box port 22: Connection refused")
+    assert refused.message.startswith("cannot connect to gpu-box: the connection was refused")

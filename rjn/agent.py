@@ -609,12 +609,23 @@ def slurm_start(project, args, argv, folder, env):
         raise
 
 
+def wait_for_hangup():
+    """Block until the local rjn closes our stdin (it went away, or the link dropped).
+
+    The descriptor is read, not sys.stdin: a thread blocked in the buffered reader holds its
+    lock, and at exit the interpreter waits a second for that lock, then aborts (measured:
+    every `rjn run` ended 1 s late, and the helper died of SIGABRT)."""
+    with contextlib.suppress(OSError):
+        while os.read(0, 65536):
+            pass
+
+
 def cancel_on_hangup(job):
     """Cancel the job and exit if the local rjn goes away (Ctrl-C, a dropped link) while we
     wait: its end of our stdin closes."""
 
     def wait():
-        sys.stdin.buffer.read()
+        wait_for_hangup()
         scancel(job)
         os._exit(3)
 
@@ -1038,7 +1049,7 @@ def exit_when_stdin_closes():
     """End this helper when the local rjn goes away (Ctrl-C, or a lost connection)."""
 
     def wait():
-        sys.stdin.buffer.read()
+        wait_for_hangup()
         os._exit(0)
 
     threading.Thread(target=wait, daemon=True).start()
@@ -1160,7 +1171,7 @@ def run(args):
                 emit(**{key: raw.decode(errors="replace").rstrip("\n")})
 
     def until_stdin_closes():
-        sys.stdin.buffer.read()
+        wait_for_hangup()
         if proc.poll() is None:
             # proc.poll, not waitpid: the exit code must stay ours to read.
             steps = ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0))

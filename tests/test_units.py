@@ -615,3 +615,25 @@ def test_a_connection_lost_under_a_command_says_so(tmp_path: Path) -> None:
     # ssh had to connect by itself (no master) and could not: that is said as such.
     refused = remote.lost("ssh: connect to host gpu-box port 22: Connection refused")
     assert refused.message.startswith("cannot connect to gpu-box: the connection was refused")
+
+
+def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) -> None:
+    """After answering, the helper ends by itself though the local side has not closed its
+    stdin yet; a thread left reading stdin used to make the interpreter abort on the way out."""
+    import subprocess
+    import sys
+
+    from rjn.remote import _agent_command, agent_source
+
+    argv = _agent_command(sys.executable, "run", {"dir": str(tmp_path), "argv": ["true"]})
+    helper = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    assert helper.stdin and helper.stdout and helper.stderr
+    helper.stdin.write(agent_source())
+    helper.stdin.flush()  # and left open
+    try:
+        assert json.loads(helper.stdout.readline()) == {"ok": {"exit": 0}}
+        assert helper.wait(timeout=30) == 0, helper.stderr.read()
+    finally:
+        helper.kill()
+        helper.stdin.close()

@@ -1187,7 +1187,8 @@ def run(args):
     code = proc.wait()
     for thread in pumps:
         thread.join()
-    return {"exit": code if code >= 0 else 128 - code}
+    # What the run left, in the same answer: the local side pulls only if there is something.
+    return dict(listings(project, args), exit=code if code >= 0 else 128 - code)
 
 
 # A detached run's supervisor: runs the command with output to the log, then records its exit code.
@@ -1337,6 +1338,35 @@ def scan_tree(project, exclude, include=(), known=None):
     return found
 
 
+# Beyond this many files, the results are not listed (a pull by rsync decides instead).
+RESULTS_LISTED_MAX = 20000
+
+
+def results_listing(project, folders):
+    """{relpath: [mtime_ns, size]} of every file in the results folders, for the local side
+    to see whether a pull would bring anything (then it skips rsync's round trips); None
+    where only a pull can tell: a link in there, or more files than are listed."""
+    found = {}
+    for folder in folders:
+        name = folder.strip("/")
+        # A results folder that is a link (to scratch space) is entered, as rsync does.
+        for root, dirs, files in os.walk(os.path.join(project, name)):
+            base = name + "/" + os.path.relpath(root, os.path.join(project, name)) + "/"
+            base = base.replace("/./", "/")
+            for entry in dirs + files:
+                try:
+                    info = os.lstat(os.path.join(root, entry))
+                except OSError:
+                    return None  # changing while we look: let rsync see it
+                if stat.S_ISLNK(info.st_mode):
+                    return None
+                if stat.S_ISREG(info.st_mode):
+                    found[base + entry] = [info.st_mtime_ns, info.st_size]
+            if len(found) > RESULTS_LISTED_MAX:
+                return None
+    return found
+
+
 def scan(args):
     project = project_dir(args["dir"])
     return {"files": scan_tree(project, args["exclude"], args.get("include", ()), args["known"])}
@@ -1408,11 +1438,21 @@ def probe(args):
         "disk_free": usage.free,
         "has_rsync": shutil.which("rsync") is not None,
         "machine": machine(project) if args.get("machine") else None,
-        # The tree, when asked: two-way sync decides in the same round trip.
+        # The tree and the results, when asked: sync decides in the same round trip.
+        **listings(project, args),
+    }
+
+
+def listings(project, args):
+    """The project's tree (two-way sync) and the results' files, as far as `args` asks."""
+    return {
         "files": (
             scan_tree(project, args["exclude"], args.get("include", ()), args.get("known"))
             if "exclude" in args
             else None
+        ),
+        "results": (
+            results_listing(project, args["results"]) if args.get("results") is not None else None
         ),
     }
 

@@ -383,18 +383,16 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
     if push:
         with report.step("Writing requirements"):
             requirements.write(config)
-    if push:
         with report.step(f"Sending to {remote.host}:{remote_dir}"):
             tree = twoway.run(remote, config, remote_dir, direction="push",
                               progress=report.progress)  # fmt: skip
         return Synced(config.name, "push", tree=tree)
-    # The results and the project are apart (results never travel both ways): both passes
-    # go at once, each over the one master.
     step = report.step(f"Syncing with {remote.host}:{remote_dir}")
-    with step, ThreadPoolExecutor(max_workers=1) as pool:
-        results = pool.submit(sync.pull, remote, config, remote_dir)
-        tree = twoway.run(remote, config, remote_dir, progress=report.progress)
-        pulled = results.result()
+    with step:
+        # One look lists both (the tree, and the results): what has not changed costs nothing.
+        seen = probe.look(remote, remote_dir, tree=twoway.scan_args(config),
+                          results=config.sync.results, timeout=300)  # fmt: skip
+        pulled, tree = _bring_home(remote, config, remote_dir, seen.results, seen.files, report)
     return Synced(config.name, "both", files=tuple(pulled), tree=tree)
 
 
@@ -430,14 +428,32 @@ def run(
             timeout=60,
         )
         return Ran(config.name, 0, run_id=started["run"])
-    code = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command}, on_output)
-    # Results, and what the run wrote outside them, come home at once.
-    step = report.step(f"Pulling results from {ready.remote.host}")
-    with step, ThreadPoolExecutor(max_workers=1) as pool:
-        results = pool.submit(sync.pull, ready.remote, config, ready.remote_dir)
-        tree = twoway.run(ready.remote, config, ready.remote_dir)
-        pulled = results.result()
+    # The run's answer lists what it left (the tree, the results), so that only what changed
+    # costs a transfer.
+    listing = {**twoway.scan_args(config), "results": list(config.sync.results)}
+    code, left = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command, **listing},
+                            on_output)  # fmt: skip
+    with report.step(f"Pulling results from {ready.remote.host}"):
+        pulled, tree = _bring_home(ready.remote, config, ready.remote_dir, left.get("results"),
+                                   left.get("files"), report)  # fmt: skip
     return Ran(config.name, code, tuple(pulled), tree=tree)
+
+
+def _bring_home(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    results: object,
+    files: dict[str, Any] | None,
+    report: Reporter,
+) -> tuple[list[sync.Pulled], twoway.Outcome]:
+    """Results home and the project both ways, given the remote's listings (None: asked for
+    here). The two are apart (results never travel both ways): both go at once over the one
+    master."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        results_home = pool.submit(sync.pull_changed, remote, config, remote_dir, results)
+        tree = twoway.run(remote, config, remote_dir, files, progress=report.progress)
+        return results_home.result(), tree
 
 
 def stream_run(
@@ -446,9 +462,9 @@ def stream_run(
     action: str,
     args: dict[str, Any],
     on_output: Callable[[str, str], Any],
-) -> int:
-    """Stream a helper action's output (a run, or a run's log); return the exit code
-    (130 on Ctrl-C, which also interrupts a run)."""
+) -> tuple[int, dict[str, Any]]:
+    """Stream a helper action's output (a run, or a run's log); return the exit code (130 on
+    Ctrl-C, which also interrupts a run) and the rest of the helper's last answer."""
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
     running = remote.agent_stream(
         action, {"dir": remote_dir, **args}, python=server.venv_python(remote_dir),
@@ -462,7 +478,7 @@ def stream_run(
             except queue.Empty:
                 if not running.alive() and messages.empty():
                     if interrupted:
-                        return 130
+                        return 130, {}
                     raise ConnectionFailed(
                         f"the connection to {remote.host} was lost during the run",
                         hint="`rjn run --detach` keeps long runs going without a connection",
@@ -483,7 +499,7 @@ def stream_run(
                 code = done.get("exit") if isinstance(done, dict) else None
                 if code is not None and type(code) is not int:
                     raise RemoteError(f"{remote.host}: rjn's remote helper sent a malformed end")
-                return 130 if interrupted else (code or 0)
+                return 130 if interrupted else (code or 0), done if isinstance(done, dict) else {}
     finally:
         running.close()
 
@@ -511,7 +527,7 @@ def logs(
     remote = make_remote(config)
     remote.connect()
     args = {"run": run_id, "follow": follow}
-    return stream_run(remote, _remote_dir(config, remote), "logs", args, on_output)
+    return stream_run(remote, _remote_dir(config, remote), "logs", args, on_output)[0]
 
 
 def _remote_dir(config: Config, remote: Remote) -> str:

@@ -6,6 +6,7 @@ untrusted input it is (a field of the wrong type is an error, never a crash furt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ class Probe:
     files: dict[str, Any] | None = None
     # GPUs, load, memory and disk, when asked for (`rjn status`).
     machine: dict[str, Any] | None = None
+    # The results' files (path -> [mtime_ns, size]) when asked for; None also where only a
+    # pull can tell (sync.pull_changed checks the entries).
+    results: dict[str, Any] | None = None
 
 
 def look(
@@ -45,11 +49,15 @@ def look(
     env_hash: str | None = None,
     tree: dict[str, Any] | None = None,
     machine: bool = False,
+    results: Sequence[str] | None = None,
     timeout: float = 60,
 ) -> Probe:
     """Ask the helper once. `env_hash` is the environment wanted (else it is not current);
-    `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state."""
+    `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state;
+    `results` (the results folders) lists their files."""
     args: dict[str, Any] = {"dir": remote_dir, "machine": machine, **(tree or {})}
+    if results is not None:
+        args["results"] = list(results)
     if env_hash:
         args["env_hash"] = env_hash
     return parse(remote.host, remote.agent("probe", args, timeout=timeout))
@@ -84,4 +92,5 @@ def parse(host: str, answer: dict[str, Any]) -> Probe:
         job=job,
         files=field("files", (dict, type(None))),
         machine=field("machine", (dict, type(None))),
+        results=field("results", (dict, type(None))),
     )

@@ -256,6 +256,58 @@ def pull(
         return too_big + _place(config, staging)
 
 
+def pull_changed(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    listing: object,
+    progress: Progress | None = None,
+) -> list[Pulled]:
+    """pull(), unless the remote's listing of its results (untrusted: checked here) shows that
+    it would bring nothing: every file there is here with its size and time, or is a version
+    already kept beside a local edit. Then rsync's round trips are saved."""
+    if listing is None or _would_bring(config, listing):
+        return pull(remote, config, remote_dir, progress=progress)
+    return []
+
+
+def _would_bring(config: Config, listing: object) -> bool:
+    """Whether pull() would place (or refuse) anything, judged as placing judges (see
+    _place_one); anything unexpected in the listing says yes, and rsync and placing decide."""
+    if not isinstance(listing, dict):
+        return True
+    index = _load_index(config)
+    plain_folders: dict[str, bool] = {}  # a folder here that is a real one, not a link
+
+    def plain(folder: str) -> bool:
+        if folder not in plain_folders:
+            parent = folder.rpartition("/")[0]
+            try:
+                real = stat.S_ISDIR((config.root / folder).lstat().st_mode)
+            except OSError:
+                real = False
+            plain_folders[folder] = real and (not parent or plain(parent))
+        return plain_folders[folder]
+
+    for name, stamp in listing.items():
+        try:
+            rel = checked_name(name, config.sync.results)
+            local = (config.root / rel).lstat()
+        except (Refused, OSError):
+            return True
+        ok = isinstance(stamp, list) and len(stamp) == 2 and all(type(v) is int for v in stamp)
+        if not ok or not plain(rel.rpartition("/")[0]):
+            return True
+        here, record = _stamp(local), index.get(rel)
+        record = record if isinstance(record, dict) else {}
+        if stat.S_ISREG(local.st_mode) and here == stamp:
+            continue  # rsync's --compare-dest skips it
+        if record.get("remote") == stamp and here != record.get("local"):
+            continue  # this remote version is already kept beside the local edit
+        return True
+    return False
+
+
 def pull_decided(
     remote: Remote,
     config: Config,

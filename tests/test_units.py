@@ -632,8 +632,56 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
     helper.stdin.write(agent_source())
     helper.stdin.flush()  # and left open
     try:
-        assert json.loads(helper.stdout.readline()) == {"ok": {"exit": 0}}
+        assert json.loads(helper.stdout.readline())["ok"]["exit"] == 0
         assert helper.wait(timeout=30) == 0, helper.stderr.read()
     finally:
         helper.kill()
         helper.stdin.close()
+
+
+# -- whether a pull would bring anything ----------------------------------------------------------
+
+
+def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monkeypatch) -> None:
+    from rjn import places, state, sync
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    config = load(tmp_path, '[remote]\nhost = "h"\n[sync]\nresults = ["results"]\n')
+    (tmp_path / "results").mkdir()
+    fig = tmp_path / "results" / "fig.png"
+    fig.write_bytes(b"png")
+    here = [fig.stat().st_mtime_ns, 3]
+    would = lambda listing: sync._would_bring(config, listing)  # noqa: E731
+    assert not would({"results/fig.png": here})  # all here as there: no rsync at all
+    assert not would({})
+    assert would({"results/new.png": here})  # a new file
+    assert would({"results/fig.png": [here[0] + 1, 3]})  # changed there
+    for hostile in ({"../x": here}, {"results/fig.png": ["1", 3]}, ["results/fig.png"], None):
+        assert would(hostile)  # anything odd: rsync and placing decide, as always
+    # A remote version already kept beside a local edit is not fetched again.
+    kept = [here[0] + 5, 9]
+    index = {"results/fig.png": {"local": [1, 1], "remote": kept}}
+    places.write_private(state.project_file(config.root, None, ".pulled"), json.dumps(index))
+    assert not would({"results/fig.png": kept})
+    fig.unlink()  # deleted here since: a pull brings it back, so it must run
+    assert would({"results/fig.png": kept})
+    # A results folder that is a link here: placing refuses it, so the pull must run to say so.
+    (tmp_path / "results").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "fig.png").write_bytes(b"png")
+    (tmp_path / "results").symlink_to(tmp_path / "elsewhere")
+    stamp = [(tmp_path / "elsewhere" / "fig.png").stat().st_mtime_ns, 3]
+    assert would({"results/fig.png": stamp})
+
+
+def test_the_helper_lists_results_or_leaves_it_to_rsync(tmp_path: Path) -> None:
+    from rjn import agent
+
+    (tmp_path / "scratch" / "sub").mkdir(parents=True)
+    (tmp_path / "scratch" / "sub" / "a.png").write_bytes(b"ab")
+    (tmp_path / "results").symlink_to(tmp_path / "scratch")  # a results folder on scratch
+    info = (tmp_path / "scratch" / "sub" / "a.png").stat()
+    listed = agent.results_listing(str(tmp_path), ["results/", "figures"])
+    assert listed == {"results/sub/a.png": [info.st_mtime_ns, 2]}
+    (tmp_path / "scratch" / "link.png").symlink_to("sub/a.png")
+    assert agent.results_listing(str(tmp_path), ["results"]) is None  # links: rsync judges

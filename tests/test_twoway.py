@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import NOTEBOOK
-from helpers import Watcher, api, opened, run_rjn, status, wait_for
+from helpers import DIRECT, Watcher, api, opened, run_rjn, status, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,6 @@ def test_a_notebook_saved_in_the_remote_jupyter_comes_home_while_watching(projec
     try:
         saved = notebook("print('saved in the browser')")
         body = json.dumps({"type": "notebook", "content": saved}).encode()
-        import urllib.request
-
-        from test_open import DIRECT
-
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/contents/analysis.ipynb", data=body, method="PUT",
             headers={"Authorization": f"token {token}", "Content-Type": "application/json"},

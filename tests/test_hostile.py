@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import opened, run_rjn
+from helpers import Watcher, master, opened, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,6 @@ def test_a_full_local_disk_stops_the_pull_with_nothing_half_written(make_project
 
 
 def test_a_flood_of_tiny_files_comes_home_by_one_rsync(project, remote, sentinel) -> None:
-    from test_results import Watcher, wait_for
-
     watcher = Watcher(project)
     try:
         flood = remote / "flood"
@@ -241,8 +239,6 @@ class Squatter:
 
 
 def test_the_token_goes_only_to_our_own_tunnel(make_project, host, rjn_env) -> None:
-    from test_faults import master
-
     project = make_project("squat")
     port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     master(host, rjn_env, "exit")  # the master (and its tunnel) gone: the port is free

@@ -62,7 +62,8 @@ def demo(session: nox.Session) -> None:
 
     base = Path(tempfile.mkdtemp(prefix="rjn-demo"))
     env = {"XDG_STATE_HOME": str(base / "state"), "XDG_RUNTIME_DIR": str(base / "run")}
-    host = TestHost(base / "host", remote_env={"XDG_DATA_HOME": str(base / "rdata")}).start()
+    remote_env = {"XDG_DATA_HOME": str(base / "rdata"), "XDG_CACHE_HOME": str(base / "rcache")}
+    host = TestHost(base / "host", remote_env=remote_env).start()
     session.log(
         f"throwaway sshd on 127.0.0.1:{host.port} (alias {ALIAS}); remote dir {base}/remote"
     )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import re
 import shlex
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from functools import cache, cached_property
 from importlib import resources
@@ -109,10 +112,72 @@ def explain(
     )
 
 
+# The helper's package name inside its zipapp (its modules import each other relatively).
+HELPER_PACKAGE = "rjn_helper"
+# Exit code of the boot when the helper it is told to run is not in the remote's cache.
+NEED_HELPER = 97
+
+
 @cache
-def agent_source() -> bytes:
-    """The remote helper script, sent over stdin on each call (nothing to install remotely)."""
-    return (resources.files("rjn") / "agent.py").read_bytes()
+def helper_zipapp() -> tuple[bytes, str]:
+    """The remote helper (rjn/helper) as a zipapp, built the same way every time (sorted,
+    fixed times), and its content hash, which names it in the remote's cache."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            archive.writestr(info, data)
+
+        modules = resources.files("rjn.helper")
+        for name in sorted(p.name for p in modules.iterdir() if p.name.endswith(".py")):
+            add(f"{HELPER_PACKAGE}/{name}", (modules / name).read_bytes())
+        add("__main__.py", f"import sys\nfrom {HELPER_PACKAGE}.main import main\n"
+                           "sys.exit(main(sys.argv))\n".encode())  # fmt: skip
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()[:24]
+
+
+# Runs the helper from the remote's cache (~/.cache/rjn/helper-HASH.pyz), checked against its
+# hash; with SIZE > 0 the zipapp comes first on stdin and is kept there (written aside, then
+# renamed). Without it, a missing or different file answers "need" (exit 97), and rjn sends it.
+# Whatever stdin carries afterwards stays free for the helper (it watches for our hangup).
+_BOOT = """\
+import hashlib, json, os, sys
+h, n = sys.argv[1], int(sys.argv[2])
+d = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rjn")
+p = os.path.join(d, "helper-%s.pyz" % h)
+same = lambda b: hashlib.sha256(b).hexdigest()[:len(h)] == h
+if n:
+    b = sys.stdin.buffer.read(n)
+    if not same(b):
+        sys.exit("rjn: the helper arrived damaged")
+    try:
+        os.makedirs(d, 0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+        t = "%s.%d" % (p, os.getpid())
+        with open(t, "wb") as f:
+            f.write(b)
+        os.replace(t, p)
+    except OSError as e:
+        print(json.dumps({"error": {"message": "cannot keep rjn's helper in %s: %s" % (d, e),
+              "hint": "free space there, or set XDG_CACHE_HOME on the remote"}}))
+        sys.exit(3)
+else:
+    try:
+        with open(p, "rb") as f:
+            b = f.read()
+    except OSError:
+        b = b""
+    if not same(b):
+        print(json.dumps({"need": "helper"}))
+        sys.exit(97)
+sys.argv = [p] + sys.argv[3:]
+sys.path.insert(0, p)
+from rjn_helper.main import main
+sys.exit(main(sys.argv))
+"""
 
 
 def master_pid_at(control_path: str) -> int | None:
@@ -331,6 +396,24 @@ class Remote:
             raise self.lost(result.err)
         return result
 
+    # -- the helper, cached on the remote ------------------------------------------------
+
+    def _helper_mark(self) -> Path:
+        """A local note that this host keeps the current helper: then it is not sent."""
+        return places.state_dir() / "helpers" / f"{self.control_path.name}-{helper_zipapp()[1]}"
+
+    def _helper_payload(self, send: bool) -> tuple[bytes, int]:
+        """What goes on the helper's stdin first: the zipapp, unless the host keeps it."""
+        data = helper_zipapp()[0]
+        return (data, len(data)) if send or not self._helper_mark().exists() else (b"", 0)
+
+    def _helper_kept(self, sent: int) -> None:
+        if sent:
+            places.write_private(self._helper_mark(), "")
+
+    def _helper_lost(self) -> None:
+        self._helper_mark().unlink(missing_ok=True)
+
     def agent(
         self,
         action: str,
@@ -340,6 +423,7 @@ class Remote:
         on_log: Callable[[str], Any] | None = None,
         timeout: float | None = None,
         hold: bool = False,
+        send: bool = False,
     ) -> dict[str, Any]:
         """Run one action of rjn's remote helper in one exec; return its JSON answer.
 
@@ -350,14 +434,15 @@ class Remote:
         def on_message(message: dict[str, Any]) -> None:
             if "log" in message and on_log:
                 on_log(str(message["log"]))
-            answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
+            answer.update({k: v for k, v in message.items() if k in ("ok", "error", "need")})
 
         parse = _messages(on_message)
-        command = _agent_command(python, action, args)
+        payload, size = self._helper_payload(send)
+        command = _agent_command(python, action, args, size)
         if hold:
             # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
             # link), the helper sees it close and can undo what it started.
-            running = proc.start(self.ssh_argv("-T", command=command), stdin=agent_source(),
+            running = proc.start(self.ssh_argv("-T", command=command), stdin=payload,
                                  on_out=parse)  # fmt: skip
             try:
                 code, err = running.wait(timeout), running.stderr
@@ -371,12 +456,19 @@ class Remote:
         else:
             # Parse as lines arrive only when someone is watching the log; else at the end.
             result = self.run(
-                command, input=agent_source(), timeout=timeout, on_out=parse if on_log else None
+                command, input=payload, timeout=timeout, on_out=parse if on_log else None
             )
             if not on_log:
                 for line in result.out.splitlines():
                     parse(line)
             code, err = result.code, result.err
+        if code == NEED_HELPER and "need" in answer and not size:
+            # The host no longer keeps this helper (a cleaned cache): send it, once.
+            self._helper_lost()
+            return self.agent(action, args, python=python, on_log=on_log, timeout=timeout,
+                              hold=hold, send=True)  # fmt: skip
+        if "ok" in answer or "error" in answer:
+            self._helper_kept(size)
         if "error" in answer:
             raise helper_error(self.host, answer["error"])
         if "ok" in answer:
@@ -402,8 +494,22 @@ class Remote:
 
         It stops when we close its stdin (or the connection drops).
         """
-        argv = self.ssh_argv("-T", command=_agent_command(python, action, args))
-        return proc.start(argv, stdin=agent_source(), on_out=_messages(on_message))
+        payload, size = self._helper_payload(send=False)
+        argv = self.ssh_argv("-T", command=_agent_command(python, action, args, size))
+        started = [False]
+
+        def message(line: dict[str, Any]) -> None:
+            if "need" in line:
+                # Not kept there any more: the next call sends it (a stream cannot be re-sent).
+                self._helper_lost()
+                line = {"error": {"message": f"rjn's helper is no longer kept on {self.host}",
+                                  "hint": "run the command again: rjn sends it anew"}}  # fmt: skip
+            elif not started[0]:
+                started[0] = True
+                self._helper_kept(size)
+            on_message(line)
+
+        return proc.start(argv, stdin=payload, on_out=_messages(message))
 
     def forward(self, local_port: int, target: str) -> None:
         """Forward 127.0.0.1:local_port to `target` (a remote unix socket or host:port)."""
@@ -427,12 +533,10 @@ class Remote:
         return proc.foreground(self.ssh_argv(tty, command=command))
 
 
-def _agent_command(python: str, action: str, args: dict[str, Any]) -> list[str]:
-    """The helper comes over stdin, so the remote needs nothing installed; whatever stdin
-    carries after the source stays free for the helper to read."""
-    size = len(agent_source())
-    boot = f"import sys;exec(compile(sys.stdin.buffer.read({size}),'rjn-agent','exec'))"
-    return [python, "-c", boot, action, json.dumps(args)]
+def _agent_command(python: str, action: str, args: dict[str, Any], size: int) -> list[str]:
+    """The boot runs the helper kept on the remote, or the one that comes first on stdin
+    (`size` bytes), so the remote needs nothing installed beforehand."""
+    return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, json.dumps(args)]
 
 
 # The largest message the helper sends: a small file inline (base64) with its name.

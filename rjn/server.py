@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rjn import agent
 from rjn.config import Config
+from rjn.helper import common
 from rjn.remote import Remote
 
 
@@ -92,9 +92,9 @@ def stop(remote: Remote, remote_dir: str) -> bool:
 def venv_python(remote_dir: str) -> str:
     """The environment's interpreter on the remote (remote_dir is absolute, from the probe);
     the helper's own function, so that the remote layout is spelled in one place."""
-    return agent.venv_python(remote_dir)
+    return common.venv_python(remote_dir)
 
 
 def venv_activate(remote_dir: str) -> str:
     """The environment's activate script on the remote."""
-    return agent.venv_bin(remote_dir, "activate")
+    return common.venv_bin(remote_dir, "activate")

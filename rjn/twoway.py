@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rjn import agent, places, state, sync
+from rjn import places, state, sync
 from rjn.config import DEFAULT_EXCLUDES, Config
+from rjn.helper import tree as helper_tree
 from rjn.remote import Remote
 
 # A file's state on one side: [size, mtime_ns, sha256].
@@ -174,7 +175,7 @@ def run(
     record = load(config)
     files: dict[str, Any] = record["files"]
     known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
-    local_tree = agent.scan_tree(str(config.root), exclude, include, known)
+    local_tree = helper_tree.scan_tree(str(config.root), exclude, include, known)
     agreed = {rel: a["hash"] for rel, a in files.items()}
     # A conflict whose copy the user deleted is resolved: the remote version they saw is
     # taken as agreed, so their local version goes out.
@@ -285,7 +286,7 @@ def _checked_tree(tree: object, exclude: list[str], include: list[str]) -> dict[
         rel = sync.checked_name(name, None)
         parts = rel.split("/")
         paths = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if not all(agent.travels(p, p != rel, exclude, include) for p in paths):
+        if not all(helper_tree.travels(p, p != rel, exclude, include) for p in paths):
             raise sync.Refused(f"the remote listed a file that does not travel: {rel!r:.200}")
         ok = isinstance(entry, list) and len(entry) == 3
         if not ok or not all(type(v) is int for v in entry[:2]) or not isinstance(entry[2], str):
@@ -301,7 +302,7 @@ def _expected(entry: Sequence[Any] | None) -> tuple[int, int] | None:
 
 def _local_entry(config: Config, rel: str) -> list[Any]:
     info = (config.root / rel).lstat()
-    return [info.st_size, info.st_mtime_ns, agent.file_hash(str(config.root / rel))]
+    return [info.st_size, info.st_mtime_ns, helper_tree.file_hash(str(config.root / rel))]
 
 
 def _agreed(

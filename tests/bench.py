@@ -118,7 +118,7 @@ class Kernel:
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="rjn-bench"))
     os.environ.update(XDG_STATE_HOME=str(base / "state"), XDG_RUNTIME_DIR=str(base / "run"))
-    env = {"XDG_DATA_HOME": str(base / "rdata")}
+    env = {"XDG_DATA_HOME": str(base / "rdata"), "XDG_CACHE_HOME": str(base / "rcache")}
     separate = netns.available() is None
     host = netns.NetnsHost(base / "host", env) if separate else TestHost(base / "host", env)
     host.start()

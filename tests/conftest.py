@@ -78,6 +78,8 @@ def host(short_tmp: Path) -> Iterator[TestHost]:
     the test run may build one; on 127.0.0.1 otherwise."""
     remote_env = {
         "XDG_DATA_HOME": str(short_tmp / "rdata"),
+        # Where the remote keeps rjn's helper (by its hash): this session's own.
+        "XDG_CACHE_HOME": str(short_tmp / "rcache"),
         # Where the test cluster's clients find it, when a test starts one (test_slurm.py).
         "SLURM_CONF": str(short_tmp / "slurm" / "slurm.conf"),
     }

@@ -27,7 +27,7 @@ def project(make_project: Callable[..., Path]) -> Iterator[Path]:
 def remote_agents(remote_dir: Path, action: str) -> list[str]:
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     # The remote side only: on loopback the local ssh client's argv names the helper too.
-    return [ln for ln in ps.splitlines() if "rjn-agent" in ln and f" {action} " in ln
+    return [ln for ln in ps.splitlines() if "rjn_helper" in ln and f" {action} " in ln
             and str(remote_dir) in ln and "ssh" not in ln.split()[0]]  # fmt: skip
 
 

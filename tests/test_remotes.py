@@ -15,7 +15,11 @@ from hosts.loopback import ALIAS, TestHost
 @pytest.fixture(scope="module")
 def lab(short_tmp: Path) -> Iterator[TestHost]:
     """A second machine: an sshd on loopback (the first remote is the suite's test host)."""
-    second = TestHost(short_tmp / "lab", remote_env={"XDG_DATA_HOME": str(short_tmp / "rdata")})
+    remote_env = {
+        "XDG_DATA_HOME": str(short_tmp / "rdata"),
+        "XDG_CACHE_HOME": str(short_tmp / "rc"),
+    }
+    second = TestHost(short_tmp / "lab", remote_env=remote_env)
     second.start()
     yield second
     second.teardown()

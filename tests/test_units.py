@@ -115,7 +115,7 @@ def test_rsync_shell_splits_back_into_the_ssh_argv(tmp_path: Path) -> None:
 
 
 def test_what_travels_both_ways_leaves_out_results_and_caches(tmp_path: Path) -> None:
-    from rjn.agent import travels
+    from rjn.helper.tree import travels
     from rjn.twoway import filters
 
     config = load(tmp_path, TOML + "[sync]\ninclude = ['keep.ckpt']\nexclude = ['*.ckpt']\n")
@@ -362,7 +362,7 @@ def test_two_way_decisions_follow_the_agreed_version() -> None:
 
 
 def test_what_travels_both_ways() -> None:
-    from rjn.agent import travels
+    from rjn.helper.tree import travels
 
     exclude = [".git/", "*.ckpt", "/results/", ".rjn/", "__pycache__/"]
     assert travels("analysis.ipynb", False, exclude)
@@ -383,17 +383,20 @@ def test_the_ssh_configs_connect_timeout_is_honoured(tmp_path: Path) -> None:
 
 
 def test_the_remote_helper_is_python_3_8_syntax() -> None:
-    """It runs on the remote's Python, which may be as old as 3.8 (no newer interpreter can be
-    installed here to run it: CI reaches only the package index)."""
+    """It runs on the remote's Python, which may be as old as 3.8 (run there too, below, where
+    this machine has a 3.8): every module, the scripts it starts, and the boot."""
     import ast
     from importlib import resources
 
-    source = (resources.files("rjn") / "agent.py").read_text()
-    ast.parse(source, feature_version=(3, 8))
-    for launcher in ("LAUNCHER", "SUPERVISOR"):
-        from rjn import agent
+    from rjn import remote
+    from rjn.helper import runs, slurm
 
-        ast.parse(getattr(agent, launcher), feature_version=(3, 8))
+    modules = resources.files("rjn.helper")
+    for module in modules.iterdir():
+        if module.name.endswith(".py"):
+            ast.parse(module.read_text(), feature_version=(3, 8))
+    for script in (slurm.LAUNCHER, runs.SUPERVISOR, remote._BOOT):
+        ast.parse(script, feature_version=(3, 8))
 
 
 def _oldest_python() -> str | None:
@@ -418,7 +421,7 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
     promises: the probe, a listing of the tree, and the clear error for a bad request."""
     import subprocess
 
-    from rjn.remote import _agent_command, agent_source
+    from rjn.remote import _agent_command, helper_zipapp
 
     (tmp_path / "p" / "data").mkdir(parents=True)
     (tmp_path / "p" / "data" / "a.csv").write_text("x\n")
@@ -426,9 +429,11 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
     assert python
 
     def helper(action: str, args: dict) -> dict:
-        argv = _agent_command(python, action, args)
-        done = subprocess.run(argv, input=agent_source(), capture_output=True, timeout=60,
-                              cwd=tmp_path)  # fmt: skip
+        zipapp = helper_zipapp()[0]
+        argv = _agent_command(python, action, args, len(zipapp))
+        cache = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        done = subprocess.run(argv, input=zipapp, capture_output=True, timeout=60, cwd=tmp_path,
+                              env=cache)  # fmt: skip
         assert b"Traceback" not in done.stderr and done.stdout, (done.returncode, done.stderr)
         answer: dict = json.loads(done.stdout.decode().splitlines()[-1])
         return answer
@@ -623,13 +628,16 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
     import subprocess
     import sys
 
-    from rjn.remote import _agent_command, agent_source
+    from rjn.remote import _agent_command, helper_zipapp
 
-    argv = _agent_command(sys.executable, "run", {"dir": str(tmp_path), "argv": ["true"]})
+    zipapp = helper_zipapp()[0]
+    run = {"dir": str(tmp_path), "argv": ["true"]}
+    argv = _agent_command(sys.executable, "run", run, len(zipapp))
+    cache = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "c")}
     helper = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)  # fmt: skip
+                              stderr=subprocess.PIPE, cwd=tmp_path, env=cache)  # fmt: skip
     assert helper.stdin and helper.stdout and helper.stderr
-    helper.stdin.write(agent_source())
+    helper.stdin.write(zipapp)
     helper.stdin.flush()  # and left open
     try:
         assert json.loads(helper.stdout.readline())["ok"]["exit"] == 0
@@ -675,13 +683,43 @@ def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monk
 
 
 def test_the_helper_lists_results_or_leaves_it_to_rsync(tmp_path: Path) -> None:
-    from rjn import agent
+    from rjn.helper import tree
 
     (tmp_path / "scratch" / "sub").mkdir(parents=True)
     (tmp_path / "scratch" / "sub" / "a.png").write_bytes(b"ab")
     (tmp_path / "results").symlink_to(tmp_path / "scratch")  # a results folder on scratch
     info = (tmp_path / "scratch" / "sub" / "a.png").stat()
-    listed = agent.results_listing(str(tmp_path), ["results/", "figures"])
+    listed = tree.results_listing(str(tmp_path), ["results/", "figures"])
     assert listed == {"results/sub/a.png": [info.st_mtime_ns, 2]}
     (tmp_path / "scratch" / "link.png").symlink_to("sub/a.png")
-    assert agent.results_listing(str(tmp_path), ["results"]) is None  # links: rsync judges
+    assert tree.results_listing(str(tmp_path), ["results"]) is None  # links: rsync judges
+
+
+def test_the_helper_is_kept_by_its_hash_and_a_changed_copy_is_never_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from rjn.remote import NEED_HELPER, _agent_command, helper_zipapp
+
+    zipapp, digest = helper_zipapp()
+    assert helper_zipapp()[0] == zipapp  # built the same way every time
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    kept = tmp_path / "cache" / "rjn" / f"helper-{digest}.pyz"
+
+    def call(stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        argv = _agent_command(sys.executable, "probe", {"dir": str(tmp_path / "p")}, len(stdin))
+        return subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60)
+
+    first = call(zipapp)  # sent along: kept, and run
+    assert first.returncode == 0 and b'"ok"' in first.stdout, first.stderr
+    assert kept.read_bytes() == zipapp and (kept.parent.stat().st_mode & 0o777) == 0o700
+    assert call(b"").returncode == 0  # then run from the cache, nothing sent
+    # Someone changed the kept copy: it is not run; rjn is asked for the real one.
+    kept.write_bytes(zipapp + b"changed")
+    asked = call(b"")
+    assert asked.returncode == NEED_HELPER and json.loads(asked.stdout) == {"need": "helper"}
+    kept.unlink()
+    assert call(b"").returncode == NEED_HELPER
+    # A damaged transfer is refused, not kept.
+    damaged = call(zipapp[:-1] + b"x")
+    assert damaged.returncode != 0 and not kept.exists()

@@ -1,0 +1,50 @@
+"""The entry point: one action per call; its answer, or an expected failure, as a JSON line."""
+
+import errno
+import json
+import sys
+
+from .common import Fail, emit
+from .env import ensure_env
+from .probe import probe
+from .runs import logs, run
+from .server import start, stop
+from .tree import scan, trash
+from .watch import watch
+
+ACTIONS = {
+    "probe": probe,
+    "scan": scan,
+    "trash": trash,
+    "env": ensure_env,
+    "start": start,
+    "stop": stop,
+    "watch": watch,
+    "run": run,
+    "logs": logs,
+}
+
+
+def main(argv):
+    action, raw = argv[1], argv[2]
+    try:
+        if sys.version_info < (3, 8):
+            raise Fail(
+                "the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
+                "set [remote] python to a newer interpreter",
+            )
+        emit(ok=ACTIONS[action](json.loads(raw)))
+    except Fail as exc:
+        emit(error={"message": exc.message, "hint": exc.hint})
+        return 3
+    except OSError as exc:
+        hint = None
+        if exc.errno == errno.ENOSPC:
+            hint = "the remote disk is full: free space, or set [remote] dir elsewhere"
+        emit(error={"message": "%s: %s" % (action, exc), "hint": hint})
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,60 @@
+"""One look at the project, in one call: folder, Python, environment, server, machine, and
+the listings sync asks for."""
+
+import contextlib
+import os
+import shutil
+import sys
+
+from .common import project_dir, venv_python
+from .env import env_record
+from .server import server_state
+from .slurm import scheduler
+from .tree import listings
+
+
+def machine(project):
+    """What a user checks first: GPUs (nvidia-smi, where there is one), load, free memory,
+    and free disk where the project is."""
+    usage = shutil.disk_usage(project)
+    found = {"disk_free": usage.free, "disk_total": usage.total, "gpus": []}
+    with contextlib.suppress(OSError):
+        found["load"] = list(os.getloadavg())
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        found["mem_total"] = int(fields["MemTotal"].split()[0]) * 1024
+        found["mem_free"] = int(fields["MemAvailable"].split()[0]) * 1024
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        query = "name,memory.used,memory.total,utilization.gpu"
+        out = scheduler([smi, "--query-gpu=" + query, "--format=csv,noheader,nounits"]) or ""
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 4:
+                with contextlib.suppress(ValueError):
+                    found["gpus"].append({
+                        "name": parts[0], "mem_used_mb": int(parts[1]),
+                        "mem_total_mb": int(parts[2]), "util_percent": int(parts[3]),
+                    })  # fmt: skip
+    return found
+
+
+def probe(args):
+    """Everything `rjn open` needs to decide what to skip, in one round trip."""
+    project = project_dir(args["dir"])
+    usage = shutil.disk_usage(project)
+    return {
+        "dir": project,
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "env_current": (
+            env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
+            and os.path.exists(venv_python(project))
+        ),
+        "server": server_state(project),
+        "disk_free": usage.free,
+        "has_rsync": shutil.which("rsync") is not None,
+        "machine": machine(project) if args.get("machine") else None,
+        # The tree and the results, when asked: sync decides in the same round trip.
+        **listings(project, args),
+    }

@@ -1,0 +1,205 @@
+"""The project's Jupyter server: started detached on a private socket (or loopback), found
+again by its record, stopped through its API."""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+
+from .common import (
+    RJN_DIR,
+    Fail,
+    alive_pid,
+    api,
+    http_status,
+    private,
+    process_start,
+    project_dir,
+    read_json,
+    rjn_dir,
+    socket_path,
+    stop_pid,
+    tail,
+    venv_python,
+    write_private,
+)
+from .slurm import job_info, sacct_state, scancel, slurm_start, squeue
+
+
+def pid_is_server(record):
+    """Whether the recorded pid is still the server rjn started: a reused pid (another
+    project's Jupyter, anything) has another start time, and is never signalled."""
+    pid = record.get("pid", -1)
+    if record.get("pid_start") is not None:
+        return process_start(pid) == record["pid_start"]
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            cmdline = handle.read()
+        return b"jupyter" in cmdline and record.get("dir", "").encode() in cmdline
+    except OSError:
+        # No /proc (macOS): signal 0 tells whether the process exists at all.
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def server_state(project):
+    """The project's server as recorded, with whether it is alive and answering."""
+    record = read_json(os.path.join(project, RJN_DIR, "server.json"))
+    if not record:
+        return {"alive": False}
+    token = read_json(os.path.join(project, RJN_DIR, "token.json")) or {}
+    record["token"] = token.get("token", "")
+    if record.get("job"):
+        queue = squeue(record["job"])
+        if queue is None:
+            record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
+            return record
+        record.update(job_info(queue))
+        alive = queue["state"] == "RUNNING" and ("port" in record or "sock" in record)
+        record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
+        # A socket on the node cannot be asked from here: the tunnel's probe tells.
+        record["alive"] = alive and ("sock" in record or http_status(record) == 200)
+        return record
+    alive = pid_is_server(record)
+    status = http_status(record) if alive else None
+    record["alive"] = status == 200
+    record["running"] = alive
+    return record
+
+
+def start(args):
+    project = project_dir(args["dir"])
+    current = server_state(project)
+    if current["alive"]:
+        current["started"] = False
+        return current
+    if current.get("running") and current.get("job"):
+        # Pending, or running but not answering: this job will not serve; start afresh.
+        scancel(str(current["job"]))
+    elif current.get("running"):
+        stop_pid(current["pid"])
+    python = venv_python(project)
+    jupyter = os.path.join(os.path.dirname(python), "jupyter")
+    if not os.path.exists(jupyter):
+        raise Fail(
+            "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
+            "run `rjn open` again; it installs the environment first",
+        )
+    folder = rjn_dir(project)
+    token = secrets.token_urlsafe(32)
+    write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
+    record = {"app": args.get("app", "lab"), "dir": project}
+    argv = [jupyter, record["app"], "--no-browser", "--ServerApp.root_dir=" + project]
+    idle = int(float(args.get("idle_timeout", 0)) * 60)
+    if idle:
+        argv += [
+            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
+            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
+            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
+        ]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    env = dict(os.environ)
+    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
+    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+    if args.get("slurm") is not None:
+        return slurm_start(project, args, argv, folder, env)
+    # The token travels in the environment, never in argv, and Jupyter logs it masked.
+    env["JUPYTER_TOKEN"] = token
+    if args.get("listen", "socket") == "socket":
+        record["sock"] = socket_path(project)
+        if os.path.exists(record["sock"]):
+            os.unlink(record["sock"])
+        argv += ["--ServerApp.sock=" + record["sock"], "--ServerApp.sock_mode=0600"]
+    else:
+        record["port"] = free_port()
+        argv += [
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port=%d" % record["port"],
+            "--ServerApp.port_retries=0",
+        ]
+    logfile = os.path.join(folder, "jupyter.log")
+    # Everything Jupyter writes (its log, runtime files that name the token) is ours alone.
+    umask = os.umask(0o077)
+    try:
+        with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
+            os.chmod(logfile, 0o600)
+            # A session of its own and no tie to ssh's pipes: it outlives the connection.
+            proc = subprocess.Popen(
+                argv,
+                cwd=project,
+                env=env,
+                stdin=devnull,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    finally:
+        os.umask(umask)
+    record["pid"] = proc.pid
+    record["pid_start"] = process_start(proc.pid)
+    record["started_at"] = time.time()
+    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    record["token"] = token
+    deadline = time.monotonic() + float(args.get("ready_timeout", 120))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Fail(
+                "Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
+                "the full log is %s on the remote" % logfile,
+            )
+        if http_status(record, timeout=2) == 200:
+            record.update(alive=True, running=True, started=True)
+            return record
+        time.sleep(0.1)
+    stop_pid(proc.pid)
+    raise Fail(
+        "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
+        "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
+    )
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(args):
+    project = project_dir(args["dir"])
+    current = server_state(project)
+    stopped = False
+    if current.get("job"):
+        if current["alive"]:
+            shutdown(current)
+        if current.get("running"):
+            scancel(str(current["job"]))
+            stopped = True
+    elif current.get("running"):
+        pid = current["pid"]
+        if current["alive"]:
+            shutdown(current)
+            deadline = time.monotonic() + 10
+            while alive_pid(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        stop_pid(pid)
+        stopped = True
+    folder = os.path.join(project, RJN_DIR)
+    for name in ("server.json", "token.json"):
+        if os.path.exists(os.path.join(folder, name)):
+            os.unlink(os.path.join(folder, name))
+    if current.get("sock") and os.path.exists(current["sock"]):
+        os.unlink(current["sock"])
+    return {"stopped": stopped}
+
+
+def shutdown(record):
+    """Ask Jupyter to shut down through its API: kernels are stopped cleanly."""
+    api(record, "POST", "/api/shutdown", timeout=5)

@@ -17,6 +17,7 @@ from rjn import config as config_module
 from rjn import env, places, probe, requirements, server, state, sync, tunnel, twoway, watch
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
+from rjn.helper import protocol
 from rjn.records import Closed, Listed, Opened, Ran, Status, Synced
 from rjn.remote import Remote, helper_error, master_pid_at
 from rjn.requirements import Requirements
@@ -434,8 +435,8 @@ def run(
     code, left = stream_run(ready.remote, ready.remote_dir, "run", {"argv": command, **listing},
                             on_output)  # fmt: skip
     with report.step(f"Pulling results from {ready.remote.host}"):
-        pulled, tree = _bring_home(ready.remote, config, ready.remote_dir, left.get("results"),
-                                   left.get("files"), report)  # fmt: skip
+        pulled, tree = _bring_home(ready.remote, config, ready.remote_dir, left.results,
+                                   left.files, report)  # fmt: skip
     return Ran(config.name, code, tuple(pulled), tree=tree)
 
 
@@ -462,9 +463,9 @@ def stream_run(
     action: str,
     args: dict[str, Any],
     on_output: Callable[[str, str], Any],
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, protocol.RunEnd]:
     """Stream a helper action's output (a run, or a run's log); return the exit code (130 on
-    Ctrl-C, which also interrupts a run) and the rest of the helper's last answer."""
+    Ctrl-C, which also interrupts a run) and the helper's end of it (what the run left)."""
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
     running = remote.agent_stream(
         action, {"dir": remote_dir, **args}, python=server.venv_python(remote_dir),
@@ -478,7 +479,7 @@ def stream_run(
             except queue.Empty:
                 if not running.alive() and messages.empty():
                     if interrupted:
-                        return 130, {}
+                        return 130, protocol.RunEnd(exit=130)
                     raise ConnectionFailed(
                         f"the connection to {remote.host} was lost during the run",
                         hint="`rjn run --detach` keeps long runs going without a connection",
@@ -495,11 +496,13 @@ def stream_run(
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
             elif "ok" in message:
-                done = message["ok"]
-                code = done.get("exit") if isinstance(done, dict) else None
-                if code is not None and type(code) is not int:
-                    raise RemoteError(f"{remote.host}: rjn's remote helper sent a malformed end")
-                return 130 if interrupted else (code or 0), done if isinstance(done, dict) else {}
+                try:
+                    end = protocol.RunEnd.parse(message["ok"])
+                except protocol.Malformed as bad:
+                    raise RemoteError(
+                        f"{remote.host}: rjn's remote helper sent a malformed end ({bad.field})"
+                    ) from None
+                return 130 if interrupted else (end.exit or 0), end
     finally:
         running.close()
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rjn.errors import RemoteError
+from rjn.helper import protocol
 from rjn.remote import Remote
-from rjn.server import Server
+from rjn.server import Server, checked_state
 
 
 @dataclass(frozen=True)
@@ -65,32 +66,19 @@ def look(
 
 def parse(host: str, answer: dict[str, Any]) -> Probe:
     """The helper's answer as a Probe; a malformed one is a RemoteError naming the field."""
-
-    def field(name: str, kinds: type | tuple[type, ...], where: dict[str, Any] = answer) -> Any:
-        value = where.get(name)
-        if not isinstance(value, kinds):
-            raise RemoteError(f"{host}: rjn's remote helper sent a malformed probe ({name})")
-        return value
-
-    record = field("server", dict)
-    text = (str, type(None))
-    job = Job(
-        id=field("job", text, record),
-        state=field("job_state", text, record),
-        node=field("node", text, record),
-        time_left=field("time_left", text, record),
-    )
-    server = None
-    if record.get("alive") is True:
-        field("token", str, record)
-        field("pid", (int, type(None)), record)
-        server = Server.from_record(record)
+    try:
+        seen = protocol.ProbeAnswer.parse(answer)
+        state = checked_state(seen.server)
+    except protocol.Malformed as bad:
+        raise RemoteError(
+            f"{host}: rjn's remote helper sent a malformed probe ({bad.field})"
+        ) from None
     return Probe(
-        dir=field("dir", str),
-        env_current=field("env_current", bool),
-        server=server,
-        job=job,
-        files=field("files", (dict, type(None))),
-        machine=field("machine", (dict, type(None))),
-        results=field("results", (dict, type(None))),
+        dir=seen.dir,
+        env_current=seen.env_current,
+        server=Server.from_state(state),
+        job=Job(state.job, state.job_state, state.node, state.time_left),
+        files=seen.files,
+        machine=seen.machine,
+        results=seen.results,
     )

@@ -20,6 +20,7 @@ from typing import Any
 from rjn import places, proc
 from rjn.config import RemoteConfig
 from rjn.errors import ConnectionFailed, RemoteError, RjnError, Timeout
+from rjn.helper import protocol
 
 # What OpenSSH says, mapped to what it means and what to try.
 _FAILURES = (
@@ -566,10 +567,11 @@ def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]
 def helper_error(host: str, error: object) -> RemoteError:
     """The helper's {"error": {"message", "hint"}} as an error for the user, checked as the
     untrusted input it is."""
-    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+    try:
+        failure = protocol.Failure.parse(error)
+    except protocol.Malformed:
         return RemoteError(f"{host}: rjn's remote helper sent a malformed error: {error!r:.200}")
-    hint = error.get("hint")
-    return RemoteError(f"{host}: {error['message']}", hint=hint if isinstance(hint, str) else None)
+    return RemoteError(f"{host}: {failure.message}", hint=failure.hint)
 
 
 def _bad(what: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rjn.config import Config
-from rjn.helper import common
+from rjn.errors import RemoteError
+from rjn.helper import common, protocol
 from rjn.remote import Remote
 
 
@@ -38,21 +39,30 @@ class Server:
         return self.sock or f"{self.addr}:{self.port}"
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Server | None:
-        """A live server from the helper's record, or None if it is not alive."""
-        if not record.get("alive"):
+    def from_state(cls, state: protocol.ServerState) -> Server | None:
+        """A live server from the helper's report, or None if it is not alive."""
+        if not state.alive:
             return None
         return cls(
-            pid=record.get("pid"),
-            token=record["token"],
-            app=record.get("app", "lab"),
-            sock=record.get("sock"),
-            port=record.get("port"),
-            addr=record.get("addr", "127.0.0.1"),
-            started=bool(record.get("started")),
-            job=record.get("job"),
-            node=record.get("node"),
+            pid=state.pid,
+            token=state.token or "",
+            app=state.app or "lab",
+            sock=state.sock,
+            port=state.port,
+            addr=state.addr or "127.0.0.1",
+            started=bool(state.started),
+            job=state.job,
+            node=state.node,
         )
+
+
+def checked_state(record: object) -> protocol.ServerState:
+    """The helper's report of the server, checked (protocol.Malformed names what is wrong):
+    a live server has its token."""
+    state = protocol.ServerState.parse(record)
+    if state.alive and state.token is None:
+        raise protocol.Malformed("token")
+    return state
 
 
 def start(
@@ -79,8 +89,14 @@ def start(
         hold=True,
         timeout=jupyter.ready_timeout + 60 + (config.slurm.queue_timeout if config.slurm else 0),
     )
-    server = Server.from_record(record)
-    assert server is not None  # the helper answers ok only once the server answers
+    try:
+        server = Server.from_state(checked_state(record))
+    except protocol.Malformed as bad:
+        raise RemoteError(
+            f"{remote.host}: rjn's remote helper sent a malformed server ({bad.field})"
+        ) from None
+    if server is None:
+        raise RemoteError(f"{remote.host}: rjn's remote helper started no server")
     return server
 
 

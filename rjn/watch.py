@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from rjn import probe, server, state, sync, tunnel, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
+from rjn.helper import protocol
 from rjn.remote import Remote, helper_error
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
@@ -79,12 +80,15 @@ def watch(
                     raise _lost(remote, watcher.stderr) from None
                 continue
             if "ready" in message:
-                ready = message["ready"]
-                if not isinstance(ready, dict) or ready.get("mode") not in ("events", "poll"):
-                    raise RemoteError(f"{remote.host}: the remote watcher sent a malformed start")
-                on_ready(
-                    Ready(ready["mode"], str(ready.get("fs", "")), str(ready.get("reason", "")))
-                )
+                try:
+                    ready = protocol.Ready.parse(message["ready"])
+                    if ready.mode not in ("events", "poll"):
+                        raise protocol.Malformed("mode")
+                except protocol.Malformed as bad:
+                    raise RemoteError(
+                        f"{remote.host}: the remote watcher sent a malformed start ({bad.field})"
+                    ) from None
+                on_ready(Ready(ready.mode, ready.fs, ready.reason))
                 if catch_up:
                     started = time.monotonic()
                     for pulled in sync.pull(remote, config, remote_dir):

@@ -555,6 +555,7 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
 
     answer = {
         "dir": "/home/u/p", "env_current": True, "files": {}, "machine": None,
+        "python": "3.8.18", "disk_free": 10, "has_rsync": True,
         "server": {"alive": True, "pid": 12, "token": "t", "app": "lab", "sock": "/s",
                    "job": "7", "job_state": "RUNNING", "node": "n1", "time_left": "1:00"},
     }  # fmt: skip
@@ -567,24 +568,49 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
 
 
 MALFORMED_PROBES = [
-    {"dir": 3},
-    {"env_current": "yes"},
-    {"server": []},
-    {"files": [1]},
-    {"server": {"alive": True, "token": 5}},
-    {"server": {"alive": True, "pid": "1", "token": ""}},
-    {"server": {"alive": False, "job": 7}},
+    ("dir", {"dir": 3}),
+    ("env_current", {"env_current": "yes"}),
+    ("env_current", {"env_current": 1}),
+    ("disk_free", {"disk_free": True}),  # a bool is no number here
+    ("server", {"server": []}),
+    ("files", {"files": [1]}),
+    ("token", {"server": {"alive": True, "token": 5}}),
+    ("token", {"server": {"alive": True}}),  # alive, but no token
+    ("pid", {"server": {"alive": True, "pid": "1", "token": ""}}),
+    ("job", {"server": {"alive": False, "job": 7}}),
+    ("ProbeAnswer", None),
 ]
 
 
-@pytest.mark.parametrize("change", MALFORMED_PROBES)
-def test_a_malformed_probe_answer_names_its_field(change: dict) -> None:
+@pytest.mark.parametrize(("field", "change"), MALFORMED_PROBES)
+def test_a_malformed_probe_answer_names_its_field(field: str, change: dict | None) -> None:
     from rjn import probe
     from rjn.errors import RemoteError
 
-    good = {"dir": "/p", "env_current": False, "server": {"alive": False}}
-    with pytest.raises(RemoteError, match=r"box: rjn's remote helper sent a malformed probe \("):
-        probe.parse("box", {**good, **change})
+    good = {"dir": "/p", "python": "3.8.1", "env_current": False, "server": {"alive": False},
+            "disk_free": 1, "has_rsync": True}  # fmt: skip
+    assert probe.parse("box", good).server is None
+    answer = {**good, **change} if change is not None else "not an object"
+    with pytest.raises(RemoteError, match=rf"box: .* sent a malformed probe \({field}\)"):
+        probe.parse("box", answer)  # type: ignore[arg-type]
+
+
+def test_each_record_of_the_protocol_reads_back_what_it_writes() -> None:
+    from rjn.helper import protocol
+
+    records = [
+        protocol.ServerState(alive=True, pid=3, token="t", sock="/s", job="1", started=True),
+        protocol.ProbeAnswer(dir="/p", python="3.8.1", env_current=True, server={"alive": False},
+                             disk_free=5, has_rsync=False, results={"results/a": [1, 2]}),
+        protocol.RunEnd(exit=7, files={}),
+        protocol.RunEnd(exit=None),
+        protocol.Ready(mode="poll", fs="nfs", reason="network filesystem", interval=0.5),
+        protocol.Failure(message="no", hint=None),
+    ]  # fmt: skip
+    for record in records:
+        sent = json.loads(json.dumps(record.to_json()))  # as it crosses the wire
+        assert type(record).parse(sent) == record
+        assert None not in sent.values()  # what is not there is left out
 
 
 # -- local state ----------------------------------------------------------------------------------

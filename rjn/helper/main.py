@@ -7,6 +7,7 @@ import sys
 from .common import Fail, emit
 from .env import ensure_env
 from .probe import probe
+from .protocol import Failure
 from .runs import logs, run
 from .server import start, stop
 from .tree import scan, trash
@@ -35,13 +36,13 @@ def main(argv):
             )
         emit(ok=ACTIONS[action](json.loads(raw)))
     except Fail as exc:
-        emit(error={"message": exc.message, "hint": exc.hint})
+        emit(error=Failure(exc.message, exc.hint).to_json())
         return 3
     except OSError as exc:
         hint = None
         if exc.errno == errno.ENOSPC:
             hint = "the remote disk is full: free space, or set [remote] dir elsewhere"
-        emit(error={"message": "%s: %s" % (action, exc), "hint": hint})
+        emit(error=Failure("%s: %s" % (action, exc), hint).to_json())
         return 3
     return 0
 

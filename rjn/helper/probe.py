@@ -8,6 +8,7 @@ import sys
 
 from .common import project_dir, venv_python
 from .env import env_record
+from .protocol import ProbeAnswer
 from .server import server_state
 from .slurm import scheduler
 from .tree import listings
@@ -44,17 +45,17 @@ def probe(args):
     """Everything `rjn open` needs to decide what to skip, in one round trip."""
     project = project_dir(args["dir"])
     usage = shutil.disk_usage(project)
-    return {
-        "dir": project,
-        "python": "%d.%d.%d" % sys.version_info[:3],
-        "env_current": (
+    return ProbeAnswer(
+        dir=project,
+        python="%d.%d.%d" % sys.version_info[:3],
+        env_current=(
             env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
             and os.path.exists(venv_python(project))
         ),
-        "server": server_state(project),
-        "disk_free": usage.free,
-        "has_rsync": shutil.which("rsync") is not None,
-        "machine": machine(project) if args.get("machine") else None,
+        server=server_state(project),
+        disk_free=usage.free,
+        has_rsync=shutil.which("rsync") is not None,
+        machine=machine(project) if args.get("machine") else None,
         # The tree and the results, when asked: sync decides in the same round trip.
         **listings(project, args),
-    }
+    ).to_json()

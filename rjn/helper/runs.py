@@ -20,6 +20,7 @@ from .common import (
     venv_python,
     wait_for_hangup,
 )
+from .protocol import RunEnd
 from .tree import listings
 
 
@@ -78,7 +79,7 @@ def run(args):
     for thread in pumps:
         thread.join()
     # What the run left, in the same answer: the local side pulls only if there is something.
-    return dict(listings(project, args), exit=code if code >= 0 else 128 - code)
+    return RunEnd(exit=code if code >= 0 else 128 - code, **listings(project, args)).to_json()
 
 
 # A detached run's supervisor: runs the command with output to the log, then records its exit code.

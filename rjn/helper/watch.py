@@ -6,6 +6,7 @@ import threading
 import time
 
 from .common import emit, exit_when_stdin_closes, project_dir
+from .protocol import Ready
 from .tree import scan_tree, travels
 
 # Where inotify sees only this host's writes (or none): the writer is usually another node.
@@ -121,10 +122,10 @@ def watch(args):
         if tree:
             watch_tree(observer, project, tree, changed)
         observer.start()
-        emit(ready={"mode": "events", "fs": kind, "reason": reason})
+        emit(ready=Ready(mode="events", fs=kind, reason=reason).to_json())
         while True:
             time.sleep(3600)
-    emit(ready={"mode": "poll", "fs": kind, "reason": reason, "interval": interval})
+    emit(ready=Ready(mode="poll", fs=kind, reason=reason, interval=interval).to_json())
     if tree:
         polling = threading.Thread(target=poll_tree, args=(project, tree, changed, interval))
         polling.daemon = True

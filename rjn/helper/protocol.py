@@ -1,0 +1,115 @@
+"""What the helper and the local rjn say to each other, in one place for both sides.
+
+Each answer and event is one record type: the helper builds it and writes `to_json()`; the
+local side reads it back with `parse()`, which checks every field, because what a remote sends
+is untrusted. A field renamed on one side fails a test, not a user's session. Fields are
+declared once, as annotations; this module runs on the remote too (Python 3.8, standard
+library only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list,
+          "None": type(None)}  # fmt: skip
+
+
+class Malformed(ValueError):
+    """A record that does not fit its type; `field` names what was wrong."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """A record of the protocol: a frozen dataclass whose annotations say what each field
+    may hold (`int | None`); a field that may be None may also be left out."""
+
+    @classmethod
+    def parse(cls: type[R], data: object) -> R:
+        """The record from a JSON object, every field checked; Malformed names the first
+        that does not fit. Fields the record does not declare are ignored."""
+        if not isinstance(data, dict):
+            raise Malformed(cls.__name__)
+        values = {}
+        for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+            kinds = tuple(_TYPES[name.strip()] for name in str(spec.type).split("|"))
+            value = data.get(spec.name)
+            # bool is an int to isinstance; to the protocol it is not.
+            if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
+                raise Malformed(spec.name)
+            values[spec.name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object; fields that are None are left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerState(Record):
+    """The project's Jupyter server as its record and a check now say (`alive`: answering)."""
+
+    alive: bool
+    pid: int | None = None
+    token: str | None = None
+    app: str | None = None
+    sock: str | None = None
+    port: int | None = None
+    addr: str | None = None
+    started: bool | None = None
+    job: str | None = None
+    job_state: str | None = None
+    node: str | None = None
+    time_left: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeAnswer(Record):
+    """One look at the project (the probe action)."""
+
+    dir: str
+    python: str
+    env_current: bool
+    server: dict
+    disk_free: int
+    has_rsync: bool
+    machine: dict | None = None
+    # path -> [size, mtime_ns, sha256], when the tree was asked for (two-way sync)
+    files: dict | None = None
+    # path -> [mtime_ns, size] of the results' files, when asked for; None where only a pull
+    # can tell (a link there, too many files)
+    results: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEnd(Record):
+    """How a run ended, and what it left (the same listings as the probe's, when asked)."""
+
+    exit: int | None  # None: a detached run's log, read while the run goes on
+    files: dict | None = None
+    results: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready(Record):
+    """The watcher runs: by file events or by polling (`interval`), and why."""
+
+    mode: str
+    fs: str
+    reason: str
+    interval: float | int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure(Record):
+    """An expected failure: what went wrong, and what to try."""
+
+    message: str
+    hint: str | None = None

@@ -111,7 +111,11 @@ def open_project(config: Config, report: Reporter) -> Opened:
     root = config.root
     with state.locked(root, config.remote_name):
         previous = state.load(root, config.remote_name)
-        ready = prepare(config, report, previous)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The last open's tunnel is tried while the remote is looked at: both at once.
+            answered = pool.submit(_tunnel_answers, config, previous)
+            ready = prepare(config, report, previous)
+            still_up = answered.result()
         remote, remote_dir, reqs = ready.remote, ready.remote_dir, ready.requirements
         notes = []
         live = ready.probe.server
@@ -134,6 +138,12 @@ def open_project(config: Config, report: Reporter) -> Opened:
                     live.token,
                     previous.local_port if previous else None,
                     previous.forward_target if previous else None,
+                    known_good=still_up
+                    and previous is not None
+                    and (
+                        (live.token, live.target, live.via_node)
+                        == (previous.token, previous.forward_target, previous.via_node)
+                    ),
                     # Through a hop, the tunnel is the first to ask Jupyter: give it its time.
                     wait=config.jupyter.ready_timeout if live.via_node else 15,
                 )
@@ -178,6 +188,20 @@ def open_project(config: Config, report: Reporter) -> Opened:
         unreadable=reqs.skipped_files,
         notes=tuple(notes),
     )
+
+
+def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:
+    """Whether the project's last tunnel is ours and its server answers with the saved token
+    (sent only to a port our own master holds)."""
+    if not (saved and saved.local_port and saved.token):
+        return False
+    try:
+        carrier = tunnel.carrier(make_remote(config), saved.via_node)
+        return tunnel.ours(carrier, saved.local_port) and (
+            tunnel.probe(saved.local_port, saved.token) == 200
+        )
+    except RjnError:
+        return False
 
 
 def status(config: Config) -> Status:

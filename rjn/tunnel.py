@@ -123,10 +123,14 @@ def ensure(
     previous_port: int | None,
     previous_target: str | None,
     wait: float = 15,
+    known_good: bool = False,
 ) -> int:
-    """A working tunnel to the server at `target`: the previous one if it answers, else a new
-    forward, on the previous port when it is free (so an open browser tab keeps working)."""
-    if previous_port and ours(remote, previous_port) and probe(previous_port, token) == 200:
+    """A working tunnel to the server at `target`: the previous one if it answers (or the
+    caller saw it answer: `known_good`), else a new forward, on the previous port when it is
+    free (so an open browser tab keeps working)."""
+    if previous_port and (
+        known_good or (ours(remote, previous_port) and probe(previous_port, token) == 200)
+    ):
         return previous_port
     if previous_port and previous_target:
         remote.cancel_forward(previous_port, previous_target)

@@ -135,7 +135,7 @@ class Watcher:
 
     def stop(self) -> int:
         self.proc.send_signal(2)  # Ctrl-C
-        return self.proc.wait(timeout=30)
+        return self.proc.wait(timeout=60)
 
 
 def master(host: TestHost, rjn_env: dict[str, str], command: str) -> str:

@@ -32,15 +32,6 @@ def test_open_serves_jupyter_through_the_tunnel(first_open, project: Path) -> No
     assert "Starting Jupyter" in first_open.stderr
 
 
-def test_a_fresh_remote_gets_uv_from_the_index_without_pip(first_open, short_tmp: Path) -> None:
-    opened(first_open)
-    # The remote has no uv on its PATH: rjn fetched the binary from uv's wheel (no venv, so
-    # no pip beside it, as pip's route would leave).
-    home = short_tmp / "rdata" / "rjn" / "uv" / "bin"
-    assert os.access(home / "uv", os.X_OK)
-    assert not (home / "pip").exists() and not (home / "python").exists()
-
-
 def test_open_writes_requirements_from_code_and_notebooks(first_open, project: Path) -> None:
     lines = (project / "requirements.txt").read_text().splitlines()
     assert lines[0].startswith("# Written by rjn")

@@ -749,3 +749,21 @@ def test_the_helper_is_kept_by_its_hash_and_a_changed_copy_is_never_run(tmp_path
     # A damaged transfer is refused, not kept.
     damaged = call(zipapp[:-1] + b"x")
     assert damaged.returncode != 0 and not kept.exists()
+
+
+def test_uv_comes_straight_from_its_wheel_on_the_package_index(tmp_path: Path) -> None:
+    """What a fresh remote without uv does first (no venv, no pip): the real index, the real
+    wheel, its digest checked, and the binary it holds runs."""
+    import platform
+    import subprocess
+
+    from rjn.helper import env
+
+    if platform.machine() not in ("x86_64", "aarch64") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("uv's wheel is fetched on Linux with glibc, x86_64 or aarch64, only")
+    assert env.download_uv(str(tmp_path / "uv"))
+    uv = tmp_path / "uv" / "bin" / "uv"
+    assert subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.startswith(
+        "uv "
+    )
+    assert sorted(p.name for p in (tmp_path / "uv").rglob("*")) == ["bin", "uv"]  # nothing else

@@ -19,11 +19,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import Kernel
 from hosts import netns
 from hosts.loopback import ALIAS, TestHost
 
@@ -63,56 +63,6 @@ def row(what: str, seconds: float, login: float) -> None:
 def spread(what: str, values: list[float]) -> None:
     ms = [v * 1000 for v in values]
     print(f"  {what:<44} p50 {percentile(ms, 0.5):7.1f} ms   p99 {percentile(ms, 0.99):7.1f} ms")
-
-
-class Kernel:
-    """One kernel of the remote Jupyter, driven through the tunnel as a browser would."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.base, self.auth = f"127.0.0.1:{port}", {"Authorization": f"token {token}"}
-
-    def __enter__(self) -> Kernel:
-        import websocket
-
-        request = urllib.request.Request(f"http://{self.base}/api/kernels", headers=self.auth,
-                                         method="POST")  # fmt: skip
-        with DIRECT.open(request, timeout=60) as response:
-            self.id = json.loads(response.read())["id"]
-        self.ws = websocket.create_connection(
-            f"ws://{self.base}/api/kernels/{self.id}/channels",
-            header=[f"{k}: {v}" for k, v in self.auth.items()], timeout=60,
-        )  # fmt: skip
-        return self
-
-    def run(self, code: str) -> str:
-        """Execute `code`; its stdout once the kernel is idle again."""
-        msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": "bench", "session": msg_id,
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False},
-        }))  # fmt: skip
-        out = []
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if message["msg_type"] == "stream":
-                out.append(message["content"]["text"])
-            elif message["msg_type"] == "error":
-                raise SystemExit(f"bench: the kernel failed: {message['content']['evalue']}")
-            elif (
-                message["msg_type"] == "status" and message["content"]["execution_state"] == "idle"
-            ):
-                return "".join(out)
-
-    def __exit__(self, *exc: object) -> None:
-        self.ws.close()
-        request = urllib.request.Request(f"http://{self.base}/api/kernels/{self.id}",
-                                         headers=self.auth, method="DELETE")  # fmt: skip
-        DIRECT.open(request, timeout=60).close()
 
 
 def main() -> None:

@@ -65,27 +65,36 @@ def opened(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
-def execute(port: int, token: str, code: str) -> str:
-    """Run code in a new kernel through the tunnel, over the kernel's websocket; return stdout."""
-    status, kernel = api(port, "/api/kernels", token, method="POST")
-    assert status == 201
-    ws = websocket.create_connection(
-        f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels",
-        header=[f"Authorization: token {token}"],
-        timeout=60,
-    )
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                   "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False},
-    }))  # fmt: skip
-    output = []
-    try:
+class Kernel:
+    """One kernel of the remote Jupyter, driven through the tunnel as a browser drives it."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+
+    def __enter__(self) -> Kernel:
+        status, kernel = api(self.port, "/api/kernels", self.token, method="POST")
+        assert status == 201
+        self.id = kernel["id"]
+        self.ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/api/kernels/{self.id}/channels",
+            header=[f"Authorization: token {self.token}"],
+            timeout=60,
+        )
+        return self
+
+    def run(self, code: str) -> str:
+        """Execute `code`; its stdout once the kernel is idle again."""
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "test", "session": msg_id,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False},
+        }))  # fmt: skip
+        output = []
         while True:
-            message = json.loads(ws.recv())
+            message = json.loads(self.ws.recv())
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = message["msg_type"]
@@ -95,9 +104,16 @@ def execute(port: int, token: str, code: str) -> str:
                 raise AssertionError(message["content"]["evalue"])
             elif kind == "status" and message["content"]["execution_state"] == "idle":
                 return "".join(output)
-    finally:
-        ws.close()
-        api(port, f"/api/kernels/{kernel['id']}", token, method="DELETE")
+
+    def __exit__(self, *exc: object) -> None:
+        self.ws.close()
+        api(self.port, f"/api/kernels/{self.id}", self.token, method="DELETE")
+
+
+def execute(port: int, token: str, code: str) -> str:
+    """Run code in a new kernel through the tunnel, over the kernel's websocket; return stdout."""
+    with Kernel(port, token) as kernel:
+        return kernel.run(code)
 
 
 def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:

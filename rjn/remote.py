@@ -9,7 +9,9 @@ import json
 import os
 import re
 import shlex
+import socket
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from functools import cache, cached_property
@@ -415,6 +417,70 @@ class Remote:
     def _helper_lost(self) -> None:
         self._helper_mark().unlink(missing_ok=True)
 
+    # -- the serving helper: one per connection, for quick questions ----------------------
+
+    # Read-only actions: an answer lost on the way can be asked for again by exec.
+    SERVED = ("probe", "scan")
+
+    def _serving_socket(self) -> Path:
+        """The local end of the forward to this connection's serving helper (of this rjn)."""
+        name = f"{self.control_path.name}.{helper_zipapp()[1][:12]}"
+        return places.runtime_dir() / f"{name}.sock"
+
+    def _served(self, action: str, args: dict[str, Any], timeout: float) -> list[str] | None:
+        """The answer's lines from the serving helper (one round trip, no new remote process),
+        or None where it cannot answer: not started, or gone with its connection."""
+        path = self._serving_socket()
+        if not path.exists():
+            return None
+        chunks, size = [], 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            try:
+                conn.connect(str(path))
+                conn.sendall(json.dumps({"action": action, "args": args}).encode() + b"\n")
+                conn.shutdown(socket.SHUT_WR)
+                while chunk := conn.recv(1 << 16):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > 4 * MESSAGE_MAX:
+                        raise RemoteError(f"{self.host}: rjn's remote helper sent too much")
+            except OSError:
+                return None
+        return b"".join(chunks).decode(errors="replace").splitlines() or None
+
+    def _start_serving(self) -> None:
+        """Start this connection's serving helper (an ssh session of the master, which ends
+        with it) and forward a local socket to its own: one exec round trip, once. If it
+        cannot be done, commands go on by exec, as they always could."""
+        path = self._serving_socket()
+        refused = path.with_suffix(".refused")
+        if refused.exists() and time.time() - refused.stat().st_mtime < 600:
+            return  # it failed a moment ago: not at every command
+        with places.file_lock(path.with_suffix(".lock"), 60, f"{self.host} helper starting"):
+            if self._served("ping", {}, timeout=10):
+                return  # another rjn command started it meanwhile
+            payload, size = self._helper_payload(send=False)
+            given, out = path.with_suffix(".in"), path.with_suffix(".out")
+            places.write_private(given, "")
+            given.write_bytes(payload)
+            argv = self.ssh_argv(
+                "-T", command=_agent_command(self.config.python, "serve", {}, size)
+            )
+            proc.leave_running(argv, stdin=given, out=out)
+            where = _serving_at(out, deadline=time.monotonic() + 15)
+            given.unlink(missing_ok=True)
+            if isinstance(where, str):
+                self._helper_kept(size)
+                path.unlink(missing_ok=True)  # a forward of a master that is gone
+                spec = f"{path}:{where}"
+                if proc.run(self.ssh_argv("-O", "forward", "-L", spec), timeout=15).ok:
+                    refused.unlink(missing_ok=True)
+                    return
+            elif where == "need":
+                self._helper_lost()
+            places.write_private(refused, "")
+
     def agent(
         self,
         action: str,
@@ -438,6 +504,20 @@ class Remote:
             answer.update({k: v for k, v in message.items() if k in ("ok", "error", "need")})
 
         parse = _messages(on_message)
+        if action in self.SERVED and python == self.config.python and not hold and not send:
+            served = self._served(action, args, timeout or 300)
+            if served is None:
+                if not self.master_alive():
+                    raise self.lost("")  # the connection went while we asked
+                self._start_serving()
+                served = self._served(action, args, timeout or 300)
+            for line in served or ():
+                parse(line)
+            if "ok" in answer or "error" in answer:
+                if "error" in answer:
+                    raise helper_error(self.host, answer["error"])
+                ok_served: dict[str, Any] = answer["ok"]
+                return ok_served
         payload, size = self._helper_payload(send)
         command = _agent_command(python, action, args, size)
         if hold:
@@ -532,6 +612,29 @@ class Remote:
         """An interactive session (or a command with a terminal) over the master."""
         tty = "-t" if sys.stdin.isatty() else "-T"
         return proc.foreground(self.ssh_argv(tty, command=command))
+
+
+def _serving_at(out: Path, deadline: float) -> str | None:
+    """Where the serving helper listens, from its first line in `out` (checked: an absolute
+    path that can be forwarded); "need" if the remote does not keep the helper; else None."""
+    while time.monotonic() < deadline:
+        for line in out.read_text(errors="replace").splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if "need" in message:
+                return "need"
+            serving = message.get("serving")
+            where = serving.get("socket") if isinstance(serving, dict) else None
+            if isinstance(where, str) and where.startswith("/") and len(where) < 100:
+                return where if not any(c in where for c in ": \n") else None
+            if "error" in message:
+                return None
+        time.sleep(0.02)
+    return None
 
 
 def _agent_command(python: str, action: str, args: dict[str, Any], size: int) -> list[str]:

@@ -9,6 +9,7 @@ from .env import ensure_env
 from .probe import probe
 from .protocol import Failure
 from .runs import logs, run
+from .serve import serve
 from .server import start, stop
 from .tree import scan, trash
 from .watch import watch
@@ -23,6 +24,8 @@ ACTIONS = {
     "watch": watch,
     "run": run,
     "logs": logs,
+    "serve": serve,
+    "ping": lambda args: {},
 }
 
 

@@ -208,13 +208,15 @@ def spawn_detached(argv: Sequence[str], *, log: Path, timeout: float) -> int:
     return code
 
 
-def leave_running(argv: Sequence[str], *, stdin: Path, out: Path) -> None:
+def leave_running(argv: Sequence[str], *, stdin: Path, out: Path) -> Callable[[], bool]:
     """Start a command that outlives us (a session of its own), stdin from a file and output
-    to one: nothing of ours stays attached to it."""
+    to one: nothing of ours stays attached to it. Returns whether it still runs."""
     _command(argv[0])  # a missing program is an RjnError that says how to install it
     with open(stdin, "rb") as given, open(out, "wb") as written:
-        subprocess.Popen(list(argv), stdin=given, stdout=written, stderr=subprocess.STDOUT,
-                         start_new_session=True, close_fds=True)  # fmt: skip
+        started = subprocess.Popen(list(argv), stdin=given, stdout=written,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   close_fds=True)  # fmt: skip
+    return lambda: started.poll() is None
 
 
 def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:

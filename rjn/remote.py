@@ -467,8 +467,8 @@ class Remote:
             argv = self.ssh_argv(
                 "-T", command=_agent_command(self.config.python, "serve", {}, size)
             )
-            proc.leave_running(argv, stdin=given, out=out)
-            where = _serving_at(out, deadline=time.monotonic() + 15)
+            running = proc.leave_running(argv, stdin=given, out=out)
+            where = _serving_at(out, running, deadline=time.monotonic() + 15)
             given.unlink(missing_ok=True)
             if isinstance(where, str):
                 self._helper_kept(size)
@@ -614,10 +614,12 @@ class Remote:
         return proc.foreground(self.ssh_argv(tty, command=command))
 
 
-def _serving_at(out: Path, deadline: float) -> str | None:
+def _serving_at(out: Path, running: Callable[[], bool], deadline: float) -> str | None:
     """Where the serving helper listens, from its first line in `out` (checked: an absolute
-    path that can be forwarded); "need" if the remote does not keep the helper; else None."""
+    path that can be forwarded); "need" if the remote does not keep the helper; else None
+    (it ended, or said nothing in time)."""
     while time.monotonic() < deadline:
+        ended = not running()
         for line in out.read_text(errors="replace").splitlines():
             try:
                 message = json.loads(line)
@@ -633,6 +635,8 @@ def _serving_at(out: Path, deadline: float) -> str | None:
                 return where if not any(c in where for c in ": \n") else None
             if "error" in message:
                 return None
+        if ended:
+            return None
         time.sleep(0.02)
     return None
 

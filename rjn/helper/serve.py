@@ -64,6 +64,8 @@ def serve(args):
 def answer(conn, main):
     """One request in a child: the socket becomes its stdin and stdout, then main() runs it
     as if it had come by ssh. The exit code is the child's."""
+    # The parent lets the kernel reap its children; this child waits for its own.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     line = b""
     while not line.endswith(b"\n"):
         chunk = conn.recv(65536)

@@ -1,6 +1,6 @@
 """rjn's remote helper: runs on the remote host, standard library only (Python 3.8+).
 
-One module per concern (server, slurm, env, watch, runs, tree, probe), entered through
+One module per concern (server, slurm, env, watch, runs, tree, probe, serve), entered through
 main.py: one action per call, answered with JSON lines on stdout ({"log": ...} while it
 works, then {"ok": {...}} or {"error": {...}}). It travels as a zipapp, cached on the remote
 under its content hash (see rjn.remote), and keeps its records in <project>/.rjn/, private

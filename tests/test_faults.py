@@ -298,6 +298,7 @@ def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
     wait_for(lambda: len(serving_helpers()) == 1, what="one serving helper")
     serving = serving_helpers()
     # status and sync ask it: not one new remote process (sshd logs each command it starts).
+    assert run_rjn("sync", cwd=project).returncode == 0  # what earlier tests left, moved now
     before = host.log.read_text().count("Starting session: command")
     for _ in range(3):
         assert status(project)["server"] is True

@@ -284,19 +284,21 @@ def test_sync_meeting_a_stalled_link_fails_in_seconds_and_loses_nothing(
     assert status(project)["conflicts"] == {}
 
 
-def serving_helpers() -> list[str]:
-    """The remote's serving helpers (not the local ssh sessions that started them)."""
-    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
-    return [ln for ln in ps.splitlines() if "rjn_helper" in ln and " serve " in ln
-            and "ssh" not in ln.split()[0]]  # fmt: skip
+def serving_helpers(host: TestHost) -> list[int]:
+    """The test host's serving helpers (not the local ssh sessions that started them)."""
+    ps = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True)
+    ours = set(host.processes())
+    found = (line.split(None, 1) for line in ps.stdout.splitlines())
+    return [int(pid) for pid, args in found if int(pid) in ours and "rjn_helper" in args
+            and " serve " in args and "ssh" not in args.split()[0]]  # fmt: skip
 
 
 def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
     project: Path, host: TestHost, rjn_env: dict[str, str]
 ) -> None:
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
-    wait_for(lambda: len(serving_helpers()) == 1, what="one serving helper")
-    serving = serving_helpers()
+    wait_for(lambda: len(serving_helpers(host)) == 1, what="one serving helper")
+    serving = serving_helpers(host)
     # status and sync ask it: not one new remote process (sshd logs each command it starts).
     assert run_rjn("sync", cwd=project).returncode == 0  # what earlier tests left, moved now
     before = host.log.read_text().count("Starting session: command")
@@ -304,12 +306,12 @@ def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
         assert status(project)["server"] is True
     assert run_rjn("sync", cwd=project).returncode == 0
     assert host.log.read_text().count("Starting session: command") == before
-    assert serving_helpers() == serving
+    assert serving_helpers(host) == serving
     # It never outlives its connection: the master goes, and so does it.
     master(host, rjn_env, "exit")
-    wait_for(lambda: not serving_helpers(), timeout=15, what="the serving helper to end")
+    wait_for(lambda: not serving_helpers(host), timeout=15, what="the serving helper to end")
     # The next command connects again, and a new one serves it.
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     assert status(project)["server"] is True
-    wait_for(lambda: len(serving_helpers()) == 1, what="a new serving helper")
-    assert serving_helpers() != serving
+    wait_for(lambda: len(serving_helpers(host)) == 1, what="a new serving helper")
+    assert serving_helpers(host) != serving

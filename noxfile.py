@@ -38,8 +38,10 @@ def remote(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """What users wait for, against the separate test host (50 ms away): open, status, sync,
     run, figure and notebook latency, stall recovery; each as seconds and as x bare ssh."""
-    session.install("-e", ".", "websocket-client")
-    session.run("python", "tests/bench.py")
+    # As pip and pipx leave an install: compiled once, not at every command (uv does not
+    # compile unless asked, and PYTHONDONTWRITEBYTECODE would keep it from ever happening).
+    session.install("-e", ".", "websocket-client", env={"UV_COMPILE_BYTECODE": "1"})
+    session.run("python", "tests/bench.py", env={"PYTHONDONTWRITEBYTECODE": ""})
 
 
 @nox.session

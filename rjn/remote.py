@@ -423,8 +423,11 @@ class Remote:
     SERVED = ("probe", "scan")
 
     def _serving_socket(self) -> Path:
-        """The local end of the forward to this connection's serving helper (of this rjn)."""
-        name = f"{self.control_path.name}.{helper_zipapp()[1][:12]}"
+        """The local end of the forward to this connection's serving helper, of this rjn and
+        this [remote] python (its answers, the environment's check above all, are that
+        interpreter's: projects with another python have their own)."""
+        python = hashlib.sha256(self.config.python.encode()).hexdigest()[:8]
+        name = f"{self.control_path.name}.{helper_zipapp()[1][:12]}.{python}"
         return places.runtime_dir() / f"{name}.sock"
 
     def _served(self, action: str, args: dict[str, Any], timeout: float) -> list[str] | None:
@@ -462,8 +465,7 @@ class Remote:
                 return  # another rjn command started it meanwhile
             payload, size = self._helper_payload(send=False)
             given, out = path.with_suffix(".in"), path.with_suffix(".out")
-            places.write_private(given, "")
-            given.write_bytes(payload)
+            given.write_bytes(payload)  # in the runtime folder: private already
             argv = self.ssh_argv(
                 "-T", command=_agent_command(self.config.python, "serve", {}, size)
             )
@@ -503,6 +505,13 @@ class Remote:
                 on_log(str(message["log"]))
             answer.update({k: v for k, v in message.items() if k in ("ok", "error", "need")})
 
+        def settled() -> dict[str, Any] | None:
+            """The helper's answer, once it came: its ok, or its error raised."""
+            if "error" in answer:
+                raise helper_error(self.host, answer["error"])
+            ok: dict[str, Any] | None = answer.get("ok")
+            return ok
+
         parse = _messages(on_message)
         if action in self.SERVED and python == self.config.python and not hold and not send:
             served = self._served(action, args, timeout or 300)
@@ -513,11 +522,8 @@ class Remote:
                 served = self._served(action, args, timeout or 300)
             for line in served or ():
                 parse(line)
-            if "ok" in answer or "error" in answer:
-                if "error" in answer:
-                    raise helper_error(self.host, answer["error"])
-                ok_served: dict[str, Any] = answer["ok"]
-                return ok_served
+            if (done := settled()) is not None:
+                return done
         payload, size = self._helper_payload(send)
         command = _agent_command(python, action, args, size)
         if hold:
@@ -550,11 +556,8 @@ class Remote:
                               hold=hold, send=True)  # fmt: skip
         if "ok" in answer or "error" in answer:
             self._helper_kept(size)
-        if "error" in answer:
-            raise helper_error(self.host, answer["error"])
-        if "ok" in answer:
-            ok: dict[str, Any] = answer["ok"]
-            return ok
+        if (done := settled()) is not None:
+            return done
         if code == 127:
             raise RemoteError(
                 f"{self.host}: the remote python '{python}' was not found",
@@ -620,13 +623,11 @@ def _serving_at(out: Path, running: Callable[[], bool], deadline: float) -> str 
     (it ended, or said nothing in time)."""
     while time.monotonic() < deadline:
         ended = not running()
+        seen: list[dict[str, Any]] = []
+        parse = _messages(seen.append)  # as every answer of the helper: untrusted
         for line in out.read_text(errors="replace").splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(message, dict):
-                continue
+            parse(line)
+        for message in seen:
             if "need" in message:
                 return "need"
             serving = message.get("serving")

@@ -767,3 +767,11 @@ def test_uv_comes_straight_from_its_wheel_on_the_package_index(tmp_path: Path) -
         "uv "
     )
     assert sorted(p.name for p in (tmp_path / "uv").rglob("*")) == ["bin", "uv"]  # nothing else
+
+
+def test_each_remote_python_has_its_own_serving_helper(tmp_path: Path, monkeypatch) -> None:
+    """Its answers (whether the environment is current above all) are its interpreter's."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    plain, other = make_remote(tmp_path), make_remote(tmp_path, python="/opt/py/bin/python3")
+    assert plain.control_path == other.control_path  # one connection
+    assert plain._serving_socket() != other._serving_socket()  # two helpers

@@ -296,9 +296,16 @@ def serving_helpers(host: TestHost) -> list[int]:
 def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
     project: Path, host: TestHost, rjn_env: dict[str, str]
 ) -> None:
+    master(host, rjn_env, "exit")  # start from no connection of ours
+    # Other connections to the same host (other ssh configs, other tests) have their own.
+    others = set(serving_helpers(host))
+
+    def ours() -> set[int]:
+        return set(serving_helpers(host)) - others
+
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
-    wait_for(lambda: len(serving_helpers(host)) == 1, what="one serving helper")
-    serving = serving_helpers(host)
+    wait_for(lambda: len(ours()) == 1, what="one serving helper")
+    serving = ours()
     # status and sync ask it: not one new remote process (sshd logs each command it starts).
     assert run_rjn("sync", cwd=project).returncode == 0  # what earlier tests left, moved now
     before = host.log.read_text().count("Starting session: command")
@@ -306,12 +313,12 @@ def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
         assert status(project)["server"] is True
     assert run_rjn("sync", cwd=project).returncode == 0
     assert host.log.read_text().count("Starting session: command") == before
-    assert serving_helpers(host) == serving
+    assert ours() == serving
     # It never outlives its connection: the master goes, and so does it.
     master(host, rjn_env, "exit")
-    wait_for(lambda: not serving_helpers(host), timeout=15, what="the serving helper to end")
+    wait_for(lambda: not ours(), timeout=15, what="the serving helper to end")
     # The next command connects again, and a new one serves it.
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     assert status(project)["server"] is True
-    wait_for(lambda: len(serving_helpers(host)) == 1, what="a new serving helper")
-    assert serving_helpers(host) != serving
+    wait_for(lambda: len(ours()) == 1, what="a new serving helper")
+    assert ours() != serving

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,33 +21,70 @@ def state_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """A short private dir for sockets: unix socket paths are limited to ~100 bytes."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "rjn" if base else Path(tempfile.gettempdir()) / f"rjn-{os.getuid()}"
-    return private_dir(path)
+    """A short private dir for sockets (unix socket paths are limited to ~100 bytes): in
+    XDG_RUNTIME_DIR, the system's and the user's alone; else in rjn's cache folder at home;
+    else in the temp dir. private_dir() refuses anything another user planted there."""
+    candidates = []
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    if run:
+        candidates.append(Path(run) / "rjn")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    candidates += [Path(cache) / "rjn" / "s", Path(tempfile.gettempdir()) / f"rjn-{os.getuid()}"]
+    # ssh names a master's socket by a 40-character hash and writes it under a longer name first.
+    fits = [path for path in candidates if len(os.fsencode(path)) + 60 < 104]
+    return private_dir(fits[0] if fits else candidates[-1])
 
 
 def private_dir(path: Path) -> Path:
-    """`path` as a folder of the user's alone (made if missing; refused if another's)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid():
+    """`path` as a folder of the user's alone: made if missing, never through a link. One that
+    exists must be a real folder of this user's (checked on a descriptor opened without
+    following links, so nothing planted in a shared place like /tmp is followed or chmodded);
+    one of ours that is open to others is closed (it is ours: nobody else's mode changes)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
         raise RjnError(
-            f"{path} belongs to another user",
-            hint="remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a folder of your own",
-        )
-    if info.st_mode & 0o077:
-        path.chmod(0o700)
+            f"{path} is not a folder of yours (a link or a file is there: {exc.strerror}); "
+            "rjn keeps its files only in folders of its own",
+            hint=f"look at it and remove it (`ls -la {path}`), or set XDG_RUNTIME_DIR / "
+            "XDG_STATE_HOME to a folder of your own",
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise RjnError(
+                f"{path} belongs to another user (uid {info.st_uid}); rjn does not use it",
+                hint="remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a folder of your own",
+            )
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
 
 
 def write_private(path: Path, text: str) -> None:
-    """Atomically replace `path` with `text`, mode 0600 (its folder made private if missing)."""
+    """Atomically replace `path` with `text`, mode 0600 (its folder made private if missing:
+    only for rjn's own folders)."""
     private_dir(path.parent)
+    write_atomic(path, text)
+
+
+def write_atomic(path: Path, text: str, new_mode: int = 0o600) -> None:
+    """Atomically replace `path` with `text`: an existing file keeps its mode, a new one gets
+    `new_mode` (the folder's mode is never touched: it may be the user's project, shared)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = new_mode
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            os.fchmod(handle.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

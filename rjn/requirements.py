@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
-from rjn.places import write_private
+from rjn.places import write_atomic
 
 HEADER = (
     "# Written by rjn from the project's imports; edit remote.toml [requirements], not this file."
@@ -195,8 +195,8 @@ def write(config: Config) -> Requirements:
     lines = tuple(_merge(packages, cfg.extra))
     text = "\n".join((HEADER, *lines)) + "\n"
     if text != existing:
-        write_private(path, text)
-        path.chmod(0o644)
+        # A project file like any other: its folder and an existing file's mode stay as they are.
+        write_atomic(path, text, new_mode=0o644)
     return Requirements(path, lines, generated=True, skipped_files=tuple(skipped))
 
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -48,8 +49,32 @@ def project_dir(raw):
 
 
 def private(path):
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    """`path` as a folder of this user's alone: made if missing, never through a link. One that
+    exists must be a real folder of ours (checked on a descriptor opened without following
+    links), so nothing planted in a shared place (/tmp) is followed, chmodded or used."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise Fail(
+            "%s is not a folder of yours (%s): rjn does not use it" % (path, exc.strerror),
+            "look at it (ls -la %s) and remove it if it should not be there" % path,
+        )
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise Fail(
+                "%s belongs to another user (uid %d): rjn does not use it" % (path, info.st_uid),
+                "ask its owner or the admins to remove it",
+            )
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o700)  # ours: closing it changes nobody else's folder
+    finally:
+        os.close(fd)
     return path
 
 
@@ -74,17 +99,36 @@ def venv_python(project):
     return venv_bin(project, "python")
 
 
+def cache_dir():
+    """rjn's folder in the user's cache (the helper's zipapp is kept there too)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "rjn")
+
+
+def socket_folder():
+    """A private folder for unix sockets, short enough for their paths: in the session's
+    XDG_RUNTIME_DIR (the system's, the user's alone), else in rjn's cache folder at home, else
+    in /tmp. Sockets live where no other user can reach or race them; what another user made
+    is never used (private() refuses it, naming it)."""
+    candidates = []
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    if run and os.path.isdir(run):
+        candidates.append(os.path.join(run, "rjn"))
+    candidates.append(os.path.join(cache_dir(), "s"))
+    candidates.append(os.path.join(tempfile.gettempdir(), "rjn-%d" % os.getuid()))
+    # The longest name put in it: "helper-<pid>.sock" or "<16 hex>.sock".
+    fits = [c for c in candidates if len(c.encode()) + 24 < SOCKET_MAX]
+    return private(fits[0] if fits else candidates[-1])
+
+
 def socket_path(project):
-    """A private unix socket for Jupyter: in the project if short enough, else in /tmp."""
+    """A private unix socket for Jupyter: in the project if short enough, else in the
+    private socket folder."""
     path = os.path.join(project, RJN_DIR, "jupyter.sock")
     if len(path.encode()) < SOCKET_MAX and ":" not in path:
         return path
     digest = hashlib.sha256(project.encode()).hexdigest()[:16]
-    folder = os.path.join("/tmp", "rjn-%d" % os.getuid())
-    private(folder)
-    if os.stat(folder).st_uid != os.getuid():
-        raise Fail("%s belongs to another user" % folder)
-    return os.path.join(folder, digest + ".sock")
+    return os.path.join(socket_folder(), digest + ".sock")
 
 
 def read_json(path):

@@ -12,20 +12,11 @@ import select
 import signal
 import socket
 import sys
-import tempfile
 
-from .common import emit, private
+from .common import emit, socket_folder
 
 # The longest request line (the tree's known hashes travel in it).
 REQUEST_MAX = 16 * 1024 * 1024
-
-
-def socket_folder():
-    """A private folder for the socket, short enough for a unix socket path."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.path.isdir(base):
-        base = tempfile.gettempdir()
-    return private(os.path.join(base, "rjn-helper-%d" % os.getuid()))
 
 
 def serve(args):

@@ -275,9 +275,9 @@ def requirements() -> None:
 
     result = app.requirements_only(_config())
     where = "written" if result.generated else "kept (your own file)"
-    ui.err.print(f"{result.path} {where}:")
+    ui.err.print(f"{ui.escape(str(result.path))} {where}:")
     for line in result.lines:
-        ui.out.print(line)
+        ui.out.print(ui.escape(line))
 
 
 @command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import html
 import json
+import re
+import shlex
 import sys
 import time
 import webbrowser
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from rjn import places, twoway
@@ -24,6 +26,22 @@ from rjn.watch import Ready
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# C0 and C1 controls but tab and newline, and the marks that reorder text: a remote that sends
+# ESC or OSC sequences (a clipboard write, a window title, cursor moves) or a reversed name
+# must not drive the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    """Text for the terminal from anywhere (the remote above all): rich's markup escaped and
+    control characters shown as `\\x1b` and the like. A run's own output is not this (raw)."""
+    return escape_markup(_CONTROL.sub(_visible, text))
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Steps:
@@ -94,7 +112,8 @@ def print_json(value: Any) -> None:
 def show_opened(result: Opened) -> None:
     """The outcome of `rjn open`: what was reused, and the URL, always."""
     if result.requirements_generated:
-        err.print(f"  requirements: {', '.join(result.requirements) or '(none beyond Jupyter)'}")
+        listed = escape(", ".join(result.requirements)) or "(none beyond Jupyter)"
+        err.print(f"  requirements: {listed}")
     else:
         err.print("  requirements: kept your own requirements.txt")
     for name in result.unreadable:
@@ -114,7 +133,7 @@ def show_opened(result: Opened) -> None:
     for note in result.notes:
         err.print(f"  [yellow]note:[/] {escape(note)}")
     err.print(f"[bold]{escape(result.project)}[/] is open on {escape(result.host)}:")
-    out.print(result.tokened_url)
+    out.print(escape(result.tokened_url))
 
 
 def show_status(result: Status) -> None:
@@ -137,13 +156,13 @@ def show_status(result: Status) -> None:
     if result.job:
         where = f" on {result.node}" if result.node else ""
         left = f", {result.time_left} left" if result.time_left else ""
-        out.print(f"  slurm job   {result.job} {result.job_state}{escape(where)}{left}")
+        out.print(f"  slurm job   {escape(f'{result.job} {result.job_state}{where}{left}')}")
     out.print(
         f"  tunnel      {mark(result.tunnel)}"
         + (f" 127.0.0.1:{result.port}" if result.port else "")
     )
     if result.tokened_url:
-        out.print(f"  url         {result.tokened_url}")
+        out.print(f"  url         {escape(result.tokened_url)}")
     for line in _machine_lines(result.machine or {}):
         out.print(f"  {line}")
     for problem in result.problems:
@@ -198,10 +217,11 @@ def show_listed(projects: list[Listed]) -> None:
         )
         named = f" ({escape(p.remote)})" if p.remote != "remote" else ""
         out.print(f"[bold]{escape(p.project)}[/]{named} on {escape(p.host)}  {escape(p.root)}")
-        out.print(f"  {p.tokened_url or p.url or ''}  tunnel {up}")
+        out.print(f"  {escape(p.tokened_url or p.url or '')}  tunnel {up}")
         extra = []
         if p.job:
-            extra.append(f"slurm job {p.job}" + (f" on {escape(p.node)}" if p.node else ""))
+            on = f" on {p.node}" if p.node else ""
+            extra.append(f"slurm job {escape(f'{p.job}{on}')}")
         if p.uptime is not None:
             extra.append(f"open for {_span(p.uptime)}")
         if p.last_pulled:
@@ -289,6 +309,13 @@ def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
         err.print(f"[yellow]✗[/] {escape(rel)} deleted here: moved to the remote's {twoway.TRASH}/")
     for rel in tree.held:
         err.print(f"[yellow]![/] {escape(rel)} changed on the remote: `rjn sync` brings it home")
+    for rel in tree.kept_there:
+        err.print(
+            f"[yellow]![/] {escape(rel)} changed on the remote: left there, not brought home "
+            "(rjn or another tool would run what it says on this machine). Read it with "
+            f"`rjn shell -- cat -v {escape(shlex.quote(rel))}` and copy what you want by hand; to "
+            f"keep yours, remove the remote's: `rjn shell -- rm {escape(shlex.quote(rel))}`"
+        )
     for rel, copy in tree.conflicts.items():
         err.print(
             f"[yellow]![/] {escape(rel)} changed on both sides: the remote version is "

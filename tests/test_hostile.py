@@ -318,3 +318,15 @@ def test_a_link_of_the_project_that_leaves_it_is_never_sent(project, short_tmp) 
     assert not os.path.lexists(remote / "aws") and not os.path.lexists(remote / "key.txt")
     assert not any("s3cr3t" in p.read_text(errors="replace")
                    for p in remote.rglob("*") if p.is_file() and ".rjn" not in p.parts)  # fmt: skip
+
+
+def test_what_the_remote_says_reaches_the_terminal_as_text(project, fake_watcher) -> None:
+    # A clipboard write (OSC 52), a window title, a screen wipe and a C1 CSI: shown, not obeyed.
+    ready = {"ready": {"mode": "events", "fs": "ext4", "reason": ""}}
+    said = {"message": "boom \x1b]52;c;cHduZWQ=\x07 \x1b]0;owned\x07", "hint": "\x1b[2J\x9b31m"}
+    fake_watcher(json.dumps(ready) + "\n" + json.dumps({"error": said}) + "\n")
+    watched = run_rjn("watch", cwd=project, timeout=60)
+    assert watched.returncode == 4, watched.stderr
+    assert "\x1b" not in watched.stderr and "\x9b" not in watched.stderr
+    assert "boom \\x1b]52;c;cHduZWQ=\\x07" in watched.stderr
+    assert "hint: \\x1b[2J\\x9b31m" in watched.stderr

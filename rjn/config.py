@@ -40,6 +40,23 @@ DEFAULT_EXCLUDES = (
 )
 
 
+# Files that make this machine run something without the user opening them: rjn reads
+# remote.toml (ssh options, a ProxyCommand), nox imports noxfile.py to list its sessions, direnv
+# and dotenv load .envrc and .env on entering the folder, pre-commit runs its hooks on commit,
+# editors run .vscode/ tasks and .idea/ settings on opening it. They go out, but a remote change
+# to one never comes home (two-way sync keeps it there, a pull refuses it). (.git/ never travels.)
+GUARDED_NAMES = frozenset({"remote.toml", "noxfile.py", ".envrc", ".env",
+                           ".pre-commit-config.yaml"})  # fmt: skip
+GUARDED_FOLDERS = frozenset({".vscode", ".idea"})
+
+
+def guarded(rel: str) -> bool:
+    """Whether a project path is one whose remote changes never come home (at any depth: a
+    tool run in a subfolder reads that folder's)."""
+    parts = rel.split("/")
+    return parts[-1] in GUARDED_NAMES or not GUARDED_FOLDERS.isdisjoint(parts[:-1])
+
+
 @dataclass(frozen=True)
 class RemoteConfig:
     """Where the remote is and how to reach it."""

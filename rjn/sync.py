@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rjn import places, proc, state
-from rjn.config import Config
+from rjn.config import Config, guarded
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.remote import Remote
 
@@ -403,6 +403,10 @@ def _place(
         for rel in _staged(staging):
             staged = staging / rel
             info = staged.lstat()
+            if guarded(rel):
+                placed.append(Pulled(rel, 0, refused="it would steer this machine "
+                                     "(rjn or another tool reads it): never brought home"))
+                continue
             if stat.S_ISLNK(info.st_mode):
                 text = os.readlink(staged)
                 if not _link_stays_inside(rel, text, config.sync.results):

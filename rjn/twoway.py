@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rjn import places, state, sync
-from rjn.config import DEFAULT_EXCLUDES, Config
+from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import tree as helper_tree
 from rjn.remote import Remote
 
@@ -49,10 +49,14 @@ class Plan:
     conflict: tuple[str, ...] = ()
     agree: tuple[str, ...] = ()
     forget: tuple[str, ...] = ()
+    # Guarded files the remote changed (or made, or both sides did): left there, not brought.
+    kept_there: tuple[str, ...] = ()
 
 
 def decide(local: Tree, remote: Tree, agreed: Mapping[str, str]) -> Plan:
-    """The decision table. `agreed` maps a path to the hash both sides last agreed on."""
+    """The decision table. `agreed` maps a path to the hash both sides last agreed on. A
+    guarded file only ever goes out: what would bring the remote's version home keeps it
+    there, and a remote deletion of one is undone by sending ours again."""
     plan: dict[str, list[str]] = {k: [] for k in Plan.__dataclass_fields__}
     for rel in sorted({*local, *remote, *agreed}):
         here, there, base = local.get(rel), remote.get(rel), agreed.get(rel)
@@ -74,6 +78,9 @@ def decide(local: Tree, remote: Tree, agreed: Mapping[str, str]) -> Plan:
             ("changed", "deleted"): "push",
             ("changed", "changed"): "conflict",
         }.get((mine, theirs))
+        if action and guarded(rel):
+            action = {"pull": "kept_there", "conflict": "kept_there",
+                      "trash_local": "push"}.get(action, action)  # fmt: skip
         if action:
             plan[action].append(rel)
     return Plan(**{k: tuple(v) for k, v in plan.items()})
@@ -141,6 +148,8 @@ class Outcome:
     # pull-only one).
     held: tuple[str, ...] = ()
     unsent: tuple[str, ...] = ()
+    # Guarded files (see GUARDED_NAMES) changed on the remote, said once per remote version.
+    kept_there: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -216,6 +225,9 @@ def _apply(
         _agreed(config, files, rel, local_tree[rel], remote_tree[rel])
     for rel in plan.forget:
         files.pop(rel, None)
+    said = record.get("kept_there") or {}
+    record["kept_there"] = {rel: remote_tree[rel][2] for rel in plan.kept_there}
+    kept_there = tuple(r for r in plan.kept_there if said.get(r) != record["kept_there"][r])
     pushed: list[str] = []
     if plan.push:
         sync.push_decided(remote, config, remote_dir, plan.push, progress)
@@ -232,7 +244,8 @@ def _apply(
             trashed_there.append(rel)
     if direction == "push":
         return Outcome(pushed=tuple(pushed), trashed_there=tuple(trashed_there),
-                       held=plan.conflict + plan.pull + plan.trash_local)  # fmt: skip
+                       held=plan.conflict + plan.pull + plan.trash_local,
+                       kept_there=kept_there)  # fmt: skip
     pulled, trashed_here, merged = [], [], []
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
@@ -273,6 +286,7 @@ def _apply(
         merged=tuple(merged),
         conflicts={rel: c["copy"] for rel, c in record["conflicts"].items()},
         unsent=held,
+        kept_there=kept_there,
     )
 
 

@@ -4,6 +4,7 @@ tunnel, `rjn watch` in the background, the master's control socket, waiting for 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,11 +20,14 @@ import websocket
 from hosts.loopback import TestHost
 
 
-def run_rjn(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user runs it, with no terminal."""
+def run_rjn(
+    *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user runs it, with no terminal (`env`: variables to change)."""
     return subprocess.run(
         [sys.executable, "-m", "rjn", *args],
         cwd=cwd,
+        env={**os.environ, **env} if env else None,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

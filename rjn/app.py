@@ -89,7 +89,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
                           tree=twoway.scan_args(config), timeout=300)  # fmt: skip
     remote_dir = info.dir
     with report.step(f"Syncing with {remote.host}:{remote_dir}"):
-        synced = twoway.run(remote, config, remote_dir, info.files, progress=report.progress)
+        synced = twoway.run(remote, config, remote_dir, info.tree, progress=report.progress)
     if not info.env_current:
         with report.step("Installing the environment"):
             env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
@@ -399,7 +399,9 @@ def watch_results(
     watch.follow(make_remote(config), config, saved, on_ready, on_pulled, on_link, stop)
 
 
-def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
+def sync_now(
+    config: Config, report: Reporter, *, push: bool = False, allow_deletions: bool = False
+) -> Synced:
     """Both ways, now: results and remote edits come home, local edits go out, a file changed
     on both sides keeps both versions. With push, only send: nothing local changes."""
     remote = make_remote(config)
@@ -410,6 +412,7 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
             requirements.write(config)
         with report.step(f"Sending to {remote.host}:{remote_dir}"):
             tree = twoway.run(remote, config, remote_dir, direction="push",
+                              allow_deletions=allow_deletions,
                               progress=report.progress)  # fmt: skip
         return Synced(config.name, "push", tree=tree)
     step = report.step(f"Syncing with {remote.host}:{remote_dir}")
@@ -417,7 +420,8 @@ def sync_now(config: Config, report: Reporter, *, push: bool = False) -> Synced:
         # One look lists both (the tree, and the results): what has not changed costs nothing.
         seen = probe.look(remote, remote_dir, tree=twoway.scan_args(config),
                           results=config.sync.results, timeout=300)  # fmt: skip
-        pulled, tree = _bring_home(remote, config, remote_dir, seen.results, seen.files, report)
+        pulled, tree = _bring_home(remote, config, remote_dir, seen.results, seen.tree, report,
+                                   allow_deletions=allow_deletions)  # fmt: skip
     return Synced(config.name, "both", files=tuple(pulled), tree=tree)
 
 
@@ -460,7 +464,7 @@ def run(
                             on_output)  # fmt: skip
     with report.step(f"Pulling results from {ready.remote.host}"):
         pulled, tree = _bring_home(ready.remote, config, ready.remote_dir, left.results,
-                                   left.files, report)  # fmt: skip
+                                   left.tree, report)  # fmt: skip
     return Ran(config.name, code, tuple(pulled), tree=tree)
 
 
@@ -469,15 +473,17 @@ def _bring_home(
     config: Config,
     remote_dir: str,
     results: object,
-    files: dict[str, Any] | None,
+    listed: dict[str, Any] | None,
     report: Reporter,
+    allow_deletions: bool = False,
 ) -> tuple[list[sync.Pulled], twoway.Outcome]:
     """Results home and the project both ways, given the remote's listings (None: asked for
     here). The two are apart (results never travel both ways): both go at once over the one
     master."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         results_home = pool.submit(sync.pull_changed, remote, config, remote_dir, results)
-        tree = twoway.run(remote, config, remote_dir, files, progress=report.progress)
+        tree = twoway.run(remote, config, remote_dir, listed, allow_deletions=allow_deletions,
+                          progress=report.progress)  # fmt: skip
         return results_home.result(), tree
 
 

@@ -193,13 +193,21 @@ def sync(
     push: Annotated[
         bool, typer.Option("--push", help="Only send local edits: nothing here changes.")
     ] = False,
+    allow_deletions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletions",
+            help="Let more than a few deletions (or most of one side) travel, into the trash.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Both ways, now: results and remote edits come home, local edits go out; an edit on both
     sides keeps both versions (notebooks are merged cell by cell)."""
     from rjn import app, ui
 
-    result = app.sync_now(_config(), app.Quiet() if as_json else ui.Steps(), push=push)
+    report = app.Quiet() if as_json else ui.Steps()
+    result = app.sync_now(_config(), report, push=push, allow_deletions=allow_deletions)
     ui.print_json(result) if as_json else ui.show_synced(result)
 
 

@@ -18,13 +18,12 @@ from rjn.errors import ConfigError
 CONFIG_NAME = "remote.toml"
 
 # Directories never pushed: version control, environments, caches and rjn's own remote state.
+# (Any folder holding a pyvenv.cfg is an environment too, whatever its name: helper/tree.py.)
 DEFAULT_EXCLUDES = (
     ".git/",
     ".hg/",
     ".svn/",
     ".venv/",
-    "venv/",
-    "env/",
     ".nox/",
     ".tox/",
     "__pycache__/",

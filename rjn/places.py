@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,19 @@ def state_dir() -> Path:
     """The user's state dir for rjn (XDG_STATE_HOME), created private."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return private_dir(Path(base) / "rjn")
+
+
+def machine_id() -> str:
+    """A random id for this machine's rjn (in the state dir), made once: it names what this
+    machine leaves on a remote, so that it alone cleans it up."""
+    path = state_dir() / "machine-id"
+    with contextlib.suppress(OSError):
+        found = path.read_text().strip()
+        if found.isalnum():
+            return found
+    made = secrets.token_hex(6)
+    write_private(path, made)
+    return made
 
 
 def runtime_dir() -> Path:

@@ -34,8 +34,8 @@ class Probe:
     env_current: bool
     server: Server | None  # the server, if it is alive and answering
     job: Job
-    # The remote tree (path -> [size, mtime_ns, hash]) when asked for, for two-way sync.
-    files: dict[str, Any] | None = None
+    # The remote tree (a protocol.TreeListing as JSON) when asked for, for two-way sync.
+    tree: dict[str, Any] | None = None
     # GPUs, load, memory and disk, when asked for (`rjn status`).
     machine: dict[str, Any] | None = None
     # The results' files (path -> [mtime_ns, size]) when asked for; None also where only a
@@ -78,7 +78,7 @@ def parse(host: str, answer: dict[str, Any]) -> Probe:
         env_current=seen.env_current,
         server=Server.from_state(state),
         job=Job(state.job, state.job_state, state.node, state.time_left),
-        files=seen.files,
+        tree=seen.tree,
         machine=seen.machine,
         results=seen.results,
     )

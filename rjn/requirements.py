@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
+from rjn.helper.tree import is_environment
 from rjn.places import write_atomic
 
 HEADER = (
@@ -72,7 +73,13 @@ class Requirements:
 def source_files(root: Path) -> Iterator[Path]:
     """The .py and .ipynb files of a project, skipping environments and caches."""
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and not is_environment(os.path.join(folder, d))
+        )
         for name in sorted(files):
             if name.endswith((".py", ".ipynb")):
                 yield Path(folder, name)

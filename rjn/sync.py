@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,9 @@ from typing import Any
 from rjn import places, proc, state
 from rjn.config import Config, guarded
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
+from rjn.helper import protocol
+from rjn.helper import tree as helper_tree
+from rjn.helper.common import Fail
 from rjn.remote import Remote
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
@@ -219,7 +222,7 @@ def pull(
     results = config.sync.results
     listing = None
     if files is not None:
-        listing = "".join(f"{checked_name(f, results)}\n" for f in files)
+        listing = _files_from(checked_name(f, results) for f in files)
     with _staging(root) as staging:
         argv = [
             "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
@@ -239,7 +242,7 @@ def pull(
             sources = [f"{remote_dir}/./{folder.strip('/')}/" for folder in results]
             argv += ["--relative", remote.rsync_target(sources[0]), *(f":{s}" for s in sources[1:])]
         else:
-            argv += ["--files-from=-", remote.rsync_target(f"{remote_dir}/")]
+            argv += ["--from0", "--files-from=-", remote.rsync_target(f"{remote_dir}/")]
         argv += [f"{staging}/"]
         # 23/24: a file vanished or changed while listed (the watcher reports it again), or a
         # results folder does not exist there yet.
@@ -318,10 +321,11 @@ def pull_decided(
     """Bring project files home that two-way sync decided to pull. `expected` is each file's
     local (mtime_ns, size) when the decision was made (None: absent); a file changed since is
     kept, and the remote version lands beside it."""
-    listing = "".join(f"{checked_name(name, None)}\n" for name in sorted(expected))
+    listing = _files_from(checked_name(name, None) for name in sorted(expected))
     with _staging(config.root) as staging:
         argv = [
-            "rsync", "--files-from=-", "--links", "--times", "--compress", "--protect-args",
+            "rsync", "--from0", "--files-from=-", "--links", "--times", "--compress",
+            "--protect-args",
             "--info=progress2,skip1", "--stats", "--no-inc-recursive",
             # Decided by content: sent even when size and time match to the second.
             "--ignore-times",
@@ -329,7 +333,7 @@ def pull_decided(
             remote.rsync_target(f"{remote_dir}/"), f"{staging}/",
         ]  # fmt: skip
         moved = _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24),
-                       writes_here=True)  # fmt: skip
+                       writes_here=True, max_bytes=config.sync.max_pull_size)  # fmt: skip
         too_big = [
             Pulled(name, 0, refused="larger than [sync] max_file_size")
             for name in moved.over_max_size
@@ -341,20 +345,49 @@ def push_decided(
     remote: Remote,
     config: Config,
     remote_dir: str,
-    names: Sequence[str],
+    wants: dict[str, list[Any] | None],
     progress: Progress | None = None,
-) -> Transfer:
-    """Send the project files two-way sync decided to push (names from our own scan)."""
+) -> protocol.Placed:
+    """Send the project files two-way sync decided to push (names from our own scan) into a
+    staging folder on the remote, then have the helper place each one only where the remote
+    still holds what the plan saw (`wants`: None for absent, else its [size, mtime_ns,
+    sha256]). rsync never writes in the project itself; its delta transfer still works from
+    the remote's current version (--copy-dest)."""
+    staging = f"{STAGING}{staging_prefix()}{secrets.token_hex(6)}"
     argv = [
-        "rsync", "--files-from=-", "--links", "--safe-links", "--perms", "--times",
-        "--compress", "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
+        "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
+        "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
         # Decided by content: sent even when size and time match to the second.
-        "--ignore-times",
-        "-e", remote.rsync_shell(), f"{config.root}/", remote.rsync_target(f"{remote_dir}/"),
+        "--ignore-times", f"--copy-dest={remote_dir}",
+        "-e", remote.rsync_shell(), f"{config.root}/",
+        remote.rsync_target(f"{remote_dir}/.rjn/{staging}/"),
     ]  # fmt: skip
-    listing = "".join(f"{name}\n" for name in sorted(names))
-    # 23/24: a file vanished or changed as we sent it; the next sync sees it as it is.
-    return _rsync(remote, argv, progress, input=listing, ok_codes=(0, 23, 24))
+    # 23/24: a file vanished or changed as we sent it; placing says it did not arrive.
+    _rsync(remote, argv, progress, input=_files_from(sorted(wants)), ok_codes=(0, 23, 24))
+    answer = remote.agent("place", {"dir": remote_dir, "staging": staging, "files": wants},
+                          timeout=600)  # fmt: skip
+    try:
+        placed = protocol.Placed.parse(answer)
+    except protocol.Malformed as bad:
+        raise Refused(f"the remote's helper sent a malformed answer ({bad.field})") from None
+    return placed
+
+
+# The staging folders a push leaves in the remote's .rjn/ are named by this prefix, then this
+# machine's id: the next pass of this machine cleans up after one cut short.
+STAGING = "incoming-"
+
+
+def staging_prefix() -> str:
+    """This machine's part of a staging folder's name (see helper/tree.clean_staging)."""
+    return f"{STAGING}{places.machine_id()}-"
+
+
+def _files_from(names: Iterable[str]) -> str:
+    """A --files-from list for --from0: NUL-separated, so any name travels (a line break in
+    one included), each behind ./, since rsync drops names that start with # or ; as
+    comments."""
+    return "".join(f"./{name}\0" for name in names)
 
 
 def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
@@ -374,12 +407,35 @@ def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]
 
 @contextlib.contextmanager
 def _staging(root: Path) -> Iterator[Path]:
-    """A scratch folder in the project (same filesystem: moving out of it is atomic)."""
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".rjn-incoming-"))
+    """A scratch folder in the project (same filesystem: moving out of it is atomic), named
+    by our pid, so that one a killed rjn left is known for what it is (clean_staging)."""
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f"{_LOCAL_STAGING}{os.getpid()}-"))
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_LOCAL_STAGING = ".rjn-incoming-"
+
+
+def clean_staging(root: Path) -> None:
+    """Remove the staging folders that rjn processes which are gone left in the project."""
+    with contextlib.suppress(OSError):
+        for leftover in root.glob(f"{_LOCAL_STAGING}*"):
+            pid = leftover.name[len(_LOCAL_STAGING) :].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _staged(staging: Path) -> Iterator[str]:
@@ -433,36 +489,14 @@ def _place(
 
 def _open_folder(root_fd: int, rel: str) -> int:
     """A descriptor of the folder that will hold `rel`, made where missing; a component that is
-    a link, or not a folder, refuses (it is never followed)."""
-    fd = os.dup(root_fd)
-    walked = []
+    a link, or not a folder, refuses (it is never followed). The helper's walk, run here."""
     try:
-        for part in rel.split("/")[:-1]:
-            walked.append(part)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o777, dir_fd=fd)
-            try:
-                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Refused(
-                        f"{'/'.join(walked)} is a link or a file here: nothing is written "
-                        "through it"
-                    ) from None
-                raise
-            os.close(fd)
-            fd = inner
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return helper_tree.open_folder(root_fd, rel, make=True)
+    except Fail as failed:
+        raise Refused(failed.message) from None
 
 
-def _lstat_at(folder: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
+_lstat_at = helper_tree.lstat_at
 
 
 def _place_one(
@@ -479,7 +513,11 @@ def _place_one(
     record = index.get(rel, {})
     local = _lstat_at(folder, name)
     if local is not None and stat.S_ISDIR(local.st_mode):
-        return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
+        try:
+            os.rmdir(name, dir_fd=folder)  # an empty folder gives way (a folder became a file)
+        except OSError:
+            return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
+        local = None
     edited = local is not None and _stamp(local) != record.get("local")
     if edited:
         if record.get("remote") == remote_stamp:

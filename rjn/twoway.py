@@ -1,11 +1,20 @@
 """The project kept in step both ways: the version both sides last agreed on decides what moves.
 
-Per file, rjn remembers the agreed version (size and time on each side, and a content hash).
-Changed on one side since: the other side gets it. Changed on both: a conflict; notebooks are
-merged cell-wise (nbdime) where that is clean, else the remote version lands beside the local
-one. Deleted on one side while the other is unchanged: the deletion travels, into a trash
-folder (`.rjn/trash/`) on the other side. No decision compares the clocks of two machines.
-Results folders are not part of this: they only come home (`sync.pull`).
+Scan, decide, apply. Per file, rjn remembers the agreed version (size and time on each side,
+and a content hash) for one pair of copies: this folder, and one remote folder known by its
+host, its path and the replica id rjn keeps in its `.rjn/`. Changed on one side since: the
+other side gets it. Changed on both: a conflict; notebooks are merged cell-wise (nbdime) where
+that is clean, else the remote version lands beside the local one. Deleted on one side while
+the other is unchanged: the deletion travels, into a trash folder (`.rjn/trash/`) on the
+other side. No decision compares the clocks of two machines.
+
+Every transition is compare and swap: a file is placed, replaced or trashed only if its
+destination still is what the plan was made from (type, size, time, and the hash where those
+are equal); otherwise it is left as it is and the next pass decides again. On the remote, rsync
+carries the bytes into a staging folder and the helper places them; here, pulls are staged and
+placed the same way (sync.py). A new, emptied or purged remote folder is a new pair: nothing is
+deleted anywhere. One pass runs at a time per project (a lock): open's watch, sync and run take
+turns. Results folders are not part of this: they only come home (`sync.pull`).
 """
 
 from __future__ import annotations
@@ -14,20 +23,24 @@ import contextlib
 import dataclasses
 import json
 import os
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rjn import places, state, sync
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
+from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
+from rjn.helper.common import Fail
 from rjn.remote import Remote
 
 # A file's state on one side: [size, mtime_ns, sha256].
 Tree = Mapping[str, Sequence[Any]]
 TRASH = ".rjn/trash"
+
+# Deletions that travel without asking: at most this many, and never most of one side.
+FEW_DELETIONS = 20
 
 
 def filters(config: Config) -> tuple[list[str], list[str]]:
@@ -38,9 +51,12 @@ def filters(config: Config) -> tuple[list[str], list[str]]:
     return exclude, list(config.sync.include)
 
 
+# -- decide: the table ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What one sync will do, path by path (pure: decided from three listings)."""
+    """What one sync will do, path by path (pure: decided from the listings)."""
 
     push: tuple[str, ...] = ()
     pull: tuple[str, ...] = ()
@@ -51,38 +67,61 @@ class Plan:
     forget: tuple[str, ...] = ()
     # Guarded files the remote changed (or made, or both sides did): left there, not brought.
     kept_there: tuple[str, ...] = ()
+    # Paths that are a file on one side and a folder (or a link) on the other, or would be once
+    # the plan ran: nothing under them moves, both sides keep what they have.
+    clash: tuple[str, ...] = ()
 
 
-def decide(local: Tree, remote: Tree, agreed: Mapping[str, str]) -> Plan:
-    """The decision table. `agreed` maps a path to the hash both sides last agreed on. A
-    guarded file only ever goes out: what would bring the remote's version home keeps it
-    there, and a remote deletion of one is undone by sending ours again."""
-    plan: dict[str, list[str]] = {k: [] for k in Plan.__dataclass_fields__}
+_TABLE = {
+    ("new", "absent"): "push",
+    ("absent", "new"): "pull",
+    ("new", "new"): "conflict",
+    ("changed", "same"): "push",
+    ("same", "changed"): "pull",
+    ("deleted", "same"): "trash_remote",
+    ("same", "deleted"): "trash_local",
+    ("deleted", "deleted"): "forget",
+    ("deleted", "changed"): "pull",
+    ("changed", "deleted"): "push",
+    ("changed", "changed"): "conflict",
+}
+
+
+def decide(
+    local: Tree,
+    remote: Tree,
+    agreed: Mapping[str, str],
+    local_others: Iterable[str] = (),
+    remote_others: Iterable[str] = (),
+) -> Plan:
+    """The decision table. `agreed` maps a path to the hash both sides last agreed on;
+    `*_others` are what is there but never travels (links, sockets): they block their name.
+
+    A guarded file only ever goes out: what would bring the remote's version home keeps it
+    there, and a remote deletion of one is undone by sending ours again. A file that would
+    meet a folder of its name (or a link) on either side is a clash: nothing under that name
+    moves, so nothing either side changed is lost."""
+    plan: dict[str, list[str]] = {f.name: [] for f in fields(Plan)}
     for rel in sorted({*local, *remote, *agreed}):
         here, there, base = local.get(rel), remote.get(rel), agreed.get(rel)
         if here and there and here[2] == there[2]:
             if base != here[2]:
                 plan["agree"].append(rel)
             continue
-        mine, theirs = _change(here, base), _change(there, base)
-        action = {
-            ("new", "absent"): "push",
-            ("absent", "new"): "pull",
-            ("new", "new"): "conflict",
-            ("changed", "same"): "push",
-            ("same", "changed"): "pull",
-            ("deleted", "same"): "trash_remote",
-            ("same", "deleted"): "trash_local",
-            ("deleted", "deleted"): "forget",
-            ("deleted", "changed"): "pull",
-            ("changed", "deleted"): "push",
-            ("changed", "changed"): "conflict",
-        }.get((mine, theirs))
+        action = _TABLE.get((_change(here, base), _change(there, base)))
         if action and guarded(rel):
             action = {"pull": "kept_there", "conflict": "kept_there",
                       "trash_local": "push"}.get(action, action)  # fmt: skip
         if action:
             plan[action].append(rel)
+    after_here = (set(local) - set(plan["trash_local"])) | set(plan["pull"])
+    after_there = (set(remote) - set(plan["trash_remote"])) | set(plan["push"])
+    clashes = _clashes(after_here, set(local_others)) | _clashes(after_there, set(remote_others))
+    if clashes:
+        moving = ("push", "pull", "conflict", "trash_local", "trash_remote")
+        for action in moving:
+            plan[action] = [r for r in plan[action] if not _under_any(r, clashes)]
+        plan["clash"] = sorted(clashes)
     return Plan(**{k: tuple(v) for k, v in plan.items()})
 
 
@@ -94,6 +133,25 @@ def _change(entry: Sequence[Any] | None, base: str | None) -> str:
     return "same" if entry[2] == base else "changed"
 
 
+def _clashes(files: set[str], blockers: set[str]) -> set[str]:
+    """Names on one side that would be a file and a folder at once, or that a link holds."""
+    folders = {rel[:i] for rel in files for i, c in enumerate(rel) if c == "/"}
+    found = {rel for rel in files if rel in folders}
+    found |= {rel for rel in blockers if rel in folders or rel in files}
+    return found
+
+
+def _under_any(rel: str, roots: set[str]) -> bool:
+    parts = rel.split("/")
+    return any("/".join(parts[: i + 1]) in roots for i in range(len(parts)))
+
+
+def too_many(count: int, side: int) -> bool:
+    """Whether deleting `count` of a side's `side` files needs the user's word: more than a
+    few, or most of that side."""
+    return count > FEW_DELETIONS or (count > 3 and 2 * count > side)
+
+
 # -- the record of agreed versions ------------------------------------------------------------
 
 
@@ -102,7 +160,8 @@ def _record_path(config: Config) -> Path:
 
 
 def load(config: Config) -> dict[str, Any]:
-    """{"files": {rel: {"local", "remote", "hash"}}, "conflicts": {rel: {"copy", "remote"}}}."""
+    """{"files": {rel: {"local", "remote", "hash"}}, "conflicts": {rel: {"copy", "remote"}},
+    "pair": {"host", "dir", "replica"}, "gen": passes so far, "kept_there": {rel: hash}}."""
     try:
         data = json.loads(_record_path(config).read_text())
     except (OSError, ValueError):
@@ -111,6 +170,7 @@ def load(config: Config) -> dict[str, Any]:
         data = {}
     data.setdefault("files", {})
     data.setdefault("conflicts", {})
+    data.setdefault("gen", 0)
     return data
 
 
@@ -131,12 +191,24 @@ def conflicts(config: Config) -> dict[str, str]:
     return {rel: c["copy"] for rel, c in found.items() if (config.root / c["copy"]).exists()}
 
 
-# -- one sync ------------------------------------------------------------------------------
+def scan_args(config: Config) -> dict[str, Any]:
+    """The helper's arguments for listing the remote tree (in a probe, a run's end, or alone):
+    what travels, the hashes it knows, the record's generation (echoed back, so that a
+    listing made before another pass is told apart), and this machine's leftover staging."""
+    exclude, include = filters(config)
+    record = load(config)
+    files = record["files"]
+    known = {rel: [*a["remote"], a["hash"]] for rel, a in files.items() if a.get("remote")}
+    return {"exclude": exclude, "include": include, "known": known, "gen": record["gen"],
+            "stale": sync.staging_prefix()}  # fmt: skip
+
+
+# -- one sync -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one two-way sync did."""
+    """What one two-way sync did, and what it left for the user."""
 
     pushed: tuple[str, ...] = ()
     pulled: tuple[sync.Pulled, ...] = ()
@@ -148,60 +220,175 @@ class Outcome:
     # pull-only one).
     held: tuple[str, ...] = ()
     unsent: tuple[str, ...] = ()
-    # Guarded files (see GUARDED_NAMES) changed on the remote, said once per remote version.
+    # Guarded files (see config.GUARDED_NAMES) changed on the remote, said once per version.
     kept_there: tuple[str, ...] = ()
+    # Changed on the remote while ours was on its way: left there; the next pass decides.
+    raced: tuple[str, ...] = ()
+    # A file on one side where the other has a folder or a link: nothing under it moved.
+    clashes: tuple[str, ...] = ()
+    # Names that cannot travel, [(side, name, why)].
+    skipped: tuple[tuple[str, str, str], ...] = ()
+    # Deletions not carried out for want of the user's word: {"here" | "there": count}.
+    deletions_held: dict[str, int] = field(default_factory=dict)
+    # The remote copy is not the one last synced with (new, changed, emptied, purged).
+    new_pair: str | None = None
 
     @property
     def changed(self) -> bool:
         return bool(self.pushed or self.pulled or self.trashed_here or self.trashed_there)
 
 
-def scan_args(config: Config) -> dict[str, Any]:
-    """The helper's arguments for listing the remote tree (in a probe, or alone)."""
-    exclude, include = filters(config)
-    record = load(config)["files"]
-    known = {rel: [*a["remote"], a["hash"]] for rel, a in record.items() if a.get("remote")}
-    return {"exclude": exclude, "include": include, "known": known}
+def _lock(config: Config) -> contextlib.AbstractContextManager[None]:
+    """One pass at a time per project and remote: the watch, sync and run take turns."""
+    path = state.project_file(config.root, config.remote_name, ".sync-lock")
+    return places.file_lock(path, timeout=900, busy="the project syncing")
 
 
 def run(
     remote: Remote,
     config: Config,
     remote_dir: str,
-    remote_tree: Tree | None = None,
+    remote_tree: object = None,
     *,
     direction: str = "both",
+    allow_deletions: bool = False,
     progress: sync.Progress | None = None,
 ) -> Outcome:
     """Bring both sides in step. direction "push" only sends (nothing local changes); "pull"
-    only brings home (nothing remote changes; both-sided changes keep both versions)."""
-    if remote_tree is None:
-        remote_tree = remote.agent("scan", {"dir": remote_dir, **scan_args(config)}, timeout=300)[
-            "files"
-        ]
+    only brings home (nothing remote changes, but a clean merge of a notebook goes back);
+    both-sided changes keep both versions. `remote_tree` is a listing the caller already has
+    (a probe's); it is used only if no other pass ran since it was made."""
     exclude, include = filters(config)
-    remote_tree = _checked_tree(remote_tree, exclude, include)
-    record = load(config)
-    files: dict[str, Any] = record["files"]
-    known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
-    local_tree = helper_tree.scan_tree(str(config.root), exclude, include, known)
-    agreed = {rel: a["hash"] for rel, a in files.items()}
-    # A conflict whose copy the user deleted is resolved: the remote version they saw is
-    # taken as agreed, so their local version goes out.
-    for rel, conflict in list(record["conflicts"].items()):
-        if not (config.root / conflict["copy"]).exists():
-            agreed[rel] = conflict["remote"]
-            del record["conflicts"][rel]
-    held = tuple(rel for rel in record["conflicts"])
-    plan = decide(
-        {k: v for k, v in local_tree.items() if k not in held},
-        {k: v for k, v in remote_tree.items() if k not in held},
-        {k: v for k, v in agreed.items() if k not in held},
-    )
-    outcome = _apply(remote, config, remote_dir, plan, local_tree, remote_tree, record,
-                     direction, progress)  # fmt: skip
-    _save(config, record)
-    return outcome
+    with _lock(config):
+        sync.clean_staging(config.root)
+        record = load(config)
+        if not isinstance(remote_tree, dict) or remote_tree.get("gen") != record["gen"]:
+            args = {"dir": remote_dir, **scan_args(config)}
+            remote_tree = remote.agent("scan", args, timeout=300)["tree"]
+        there = _checked_listing(remote_tree, exclude, include)
+        files: dict[str, Any] = record["files"]
+        known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
+        here = helper_tree.list_tree(str(config.root), exclude, include, known)
+        # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
+        copies = {c["copy"] for c in record["conflicts"].values()}
+        here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
+        new_pair = _pair(record, remote.host, remote_dir, there, here["files"])
+        agreed = {rel: a["hash"] for rel, a in files.items()}
+        # A conflict whose copy the user deleted is resolved: the remote version they saw is
+        # taken as agreed, so their local version goes out.
+        for rel, conflict in list(record["conflicts"].items()):
+            if not (config.root / conflict["copy"]).exists():
+                agreed[rel] = conflict["remote"]
+                del record["conflicts"][rel]
+        held = set(record["conflicts"])
+
+        def free(tree: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in tree.items() if k not in held}
+
+        plan = decide(free(here["files"]), free(there.files), free(agreed), here["others"],
+                      there.others)  # fmt: skip
+        plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
+        outcome = _apply(remote, config, remote_dir, plan, here["files"], there.files, record,
+                         direction, progress)  # fmt: skip
+        record["gen"] += 1
+        _save(config, record)
+    skipped = [("here", n, why) for n, why in here["skipped"]] + [
+        ("there", n, why) for n, why in there.skipped
+    ]
+    return dataclasses.replace(outcome, clashes=plan.clash, skipped=tuple(skipped),
+                               deletions_held=deletions_held, new_pair=new_pair)  # fmt: skip
+
+
+def _pair(
+    record: dict[str, Any], host: str, remote_dir: str, there: Listing, here: Tree
+) -> str | None:
+    """Make the record this pair's: a different copy there (another folder, a new, emptied or
+    purged one) starts a new pair with nothing agreed, so nothing is deleted on either side,
+    and says so once. So does a side that has no file left at all: a deletion of everything
+    never travels."""
+    pair = {"host": host, "dir": remote_dir, "replica": there.replica}
+    known, files = record.get("pair"), record["files"]
+    record["pair"] = pair
+    if not files:
+        return None
+    where = f"{host}:{remote_dir}"
+    if known is not None and known != pair:
+        why = f"{where} is not the copy last synced with (another, new or purged folder)"
+    elif not there.files:
+        why = f"{where} has none of the project's files left (emptied or purged)"
+    elif not here:
+        why = "this folder has none of the project's files left"
+    else:
+        return None  # the same pair (a record from before pairs were kept is taken as this one)
+    files.clear()
+    record["conflicts"].clear()
+    return f"{why}: nothing was deleted on either side; each side gets what the other has"
+
+
+def _limit_deletions(
+    plan: Plan, here: Tree, there: Tree, allowed: bool
+) -> tuple[Plan, dict[str, int]]:
+    """Deletions beyond a few, or of most of one side, wait for the user's word."""
+    if allowed:
+        return plan, {}
+    waiting: dict[str, int] = {}
+    if too_many(len(plan.trash_local), len(here)):
+        waiting["here"] = len(plan.trash_local)
+        plan = dataclasses.replace(plan, trash_local=())
+    if too_many(len(plan.trash_remote), len(there)):
+        waiting["there"] = len(plan.trash_remote)
+        plan = dataclasses.replace(plan, trash_remote=())
+    return plan, waiting
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A side's tree, checked: files that travel, what blocks names, names skipped."""
+
+    files: dict[str, list[Any]]
+    others: dict[str, str]
+    skipped: list[tuple[str, str]]
+    replica: str | None
+    gen: int | None
+
+
+def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Listing:
+    """The remote's listing, as untrusted input: plain names of files that travel (never into
+    rjn's folders or the results), each [size, mtime_ns, sha256]. A name that is not one is
+    skipped and said, never a reason to stop the others; a listing that is not one stops."""
+    try:
+        listing = protocol.TreeListing.parse(raw)
+    except protocol.Malformed as bad:
+        raise sync.Refused(f"the remote sent a malformed file listing ({bad.field})") from None
+    files: dict[str, list[Any]] = {}
+    others: dict[str, str] = {}
+    skipped: list[tuple[str, str]] = []
+    for name, entry in [*listing.files.items(), *listing.others.items()]:
+        try:
+            rel = sync.checked_name(name, None)
+        except sync.Refused as refused:
+            skipped.append((str(name)[:200], refused.message))
+            continue
+        parts = rel.split("/")
+        paths = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if not all(helper_tree.travels(p, p != rel, exclude, include) for p in paths):
+            skipped.append((rel, "it is not a file that travels"))
+        elif isinstance(entry, str):
+            others[rel] = entry
+        elif (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry[:2])
+              and isinstance(entry[2], str)):  # fmt: skip
+            files[rel] = entry
+        else:
+            raise sync.Refused(f"the remote sent a malformed entry for {rel!r:.200}")
+    for item in listing.skipped:
+        ok = isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
+        if not ok:
+            raise sync.Refused("the remote sent a malformed list of skipped names")
+        skipped.append((item[0][:200], item[1][:200]))
+    return Listing(files, others, skipped, listing.replica, listing.gen)
+
+
+# -- apply: each transition compare and swap ------------------------------------------------------
 
 
 def _apply(
@@ -215,98 +402,115 @@ def _apply(
     direction: str,
     progress: sync.Progress | None,
 ) -> Outcome:
-    files: dict[str, Any] = record["files"]
-    if direction == "pull":
-        held = plan.push + plan.trash_remote
-        plan = dataclasses.replace(plan, push=(), trash_remote=())
-    else:
-        held = ()
+    """Carry out the plan, deletions before placements on each side (a folder a file replaces
+    must be empty first); the agreed record is built once, at the end, from what each
+    transition reports it did."""
+    done: dict[str, dict[str, Any] | None] = {}  # rel -> its new agreed entry, None: forgotten
     for rel in plan.agree:
-        _agreed(config, files, rel, local_tree[rel], remote_tree[rel])
+        done[rel] = _entry(local_tree[rel], remote_tree[rel])
     for rel in plan.forget:
-        files.pop(rel, None)
+        done[rel] = None
     said = record.get("kept_there") or {}
     record["kept_there"] = {rel: remote_tree[rel][2] for rel in plan.kept_there}
     kept_there = tuple(r for r in plan.kept_there if said.get(r) != record["kept_there"][r])
-    pushed: list[str] = []
-    if plan.push:
-        sync.push_decided(remote, config, remote_dir, plan.push, progress)
-        for rel in plan.push:
-            entry = local_tree[rel]
-            _agreed(config, files, rel, entry, entry)  # --times: the remote copy has our stamp
-            pushed.append(rel)
+    sends = direction != "pull"
     trashed_there: list[str] = []
-    if plan.trash_remote:
-        stamps = {rel: list(remote_tree[rel][:2]) for rel in plan.trash_remote}
-        moved = remote.agent("trash", {"dir": remote_dir, "files": stamps}, timeout=120)["moved"]
-        for rel in moved:
-            files.pop(rel, None)
-            trashed_there.append(rel)
+    if sends and plan.trash_remote:
+        wants = {rel: list(remote_tree[rel]) for rel in plan.trash_remote}
+        answer = remote.agent("trash", {"dir": remote_dir, "files": wants}, timeout=120)
+        trashed_there = [rel for rel in answer.get("moved", []) if rel in wants]
+        done.update(dict.fromkeys(trashed_there))
+    pushed, raced = (
+        _push(remote, config, remote_dir, plan.push, local_tree, remote_tree, done, progress)
+        if sends
+        else ([], [])
+    )
     if direction == "push":
+        _record(config, record, done)
         return Outcome(pushed=tuple(pushed), trashed_there=tuple(trashed_there),
-                       held=plan.conflict + plan.pull + plan.trash_local,
+                       held=plan.conflict + plan.pull + plan.trash_local, raced=tuple(raced),
                        kept_there=kept_there)  # fmt: skip
-    pulled, trashed_here, merged = [], [], []
+    trashed_here = _trash_here(config, {rel: local_tree[rel] for rel in plan.trash_local})
+    done.update(dict.fromkeys(trashed_here))
+    pulled, merged = [], []
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
-    if wanted:
-        for item in sync.pull_decided(remote, config, remote_dir, wanted, progress):
-            pulled.append(item)
-            if item.refused:
-                continue
-            if item.conflict_copy is None:
-                _agreed(config, files, item.path, _local_entry(config, item.path),
-                        remote_tree[item.path])  # fmt: skip
-            elif (
-                direction == "both"
-                and item.path in plan.conflict
-                and _merge(config, files, item, remote_tree)
-            ):
-                merged.append(item.path)
-            else:
-                record["conflicts"][item.path] = {
-                    "copy": item.conflict_copy,
-                    "remote": remote_tree[item.path][2],
-                }
-    for rel in plan.trash_local:
-        if _trash_here(config, rel, local_tree[rel]):
-            files.pop(rel, None)
-            trashed_here.append(rel)
-    if merged:
-        sync.push_decided(remote, config, remote_dir, merged, progress)
-        for rel in merged:
-            entry = _local_entry(config, rel)
-            _agreed(config, files, rel, entry, entry)
+    for item in sync.pull_decided(remote, config, remote_dir, wanted, progress) if wanted else ():
+        pulled.append(item)
+        if item.refused:
+            continue
+        if item.conflict_copy is None:
+            done[item.path] = _entry(_local_entry(config, item.path), remote_tree[item.path])
+        elif item.path in plan.conflict and _merge(config, record["files"], item):
+            merged.append(item.path)
+        else:
+            record["conflicts"][item.path] = {
+                "copy": item.conflict_copy,
+                "remote": remote_tree[item.path][2],
+            }
+    # A clean merge goes back, placed only over the remote version it was made from.
+    merged_back, raced_merges = _push(remote, config, remote_dir, merged, None, remote_tree,
+                                      done, progress)  # fmt: skip
+    _record(config, record, done)
     return Outcome(
         pushed=tuple(pushed),
         pulled=tuple(p for p in pulled if p.path not in merged),
         trashed_here=tuple(trashed_here),
         trashed_there=tuple(trashed_there),
-        merged=tuple(merged),
+        merged=tuple(merged_back),
         conflicts={rel: c["copy"] for rel, c in record["conflicts"].items()},
-        unsent=held,
+        unsent=() if sends else plan.push + plan.trash_remote,
         kept_there=kept_there,
+        raced=tuple(raced + raced_merges),
     )
 
 
-def _checked_tree(tree: object, exclude: list[str], include: list[str]) -> dict[str, list[Any]]:
-    """The remote's listing, as untrusted input: plain names of files that travel (never into
-    rjn's folders or the results), each [size, mtime_ns, sha256]."""
-    if not isinstance(tree, dict):
-        raise sync.Refused("the remote sent a file listing that is not one")
-    checked = {}
-    for name, entry in tree.items():
-        rel = sync.checked_name(name, None)
-        parts = rel.split("/")
-        paths = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if not all(helper_tree.travels(p, p != rel, exclude, include) for p in paths):
-            raise sync.Refused(f"the remote listed a file that does not travel: {rel!r:.200}")
-        ok = isinstance(entry, list) and len(entry) == 3
-        if not ok or not all(type(v) is int for v in entry[:2]) or not isinstance(entry[2], str):
-            raise sync.Refused(f"the remote sent a malformed entry for {rel!r:.200}")
-        checked[rel] = entry
-    return checked
+def _push(
+    remote: Remote,
+    config: Config,
+    remote_dir: str,
+    names: Sequence[str],
+    local_tree: Tree | None,
+    remote_tree: Tree,
+    done: dict[str, dict[str, Any] | None],
+    progress: sync.Progress | None,
+) -> tuple[list[str], list[str]]:
+    """Send files and have the helper place each only over the remote version the plan saw
+    (absent, or its listed entry); (placed, left because the remote changed meanwhile)."""
+    if not names:
+        return [], []
+    wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
+    sent = {rel: local_tree[rel] if local_tree else _local_entry(config, rel) for rel in names}
+    answer = sync.push_decided(remote, config, remote_dir, wants, progress)
+    for rel, stamp in answer.placed.items():
+        if rel in sent and isinstance(stamp, list) and len(stamp) == 2:
+            done[rel] = _entry(sent[rel], [*stamp, sent[rel][2]])
+    return [r for r in names if r in answer.placed], [r for r in names if r in answer.kept]
+
+
+def _record(
+    config: Config, record: dict[str, Any], done: dict[str, dict[str, Any] | None]
+) -> None:
+    """The new agreed record, from what the transitions did; a notebook's agreed version is
+    kept too, as the base of a later merge."""
+    files = record["files"]
+    for rel, entry in done.items():
+        if entry is None:
+            files.pop(rel, None)
+            continue
+        files[rel] = entry
+        if rel.endswith(".ipynb"):
+            base = _bases(config) / entry["hash"]
+            if not base.exists():
+                with contextlib.suppress(OSError):
+                    text = (config.root / rel).read_text(encoding="utf-8")
+                    places.write_private(base, text)
+
+
+def _entry(here: Sequence[Any], there: Sequence[Any]) -> dict[str, Any]:
+    """Both sides hold the same content: its stamp on each side and its hash."""
+    return {"local": list(here[:2]), "remote": list(there[:2]), "hash": here[2]}
 
 
 def _expected(entry: Sequence[Any] | None) -> tuple[int, int] | None:
@@ -319,19 +523,24 @@ def _local_entry(config: Config, rel: str) -> list[Any]:
     return [info.st_size, info.st_mtime_ns, helper_tree.file_hash(str(config.root / rel))]
 
 
-def _agreed(
-    config: Config, files: dict[str, Any], rel: str, here: Sequence[Any], there: Sequence[Any]
-) -> None:
-    """Both sides hold the same content now: remember it (and a notebook's base)."""
-    files[rel] = {"local": list(here[:2]), "remote": list(there[:2]), "hash": here[2]}
-    if rel.endswith(".ipynb"):
-        base = _bases(config) / here[2]
-        if not base.exists():
-            with contextlib.suppress(OSError):
-                places.write_private(base, (config.root / rel).read_text(encoding="utf-8"))
+def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
+    """Move local files into the project's trash folder, each only if it is still as scanned
+    (the same compare and swap the remote's helper does), then prune the trash."""
+    if not wants:
+        return []
+    ignore = config.root / ".rjn" / ".gitignore"
+    if not ignore.exists():
+        ignore.parent.mkdir(exist_ok=True)
+        ignore.write_text("*\n")  # rjn's local folder stays out of the user's repository
+    try:
+        moved: list[str] = helper_tree.move_to_trash(str(config.root), wants)
+    except Fail as failed:
+        raise sync.Refused(failed.message) from None
+    helper_tree.prune_trash(str(config.root), helper_tree.TRASH_DAYS, helper_tree.TRASH_BYTES)
+    return moved
 
 
-def _merge(config: Config, files: dict[str, Any], item: sync.Pulled, remote_tree: Tree) -> bool:
+def _merge(config: Config, files: dict[str, Any], item: sync.Pulled) -> bool:
     """Merge a notebook changed on both sides, cell by cell, from the agreed base; True if
     the merge was clean (then the local file holds it and the remote copy is gone)."""
     rel, copy = item.path, item.conflict_copy
@@ -361,22 +570,4 @@ def _merge(config: Config, files: dict[str, Any], item: sync.Pulled, remote_tree
     staged.write_text(nbformat.writes(merged), encoding="utf-8")
     os.replace(staged, local_file)
     copy_file.unlink()
-    return True
-
-
-def _trash_here(config: Config, rel: str, entry: Sequence[Any]) -> bool:
-    """Move a local file into the project's trash folder, if it is still as scanned."""
-    path = config.root / rel
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return False
-    if [info.st_size, info.st_mtime_ns] != list(entry[:2]):
-        return False
-    target = config.root / TRASH / time.strftime("%Y%m%d-%H%M%S") / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ignore = config.root / ".rjn" / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")  # rjn's local folder stays out of the user's repository
-    os.rename(path, target)
     return True

@@ -39,6 +39,12 @@ def escape(text: str) -> str:
     return escape_markup(_CONTROL.sub(_visible, text))
 
 
+def escape_name(name: str) -> str:
+    """A file name for the terminal: escape(), and its line breaks and tabs shown too (a name
+    on one line)."""
+    return escape(name).replace("\n", "\\x0a").replace("\t", "\\x09")
+
+
 def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -247,17 +253,17 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
     took = f" [dim]{_duration(seconds)}[/]" if seconds is not None else ""
     size = _size(pulled.size)
     if pulled.refused:
-        err.print(f"[red]✗[/] {escape(pulled.path)} not pulled: {escape(pulled.refused)}")
+        err.print(f"[red]✗[/] {escape_name(pulled.path)} not pulled: {escape(pulled.refused)}")
     elif pulled.trashed:
-        err.print(f"[yellow]✗[/] {escape(pulled.path)} deleted on the remote: moved to "
+        err.print(f"[yellow]✗[/] {escape_name(pulled.path)} deleted on the remote: moved to "
                   f"{twoway.TRASH}/{took}")  # fmt: skip
     elif pulled.conflict_copy:
         err.print(
-            f"[yellow]↓[/] {escape(pulled.path)} changed here too: kept yours, "
-            f"saved the remote one as {escape(pulled.conflict_copy)} ({size}){took}"
+            f"[yellow]↓[/] {escape_name(pulled.path)} changed here too: kept yours, "
+            f"saved the remote one as {escape_name(pulled.conflict_copy)} ({size}){took}"
         )
     else:
-        err.print(f"[green]↓[/] {escape(pulled.path)} ({size}){took}")
+        err.print(f"[green]↓[/] {escape_name(pulled.path)} ({size}){took}")
 
 
 def _size(count: int) -> str:
@@ -295,32 +301,48 @@ def show_synced(result: Synced) -> None:
 
 
 def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
-    """One line per project file a two-way sync moved (with `sent`, the ones sent too), and
-    every open conflict."""
+    """One line per project file a two-way sync moved (with `sent`, the ones sent too), every
+    open conflict, and whatever it left for the user to decide."""
     for pulled in tree.pulled:
         show_pulled(pulled)
-    for rel in tree.pushed if sent else ():
-        err.print(f"[blue]↑[/] {escape(rel)}")
-    for rel in tree.merged:
-        err.print(f"[green]⇅[/] {escape(rel)} changed on both sides: merged cell by cell")
-    for rel in tree.trashed_here:
-        err.print(f"[yellow]✗[/] {escape(rel)} deleted on the remote: moved to {twoway.TRASH}/")
-    for rel in tree.trashed_there:
-        err.print(f"[yellow]✗[/] {escape(rel)} deleted here: moved to the remote's {twoway.TRASH}/")
-    for rel in tree.held:
-        err.print(f"[yellow]![/] {escape(rel)} changed on the remote: `rjn sync` brings it home")
+    lines = [f"[blue]↑[/] {escape_name(rel)}" for rel in (tree.pushed if sent else ())]
+    lines += [f"[green]⇅[/] {escape_name(rel)} changed on both sides: merged cell by cell"
+              for rel in tree.merged]  # fmt: skip
+    lines += [f"[yellow]✗[/] {escape_name(rel)} deleted on the remote: moved to {twoway.TRASH}/"
+              for rel in tree.trashed_here]  # fmt: skip
+    lines += [f"[yellow]✗[/] {escape_name(rel)} deleted here: moved to the remote's "
+              f"{twoway.TRASH}/" for rel in tree.trashed_there]  # fmt: skip
+    lines += [f"[yellow]![/] {escape_name(rel)} changed on the remote: `rjn sync` brings it home"
+              for rel in tree.held]  # fmt: skip
     for rel in tree.kept_there:
-        err.print(
-            f"[yellow]![/] {escape(rel)} changed on the remote: left there, not brought home "
-            "(rjn or another tool would run what it says on this machine). Read it with "
-            f"`rjn shell -- cat -v {escape(shlex.quote(rel))}` and copy what you want by hand; to "
-            f"keep yours, remove the remote's: `rjn shell -- rm {escape(shlex.quote(rel))}`"
+        quoted = escape(shlex.quote(rel))
+        lines.append(
+            f"[yellow]![/] {escape_name(rel)} changed on the remote: left there, not brought "
+            "home (rjn or another tool would run what it says on this machine). Read it with "
+            f"`rjn shell -- cat -v {quoted}` and copy what you want by hand; to keep yours, "
+            f"remove the remote's: `rjn shell -- rm {quoted}`"
         )
-    for rel, copy in tree.conflicts.items():
-        err.print(
-            f"[yellow]![/] {escape(rel)} changed on both sides: the remote version is "
-            f"{escape(copy)}; delete one of the two to resolve"
+    lines += [f"[yellow]![/] {escape_name(rel)} changed on both sides: the remote version is "
+              f"{escape_name(copy)}; delete one of the two to resolve"
+              for rel, copy in tree.conflicts.items()]  # fmt: skip
+    lines += [f"[yellow]![/] {escape_name(rel)} changed on the remote while ours was on its "
+              "way: left there, nothing replaced; the next sync keeps both"
+              for rel in tree.raced]  # fmt: skip
+    lines += [f"[yellow]![/] {escape_name(rel)} is a file on one side and a folder or a link "
+              "on the other: both kept, nothing under it moved; rename or remove one"
+              for rel in tree.clashes]  # fmt: skip
+    lines += [f"[yellow]![/] {escape_name(name)} {'here' if side == 'here' else 'on the remote'}"
+              f" does not travel: {escape(why)}" for side, name, why in tree.skipped]  # fmt: skip
+    for side, count in tree.deletions_held.items():
+        gone, kept = ("on the remote", "here") if side == "here" else ("here", "on the remote")
+        lines.append(
+            f"[yellow]![/] {count} files deleted {gone} are still {kept}: more than a few at "
+            f"once; `rjn sync --allow-deletions` moves them to the trash {kept}"
         )
+    if tree.new_pair:
+        lines.append(f"[yellow]![/] {escape(tree.new_pair)}")
+    for line in lines:
+        err.print(line)
 
 
 def print_output(stream: str, line: str) -> None:

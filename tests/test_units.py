@@ -334,31 +334,7 @@ def test_helper_lines_are_untrusted() -> None:
     assert "a line of" in seen[3]["error"]["message"]
 
 
-# -- two-way sync: the decision table -------------------------------------------------------
-
-
-def test_two_way_decisions_follow_the_agreed_version() -> None:
-    from rjn.twoway import decide
-
-    def e(digest: str) -> list:
-        return [1, 1, digest]
-
-    agreed = {"same": "a", "here": "a", "there": "a", "both": "a", "gone-here": "a",
-              "gone-there": "a", "gone-both": "a", "del-vs-edit": "a", "edit-vs-del": "a",
-              "equal-edits": "a"}  # fmt: skip
-    local = {"same": e("a"), "here": e("b"), "there": e("a"), "both": e("b"), "gone-there": e("a"),
-             "del-vs-edit": None, "edit-vs-del": e("b"), "equal-edits": e("c"), "new-here": e("n"),
-             "new-both": e("x")}  # fmt: skip
-    remote = {"same": e("a"), "here": e("a"), "there": e("b"), "both": e("c"), "gone-here": e("a"),
-              "del-vs-edit": e("b"), "equal-edits": e("c"), "new-there": e("m"),
-              "new-both": e("y")}  # fmt: skip
-    local = {k: v for k, v in local.items() if v}
-    plan = decide(local, remote, agreed)
-    assert plan.push == ("edit-vs-del", "here", "new-here")
-    assert plan.pull == ("del-vs-edit", "new-there", "there")
-    assert plan.conflict == ("both", "new-both")
-    assert plan.trash_remote == ("gone-here",) and plan.trash_local == ("gone-there",)
-    assert plan.forget == ("gone-both",) and plan.agree == ("equal-edits",)
+# -- two-way sync (the decision table: test_decisions.py) ------------------------------------
 
 
 def test_what_travels_both_ways() -> None:
@@ -442,7 +418,8 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
                              "exclude": [".rjn/"], "known": {}})  # fmt: skip
     ok = probe["ok"]
     assert ok["python"].startswith("3.8.") and ok["dir"] == str(tmp_path / "p")
-    assert ok["files"]["data/a.csv"][0] == 2 and ok["server"] == {"alive": False}
+    assert ok["tree"]["files"]["data/a.csv"][0] == 2 and ok["server"] == {"alive": False}
+    assert ok["tree"]["replica"] and ok["tree"]["others"] == {} and ok["tree"]["skipped"] == []
     assert ok["machine"]["disk_total"] > 0
     refused = helper("probe", {"dir": str(tmp_path / "p" / "data" / "a.csv" / "x")})
     assert refused["error"]["message"].startswith("cannot create the project directory")
@@ -554,7 +531,7 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
     from rjn import probe
 
     answer = {
-        "dir": "/home/u/p", "env_current": True, "files": {}, "machine": None,
+        "dir": "/home/u/p", "env_current": True, "tree": {}, "machine": None,
         "python": "3.8.18", "disk_free": 10, "has_rsync": True,
         "server": {"alive": True, "pid": 12, "token": "t", "app": "lab", "sock": "/s",
                    "job": "7", "job_state": "RUNNING", "node": "n1", "time_left": "1:00"},
@@ -562,7 +539,7 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
     seen = probe.parse("box", answer)
     assert seen.server is not None and (seen.server.pid, seen.server.target) == (12, "/s")
     assert seen.job == probe.Job("7", "RUNNING", "n1", "1:00")
-    assert (seen.dir, seen.env_current, seen.files) == ("/home/u/p", True, {})
+    assert (seen.dir, seen.env_current, seen.tree) == ("/home/u/p", True, {})
     gone = probe.parse("box", {**answer, "server": {"alive": False, "job": "7"}})
     assert gone.server is None and gone.job.id == "7"
 
@@ -573,7 +550,7 @@ MALFORMED_PROBES = [
     ("env_current", {"env_current": 1}),
     ("disk_free", {"disk_free": True}),  # a bool is no number here
     ("server", {"server": []}),
-    ("files", {"files": [1]}),
+    ("tree", {"tree": [1]}),
     ("token", {"server": {"alive": True, "token": 5}}),
     ("token", {"server": {"alive": True}}),  # alive, but no token
     ("pid", {"server": {"alive": True, "pid": "1", "token": ""}}),
@@ -602,8 +579,11 @@ def test_each_record_of_the_protocol_reads_back_what_it_writes() -> None:
         protocol.ServerState(alive=True, pid=3, token="t", sock="/s", job="1", started=True),
         protocol.ProbeAnswer(dir="/p", python="3.8.1", env_current=True, server={"alive": False},
                              disk_free=5, has_rsync=False, results={"results/a": [1, 2]}),
-        protocol.RunEnd(exit=7, files={}),
+        protocol.RunEnd(exit=7, tree={}),
         protocol.RunEnd(exit=None),
+        protocol.TreeListing(files={"a": [1, 2, "h"]}, others={"l": "link"}, skipped=[],
+                             replica="r", gen=3),
+        protocol.Placed(placed={"a": [1, 2]}, kept={"b": "changed"}),
         protocol.Ready(mode="poll", fs="nfs", reason="network filesystem", interval=0.5),
         protocol.Failure(message="no", hint=None),
     ]  # fmt: skip

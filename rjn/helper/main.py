@@ -11,13 +11,14 @@ from .protocol import Failure
 from .runs import logs, run
 from .serve import serve
 from .server import start, stop
-from .tree import scan, trash
+from .tree import place, scan, trash
 from .watch import watch
 
 ACTIONS = {
     "probe": probe,
     "scan": scan,
     "trash": trash,
+    "place": place,
     "env": ensure_env,
     "start": start,
     "stop": stop,

@@ -81,8 +81,8 @@ class ProbeAnswer(Record):
     disk_free: int
     has_rsync: bool
     machine: dict | None = None
-    # path -> [size, mtime_ns, sha256], when the tree was asked for (two-way sync)
-    files: dict | None = None
+    # The project's tree (a TreeListing), when it was asked for (two-way sync)
+    tree: dict | None = None
     # path -> [mtime_ns, size] of the results' files, when asked for; None where only a pull
     # can tell (a link there, too many files)
     results: dict | None = None
@@ -93,8 +93,28 @@ class RunEnd(Record):
     """How a run ended, and what it left (the same listings as the probe's, when asked)."""
 
     exit: int | None  # None: a detached run's log, read while the run goes on
-    files: dict | None = None
+    tree: dict | None = None
     results: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeListing(Record):
+    """A side's project tree for two-way sync (entries are checked further by the sync)."""
+
+    files: dict  # path -> [size, mtime_ns, sha256]
+    others: dict  # path -> "link" | "other": there, never travels, blocks that name
+    skipped: list  # [[name, why]]: names that cannot travel
+    replica: str | None = None  # the id of this copy of the project (remote side)
+    gen: int | None = None  # the record generation the listing was asked against
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed(Record):
+    """What a push's placing did: files moved in ({rel: [size, mtime_ns]}), files kept as
+    they were because they changed since the listing ({rel: why})."""
+
+    placed: dict
+    kept: dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,17 @@
-"""The project's tree for two-way sync: what travels, listings with hashes, the remote's
-trash, and the results' files."""
+"""The project's tree for two-way sync: what travels, listings with hashes, this copy's id,
+placing what was pushed (compare and swap), the trash, and the results' files. The local side
+runs the same code on its own tree."""
 
+import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import stat
 import time
+import uuid
 
-from .common import RJN_DIR, project_dir, rjn_dir
+from .common import RJN_DIR, Fail, project_dir, rjn_dir
 
 
 def travels(rel, is_dir, exclude, include=()):
@@ -31,30 +36,76 @@ def travels(rel, is_dir, exclude, include=()):
     return not any(matches(p) for p in exclude)
 
 
-def file_hash(path):
+def file_hash(path, dir_fd=None):
+    """SHA-256 of a regular file's content; with `dir_fd`, `path` is a name in that folder and
+    is opened without following a link."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def scan_tree(project, exclude, include=(), known=None):
-    """{relpath: [size, mtime_ns, sha256]} of every regular file that travels; links are not
-    followed, and a file whose size and time match `known` keeps its known hash unread."""
+def odd_name(rel):
+    """Why a name cannot travel, or None: it is not UTF-8 (the listing is JSON, and the other
+    side may not store it), or it holds a control character (a line break, a tab)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not UTF-8"
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return "its name has a control character"
+    return None
+
+
+def shown(rel):
+    """A name as text that survives JSON: undecodable bytes as \\xNN."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def is_environment(path):
+    """A Python environment (venv, virtualenv, conda's venv): it never travels, whatever its
+    folder is called (a user's data folder named env/ does)."""
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def list_tree(project, exclude, include=(), known=None):
+    """The project as two-way sync sees it: "files", {rel: [size, mtime_ns, sha256]} of every
+    regular file that travels; "others", {rel: "link" | "other"} of what is there but never
+    travels (it still blocks a file or folder of that name); "skipped", [[name, why]] of names
+    that cannot travel. Links are not followed; a file whose size and time match `known`
+    keeps its known hash unread."""
     known = known or {}
-    found = {}
-    for folder, dirs, files in os.walk(project):
+    files, others, skipped = {}, {}, []
+    for folder, dirs, names in os.walk(project):
         base = os.path.relpath(folder, project)
         base = "" if base == "." else base + "/"
-        dirs[:] = [d for d in dirs if travels(base + d, True, exclude, include)]
-        for name in files:
+        entered = []
+        for name in dirs:
+            rel = base + name
+            if not travels(rel, True, exclude, include):
+                continue
+            why = odd_name(rel)
+            if why:
+                skipped.append([shown(rel), why])
+            elif os.path.islink(os.path.join(folder, name)):
+                others[rel] = "link"
+            elif not is_environment(os.path.join(folder, name)):
+                entered.append(name)
+        dirs[:] = entered
+        for name in names:
             rel = base + name
             if not travels(rel, False, exclude, include):
+                continue
+            why = odd_name(rel)
+            if why:
+                skipped.append([shown(rel), why])
                 continue
             try:
                 info = os.lstat(os.path.join(folder, name))
                 if not stat.S_ISREG(info.st_mode):
+                    others[rel] = "link" if stat.S_ISLNK(info.st_mode) else "other"
                     continue
                 stamp = [info.st_size, info.st_mtime_ns]
                 seen = known.get(rel)
@@ -64,8 +115,174 @@ def scan_tree(project, exclude, include=(), known=None):
                     digest = file_hash(os.path.join(folder, name))
             except OSError:
                 continue  # vanished while we looked: the next scan sees it as it is
-            found[rel] = stamp + [digest]
-    return found
+            files[rel] = stamp + [digest]
+    return {"files": files, "others": others, "skipped": skipped}
+
+
+def scan_tree(project, exclude, include=(), known=None):
+    """{relpath: [size, mtime_ns, sha256]} of every regular file that travels."""
+    return list_tree(project, exclude, include, known)["files"]
+
+
+def replica(project):
+    """This copy of the project's id (its .rjn/replica), made on first use. A record of
+    agreed versions belongs to one pair of copies: a new, emptied or purged folder has a new
+    id, so nothing is ever deleted because it is missing there."""
+    path = os.path.join(rjn_dir(project), "replica")
+    for _ in range(3):
+        try:
+            with open(path) as handle:
+                found = handle.read().strip()
+            if found:
+                return found
+        except OSError:
+            pass
+        # Made whole, then linked into place: two helpers at once agree on one id.
+        made = uuid.uuid4().hex
+        tmp = "%s.%d" % (path, os.getpid())
+        with open(tmp, "w") as handle:
+            handle.write(made)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            continue
+        finally:
+            os.unlink(tmp)
+        return made
+    raise Fail("cannot read or make %s" % path)
+
+
+def open_folder(root_fd, rel, make):
+    """A descriptor of the folder that holds `rel`, walked from `root_fd` one component at a
+    time and never through a link (made where missing, with `make`). A component that is a
+    link or a file fails, naming it."""
+    fd = os.dup(root_fd)
+    walked = []
+    try:
+        for part in rel.split("/")[:-1]:
+            walked.append(part)
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Fail("%s is a link or a file here: nothing is written through it"
+                               % "/".join(walked))
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lstat_at(folder, name):
+    try:
+        return os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def still(folder, name, want):
+    """Whether `name` in `folder` is still what the plan was made from: absent (None), or a
+    regular file with [size, mtime_ns, sha256] (the hash read where the stamps are equal, so
+    a same-size rewrite within the clock's resolution is seen too)."""
+    now = lstat_at(folder, name)
+    if want is None:
+        return now is None or stat.S_ISDIR(now.st_mode)  # an empty folder may give way
+    if now is None or not stat.S_ISREG(now.st_mode):
+        return False
+    if [now.st_size, now.st_mtime_ns] != list(want[:2]):
+        return False
+    try:
+        return file_hash(name, dir_fd=folder) == want[2]
+    except OSError:
+        return False
+
+
+def replace_checked(folder, name, want, put):
+    """Compare and swap: `put(folder, name)` moves the new version in only if `name` is still
+    `want`; a folder there gives way only if it is empty. None when done, else why not."""
+    if not still(folder, name, want):
+        return "changed on this side since it was listed"
+    now = lstat_at(folder, name)
+    if now is not None and stat.S_ISDIR(now.st_mode):
+        try:
+            os.rmdir(name, dir_fd=folder)
+        except OSError:
+            return "a folder of that name is here, and not empty"
+    put(folder, name)
+    return None
+
+
+STAGING_PREFIX = "incoming-"
+
+
+def place(args):
+    """Move what a push left in a staging folder (in .rjn/) into the project, each file only
+    if its place still holds what the plan was made from (`files`: {rel: None (absent) or
+    [size, mtime_ns, sha256]}). A file changed since is left as it is, and said: the caller
+    keeps its own version and decides again. The staging folder goes, whatever is left."""
+    project = project_dir(args["dir"])
+    name = args["staging"]
+    if not name.startswith(STAGING_PREFIX) or "/" in name or name.startswith("."):
+        raise Fail("not a staging folder: %r" % name)
+    staging = os.path.join(project, RJN_DIR, name)
+    placed, kept = {}, {}
+    root_fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for rel, want in sorted(args["files"].items()):
+            src = os.path.join(staging, rel)
+            try:
+                arrived = stat.S_ISREG(os.lstat(src).st_mode)
+            except OSError:
+                arrived = False
+            if not arrived:
+                kept[rel] = "it did not arrive (changed or gone here while it was sent)"
+                continue
+            try:
+                folder = open_folder(root_fd, rel, make=True)
+            except Fail as exc:
+                kept[rel] = exc.message
+                continue
+            try:
+                base = rel.rsplit("/", 1)[-1]
+                why = replace_checked(folder, base, want,
+                                      lambda f, n, src=src: os.rename(src, n, dst_dir_fd=f))
+                if why:
+                    kept[rel] = why
+                else:
+                    after = lstat_at(folder, base)
+                    placed[rel] = [after.st_size, after.st_mtime_ns] if after else None
+            finally:
+                os.close(folder)
+    finally:
+        os.close(root_fd)
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"placed": placed, "kept": kept}
+
+
+def clean_staging(project, mine):
+    """Staging folders a push left behind when it was cut short: this machine's (prefix
+    `mine`; its passes take turns, so any of them is over), and anyone's older than a day."""
+    folder = os.path.join(project, RJN_DIR)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            old = time.time() - os.lstat(path).st_mtime > 86400
+        except OSError:
+            continue
+        if (mine and name.startswith(mine)) or old:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # Beyond this many files, the results are not listed (a pull by rsync decides instead).
@@ -99,38 +316,99 @@ def results_listing(project, folders):
 
 def scan(args):
     project = project_dir(args["dir"])
-    return {"files": scan_tree(project, args["exclude"], args.get("include", ()), args["known"])}
+    return {"tree": tree_listing(project, args)}
+
+
+def tree_listing(project, args):
+    """The tree, this copy's replica id, and the record generation the caller listed against
+    (echoed: it tells a listing made before another pass from one made after); leftovers of
+    cut-short pushes are cleaned first."""
+    clean_staging(project, args.get("stale"))
+    listed = list_tree(project, args["exclude"], args.get("include", ()), args.get("known"))
+    listed["replica"] = replica(project)
+    listed["gen"] = args.get("gen", 0)
+    return listed
+
+
+# Defaults of the trash's pruning (days, bytes): the README names them.
+TRASH_DAYS = 30
+TRASH_BYTES = 2 * 1024**3
 
 
 def trash(args):
     """Move files to <project>/.rjn/trash/<time>/ (recoverable), each only if it is still the
-    version the caller saw (size and time): a file changed since is left alone."""
+    version the caller saw (size, time and hash): a file changed since is left alone. Then
+    prune the trash: by age, and the oldest first past its size."""
     project = project_dir(args["dir"])
+    moved = move_to_trash(project, args["files"])
+    prune_trash(project, args.get("days", TRASH_DAYS), args.get("bytes", TRASH_BYTES))
+    return {"moved": moved}
+
+
+def move_to_trash(project, files):
+    """{rel: [size, mtime_ns, sha256]} into .rjn/trash/<time>/, compare and swap, never
+    through a link; the names moved."""
     when = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for rel, stamp in sorted(args["files"].items()):
-        path = os.path.join(project, rel)
+    root_fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for rel, want in sorted(files.items()):
+            try:
+                folder = open_folder(root_fd, rel, make=False)
+            except (Fail, OSError):
+                continue
+            try:
+                base = rel.rsplit("/", 1)[-1]
+                if lstat_at(folder, base) is None or not still(folder, base, want):
+                    continue
+                target = os.path.join(rjn_dir(project), "trash", when, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.rename(base, target, src_dir_fd=folder)
+                moved.append(rel)
+            finally:
+                os.close(folder)
+    finally:
+        os.close(root_fd)
+    return moved
+
+
+def trash_usage(project):
+    """[(folder, bytes)] of the trash, oldest first."""
+    top = os.path.join(project, RJN_DIR, "trash")
+    try:
+        names = sorted(os.listdir(top))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        size = 0
+        for folder, _, files in os.walk(os.path.join(top, name)):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    size += os.lstat(os.path.join(folder, file)).st_size
+        found.append((os.path.join(top, name), size))
+    return found
+
+
+def prune_trash(project, days, limit):
+    """Drop trash folders older than `days`, then the oldest until the rest fit in `limit`
+    bytes (the newest is always kept: it holds what was just moved there)."""
+    usage = trash_usage(project)
+    total = sum(size for _, size in usage)
+    for path, size in usage[:-1]:
         try:
-            info = os.lstat(path)
+            old = time.time() - os.lstat(path).st_mtime > days * 86400
         except OSError:
             continue
-        if [info.st_size, info.st_mtime_ns] != stamp[:2] or not stat.S_ISREG(info.st_mode):
-            continue
-        target = os.path.join(rjn_dir(project), "trash", when, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(path, target)
-        moved.append(rel)
-    return {"moved": moved, "trash": os.path.join(project, RJN_DIR, "trash", when)}
+        if old or total > limit:
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
 
 
 def listings(project, args):
     """The project's tree (two-way sync) and the results' files, as far as `args` asks."""
     return {
-        "files": (
-            scan_tree(project, args["exclude"], args.get("include", ()), args.get("known"))
-            if "exclude" in args
-            else None
-        ),
+        "tree": tree_listing(project, args) if "exclude" in args else None,
         "results": (
             results_listing(project, args["results"]) if args.get("results") is not None else None
         ),

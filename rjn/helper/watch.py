@@ -7,7 +7,7 @@ import time
 
 from .common import emit, exit_when_stdin_closes, project_dir
 from .protocol import Ready
-from .tree import scan_tree, travels
+from .tree import is_environment, scan_tree, travels
 
 # Where inotify sees only this host's writes (or none): the writer is usually another node.
 NETWORK_FS = {
@@ -149,7 +149,12 @@ def watch_tree(observer, project, tree, changed):
 
     def top_level(path):
         rel = os.path.relpath(path, project)
-        if "/" not in rel and os.path.isdir(path) and travels(rel, True, **tree):
+        if (
+            "/" not in rel
+            and os.path.isdir(path)
+            and travels(rel, True, **tree)
+            and not is_environment(path)
+        ):
             observer.schedule(Tree(), path, recursive=True)
 
     class Tree(FileSystemEventHandler):

@@ -24,6 +24,16 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The sync engine under random two-sided edits, remote saves, SIGKILLs and a running watch,
+    for long (`RJN_SOAK_ROUNDS`, default 200; `RJN_SOAK_SEED` to replay one seed)."""
+    session.install("-e", ".[test]")
+    rounds = os.environ.get("RJN_SOAK_ROUNDS", "200")
+    session.run("pytest", "-q", "--timeout=0", "tests/test_soak.py", *session.posargs,
+                env={"RJN_SOAK_ROUNDS": rounds})  # fmt: skip
+
+
 @nox.session(python=False)
 def remote(session: nox.Session) -> None:
     """Run a command on the remote, in the project's synced environment.

@@ -18,6 +18,7 @@ from rjn import env, places, probe, requirements, server, state, sync, tunnel, t
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.helper import protocol
+from rjn.helper import tree as helper_tree
 from rjn.records import Closed, Listed, Opened, Ran, Status, Synced
 from rjn.remote import Remote, helper_error, master_pid_at
 from rjn.requirements import Requirements
@@ -207,8 +208,10 @@ def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:
 def status(config: Config) -> Status:
     """Check master, tunnel and server; say what is wrong and how to repair it."""
     saved = state.load(config.root, config.remote_name)
+    trash = sum(size for _, size in helper_tree.trash_usage(str(config.root)))
     if saved is None:
-        return Status(project=config.name, host=config.remote.host, open=False)
+        return Status(project=config.name, host=config.remote.host, open=False,
+                      trash_bytes=trash)  # fmt: skip
     remote = make_remote(config)
     master_pid = remote.master_pid()
     master = master_pid is not None
@@ -276,6 +279,7 @@ def status(config: Config) -> Status:
         conflicts=conflicts,
         remote_name=config.remote_name,
         machine=machine,
+        trash_bytes=trash,
     )
 
 

@@ -52,6 +52,8 @@ class Status:
     remote_name: str | None = None
     # GPUs, load, memory and disk of the remote, as its helper read them.
     machine: dict[str, Any] | None = None
+    # What the local trash (.rjn/trash/) holds, in bytes.
+    trash_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,8 @@ def show_status(result: Status) -> None:
         out.print(f"  url         {escape(result.tokened_url)}")
     for line in _machine_lines(result.machine or {}):
         out.print(f"  {line}")
+    if result.trash_bytes:
+        out.print(f"  trash       {_size(result.trash_bytes)} in .rjn/trash/ (kept 30 days, 2 GiB)")
     for problem in result.problems:
         out.print(f"  [yellow]![/] {escape(problem)}")
 

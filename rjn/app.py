@@ -8,7 +8,7 @@ import queue
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.records import Closed, Listed, Opened, Ran, Status, Synced
-from rjn.remote import Remote, helper_error, master_pid_at
+from rjn.remote import Parts, Remote, helper_error, master_pid_at
 from rjn.requirements import Requirements
 
 
@@ -85,12 +85,15 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
         reqs, sources = requirements.current(config, previous.sources_hash if previous else None)
     wanted = env.wanted_hash(config, reqs)
     logged_in = connect(remote, report)
-    with report.step("Checking the remote"):
-        info = probe.look(remote, config.remote_dir, env_hash=wanted,
-                          tree=twoway.scan_args(config), timeout=300)  # fmt: skip
-    remote_dir = info.dir
-    with report.step(f"Syncing with {remote.host}:{remote_dir}"):
-        synced = twoway.run(remote, config, remote_dir, info.tree, progress=report.progress)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        here = twoway.scan_here(config, pool)  # while the remote looks at its side
+        with report.step("Checking the remote"):
+            info = probe.look(remote, config.remote_dir, env_hash=wanted,
+                              tree=twoway.scan_args(config), timeout=300)  # fmt: skip
+        remote_dir = info.dir
+        with report.step(f"Syncing with {remote.host}:{remote_dir}"):
+            synced = twoway.run(remote, config, remote_dir, info.tree, progress=report.progress,
+                                here_scan=here)  # fmt: skip
     if not info.env_current:
         with report.step("Installing the environment"):
             env.ensure(remote, config, remote_dir, wanted, on_log=report.log)
@@ -420,12 +423,13 @@ def sync_now(
                               progress=report.progress)  # fmt: skip
         return Synced(config.name, "push", tree=tree)
     step = report.step(f"Syncing with {remote.host}:{remote_dir}")
-    with step:
+    with step, ThreadPoolExecutor(max_workers=1) as pool:
+        here = twoway.scan_here(config, pool)  # while the remote looks at its side
         # One look lists both (the tree, and the results): what has not changed costs nothing.
         seen = probe.look(remote, remote_dir, tree=twoway.scan_args(config),
                           results=config.sync.results, timeout=300)  # fmt: skip
         pulled, tree = _bring_home(remote, config, remote_dir, seen.results, seen.tree, report,
-                                   allow_deletions=allow_deletions)  # fmt: skip
+                                   allow_deletions=allow_deletions, here_scan=here)  # fmt: skip
     return Synced(config.name, "both", files=tuple(pulled), tree=tree)
 
 
@@ -480,6 +484,7 @@ def _bring_home(
     listed: dict[str, Any] | None,
     report: Reporter,
     allow_deletions: bool = False,
+    here_scan: Future[tuple[int, dict[str, Any]]] | None = None,
 ) -> tuple[list[sync.Pulled], twoway.Outcome]:
     """Results home and the project both ways, given the remote's listings (None: asked for
     here). The two are apart (results never travel both ways): both go at once over the one
@@ -487,7 +492,7 @@ def _bring_home(
     with ThreadPoolExecutor(max_workers=1) as pool:
         results_home = pool.submit(sync.pull_changed, remote, config, remote_dir, results)
         tree = twoway.run(remote, config, remote_dir, listed, allow_deletions=allow_deletions,
-                          progress=report.progress)  # fmt: skip
+                          progress=report.progress, here_scan=here_scan)  # fmt: skip
         return results_home.result(), tree
 
 
@@ -506,6 +511,7 @@ def stream_run(
         on_message=messages.put,
     )  # fmt: skip
     interrupted = False
+    parts = Parts(remote.host)
     try:
         while True:
             try:
@@ -527,11 +533,13 @@ def stream_run(
             if "out" in message or "err" in message:
                 stream = "out" if "out" in message else "err"
                 on_output(stream, str(message[stream]))
+            elif "part" in message:
+                parts.add(message)
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
             elif "ok" in message:
                 try:
-                    end = protocol.RunEnd.parse(message["ok"])
+                    end = protocol.RunEnd.parse(parts.joined(message["ok"]))
                 except protocol.Malformed as bad:
                     raise RemoteError(
                         f"{remote.host}: rjn's remote helper sent a malformed end ({bad.field})"

@@ -145,7 +145,8 @@ def helper_zipapp() -> tuple[bytes, str]:
 # Runs the helper from the remote's cache (~/.cache/rjn/helper-HASH.pyz), checked against its
 # hash; with SIZE > 0 the zipapp comes first on stdin and is kept there (written aside, then
 # renamed). Without it, a missing or different file answers "need" (exit 97), and rjn sends it.
-# Whatever stdin carries afterwards stays free for the helper (it watches for our hangup).
+# Arguments given as @N are the N bytes that follow on stdin; whatever stdin carries afterwards
+# stays free for the helper (it watches for our hangup).
 _BOOT = """\
 import hashlib, json, os, sys
 h, n = sys.argv[1], int(sys.argv[2])
@@ -176,6 +177,8 @@ else:
     if not same(b):
         print(json.dumps({"need": "helper"}))
         sys.exit(97)
+if sys.argv[4].startswith("@"):
+    sys.argv[4] = sys.stdin.buffer.read(int(sys.argv[4][1:])).decode()
 sys.argv = [p] + sys.argv[3:]
 sys.path.insert(0, p)
 from rjn_helper.main import main
@@ -446,7 +449,7 @@ class Remote:
                 while chunk := conn.recv(1 << 16):
                     chunks.append(chunk)
                     size += len(chunk)
-                    if size > 4 * MESSAGE_MAX:
+                    if size > ANSWER_MAX:
                         raise RemoteError(f"{self.host}: rjn's remote helper sent too much")
             except OSError:
                 return None
@@ -467,7 +470,7 @@ class Remote:
             given, out = path.with_suffix(".in"), path.with_suffix(".out")
             given.write_bytes(payload)  # in the runtime folder: private already
             argv = self.ssh_argv(
-                "-T", command=_agent_command(self.config.python, "serve", {}, size)
+                "-T", command=_agent_command(self.config.python, "serve", {}, size)[0]
             )
             running = proc.leave_running(argv, stdin=given, out=out)
             where = _serving_at(out, running, deadline=time.monotonic() + 15)
@@ -499,10 +502,13 @@ class Remote:
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.config.python
         answer: dict[str, Any] = {}
+        parts = Parts(self.host)
 
         def on_message(message: dict[str, Any]) -> None:
             if "log" in message and on_log:
                 on_log(str(message["log"]))
+            if "part" in message:
+                parts.add(message)
             answer.update({k: v for k, v in message.items() if k in ("ok", "error", "need")})
 
         def settled() -> dict[str, Any] | None:
@@ -510,7 +516,7 @@ class Remote:
             if "error" in answer:
                 raise helper_error(self.host, answer["error"])
             ok: dict[str, Any] | None = answer.get("ok")
-            return ok
+            return parts.joined(ok) if ok is not None else None
 
         parse = _messages(on_message)
         if action in self.SERVED and python == self.config.python and not hold and not send:
@@ -524,8 +530,10 @@ class Remote:
                 parse(line)
             if (done := settled()) is not None:
                 return done
+            parts = Parts(self.host)  # asked again by exec: from the start
         payload, size = self._helper_payload(send)
-        command = _agent_command(python, action, args, size)
+        command, rest = _agent_command(python, action, args, size)
+        payload += rest
         if hold:
             # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
             # link), the helper sees it close and can undo what it started.
@@ -579,7 +587,9 @@ class Remote:
         It stops when we close its stdin (or the connection drops).
         """
         payload, size = self._helper_payload(send=False)
-        argv = self.ssh_argv("-T", command=_agent_command(python, action, args, size))
+        command, rest = _agent_command(python, action, args, size)
+        argv = self.ssh_argv("-T", command=command)
+        payload += rest
         started = [False]
 
         def message(line: dict[str, Any]) -> None:
@@ -642,14 +652,71 @@ def _serving_at(out: Path, running: Callable[[], bool], deadline: float) -> str 
     return None
 
 
-def _agent_command(python: str, action: str, args: dict[str, Any], size: int) -> list[str]:
+# Arguments longer than this go on stdin: Linux allows one argument 128 KiB (MAX_ARG_STRLEN),
+# and a push's list of what it expects there is far longer for a large project.
+ARGS_INLINE_MAX = 32 * 1024
+
+
+def _agent_command(
+    python: str, action: str, args: dict[str, Any], size: int
+) -> tuple[list[str], bytes]:
     """The boot runs the helper kept on the remote, or the one that comes first on stdin
-    (`size` bytes), so the remote needs nothing installed beforehand."""
-    return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, json.dumps(args)]
+    (`size` bytes), so the remote needs nothing installed beforehand; and what must follow
+    the helper on stdin: the arguments, when they are too long for the command line."""
+    raw = json.dumps(args)
+    if len(raw) <= ARGS_INLINE_MAX:
+        return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, raw], b""
+    data = raw.encode()
+    return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, f"@{len(data)}"], data
 
 
 # The largest message the helper sends: a small file inline (base64) with its name.
 MESSAGE_MAX = 4 * 1024 * 1024
+# The most a served answer may hold in all (a listing in many messages), and the most files a
+# listing may name: what a project of a million files needs, and a bound on memory.
+ANSWER_MAX = 1024**3
+LISTED_MAX = 2_000_000
+
+
+class Parts:
+    """A long answer's mappings, sent ahead in `part` messages ({"part": {...}, "of": where in
+    the answer, as "tree.files"}; helper/common.in_parts): gathered as they come, checked as
+    untrusted input, and joined into the answer where `of` says."""
+
+    PLACES = ("tree.files", "placed", "kept", "moved")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.found: dict[str, dict[str, Any]] = {}
+        self.count = 0
+
+    def add(self, message: dict[str, Any]) -> None:
+        part, where = message.get("part"), message.get("of")
+        if not isinstance(part, dict) or where not in self.PLACES:
+            raise RemoteError(f"{self.host}: rjn's remote helper sent a malformed part")
+        self.found.setdefault(where, {}).update(part)
+        self.count += len(part)
+        if self.count > LISTED_MAX:
+            raise RemoteError(
+                f"{self.host}: the remote project lists more than {LISTED_MAX:,} files",
+                hint="exclude what need not travel with [sync] exclude in remote.toml",
+            )
+
+    def joined(self, ok: Any) -> Any:
+        """The answer with the parts in it (an answer without parts as it is)."""
+        if not isinstance(ok, dict):
+            return ok
+        ok = dict(ok)
+        for where, found in self.found.items():
+            *path, key = where.split(".")
+            holder = ok
+            for step in path:
+                holder[step] = dict(holder.get(step) or {})
+                holder = holder[step]
+            if not isinstance(holder.get(key, {}), dict):
+                raise RemoteError(f"{self.host}: rjn's remote helper sent parts of nothing")
+            holder[key] = {**found, **holder.get(key, {})}
+        return ok
 
 
 def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:

@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -135,10 +137,21 @@ def _change(entry: Sequence[Any] | None, base: str | None) -> str:
 
 def _clashes(files: set[str], blockers: set[str]) -> set[str]:
     """Names on one side that would be a file and a folder at once, or that a link holds."""
-    folders = {rel[:i] for rel in files for i, c in enumerate(rel) if c == "/"}
+    folders = _folders(files)
     found = {rel for rel in files if rel in folders}
     found |= {rel for rel in blockers if rel in folders or rel in files}
     return found
+
+
+def _folders(files: Iterable[str]) -> set[str]:
+    """Every folder the files are in, up to the top (each folder's ancestors added once)."""
+    folders: set[str] = set()
+    for rel in files:
+        end = rel.rfind("/")
+        while end > 0 and rel[:end] not in folders:
+            folders.add(rel[:end])
+            end = rel.rfind("/", 0, end)
+    return folders
 
 
 def _under_any(rel: str, roots: set[str]) -> bool:
@@ -176,6 +189,25 @@ def load(config: Config) -> dict[str, Any]:
 
 def _save(config: Config, record: dict[str, Any]) -> None:
     places.write_private(_record_path(config), json.dumps(record))
+    _mark(config, gen=record["gen"])
+
+
+def _marks_path(config: Config) -> Path:
+    return state.project_file(config.root, config.remote_name, ".marks")
+
+
+def _marks(config: Config) -> dict[str, Any]:
+    """The record's generation and the kept listing's id, in a file of their own: asking for a
+    listing needs them, and must not read a record of 100,000 files to get them."""
+    try:
+        data = json.loads(_marks_path(config).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _mark(config: Config, **changes: Any) -> None:
+    places.write_private(_marks_path(config), json.dumps({**_marks(config), **changes}))
 
 
 def _bases(config: Config) -> Path:
@@ -193,14 +225,52 @@ def conflicts(config: Config) -> dict[str, str]:
 
 def scan_args(config: Config) -> dict[str, Any]:
     """The helper's arguments for listing the remote tree (in a probe, a run's end, or alone):
-    what travels, the hashes it knows, the record's generation (echoed back, so that a
-    listing made before another pass is told apart), and this machine's leftover staging."""
+    what travels; the record's generation (echoed back, so that a listing made before another
+    pass is told apart); this machine's id (the remote keeps the last listing it sent us, as
+    its hash cache, and cleans our leftover staging) and that listing's id, `since` which only
+    what changed is sent."""
     exclude, include = filters(config)
-    record = load(config)
-    files = record["files"]
-    known = {rel: [*a["remote"], a["hash"]] for rel, a in files.items() if a.get("remote")}
-    return {"exclude": exclude, "include": include, "known": known, "gen": record["gen"],
-            "stale": sync.staging_prefix()}  # fmt: skip
+    marks = _marks(config)
+    if "gen" not in marks:  # marks from before they were kept: once
+        _mark(config, gen=load(config)["gen"])
+        marks = _marks(config)
+    gen = marks["gen"]
+    return {"exclude": exclude, "include": include, "gen": gen,
+            "mine": places.machine_id(), "since": marks.get("listing")}  # fmt: skip
+
+
+def _listing_path(config: Config) -> Path:
+    return state.project_file(config.root, config.remote_name, ".listing")
+
+
+def _kept_listing(config: Config) -> dict[str, Any]:
+    """The remote's last full listing, as it sent it: {"id", "files"}."""
+    try:
+        data = json.loads(_listing_path(config).read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(data, dict) and isinstance(data.get("files"), dict)
+    return data if ok and isinstance(data.get("id"), str) else {}
+
+
+def _whole(config: Config, raw: object) -> object:
+    """A listing made whole: a diff (`base`) applied to the last listing kept here, which it
+    must have been made from (else None: ask for all of it). The whole is kept for the next
+    time, as the remote sent it (checking comes after, every time)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("files"), dict):
+        return raw  # malformed: the check says so
+    files = raw["files"]
+    if raw.get("base") is not None:
+        kept = _kept_listing(config)
+        gone = raw.get("gone")
+        if raw["base"] != kept.get("id") or not isinstance(gone, list):
+            return None
+        gone_names = {name for name in gone if isinstance(name, str)}
+        files = {k: v for k, v in kept["files"].items() if k not in gone_names} | files
+    if isinstance(raw.get("id"), str) and raw["id"] != _marks(config).get("listing"):
+        places.write_private(_listing_path(config), json.dumps({"id": raw["id"], "files": files}))
+        _mark(config, listing=raw["id"])
+    return {**raw, "files": files}
 
 
 # -- one sync -----------------------------------------------------------------------------------
@@ -253,22 +323,29 @@ def run(
     direction: str = "both",
     allow_deletions: bool = False,
     progress: sync.Progress | None = None,
+    here_scan: Future[tuple[int, dict[str, Any]]] | None = None,
 ) -> Outcome:
     """Bring both sides in step. direction "push" only sends (nothing local changes); "pull"
     only brings home (nothing remote changes, but a clean merge of a notebook goes back);
     both-sided changes keep both versions. `remote_tree` is a listing the caller already has
-    (a probe's); it is used only if no other pass ran since it was made."""
+    (a probe's), `here_scan` a scan of this side it started meanwhile (scan_here); each is used
+    only if no other pass ran since it was made."""
     exclude, include = filters(config)
     with _lock(config):
         sync.clean_staging(config.root)
         record = load(config)
-        if not isinstance(remote_tree, dict) or remote_tree.get("gen") != record["gen"]:
+        before = _state(record)
+        whole = _whole(config, remote_tree) if isinstance(remote_tree, dict) else None
+        if not isinstance(whole, dict) or whole.get("gen") != record["gen"]:
             args = {"dir": remote_dir, **scan_args(config)}
-            remote_tree = remote.agent("scan", args, timeout=300)["tree"]
-        there = _checked_listing(remote_tree, exclude, include)
+            whole = _whole(config, remote.agent("scan", args, timeout=300)["tree"])
+            if whole is None:  # the listing kept here changed meanwhile: ask for all of it
+                args["since"] = None
+                whole = _whole(config, remote.agent("scan", args, timeout=300)["tree"])
+        there = _checked_listing(whole, exclude, include)
         files: dict[str, Any] = record["files"]
-        known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
-        here = helper_tree.list_tree(str(config.root), exclude, include, known)
+        scanned = here_scan.result() if here_scan else None
+        here = scanned[1] if scanned and scanned[0] == record["gen"] else _scan_here(config, record)
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
         copies = {c["copy"] for c in record["conflicts"].values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
@@ -290,13 +367,40 @@ def run(
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
         outcome = _apply(remote, config, remote_dir, plan, here["files"], there.files, record,
                          direction, progress)  # fmt: skip
-        record["gen"] += 1
-        _save(config, record)
+        # Written only when something changed: a pass with nothing to do writes nothing.
+        moved = outcome.changed or outcome.merged or plan.agree or plan.forget
+        if moved or _state(record) != before:
+            record["gen"] += 1
+            _save(config, record)
     skipped = [("here", n, why) for n, why in here["skipped"]] + [
         ("there", n, why) for n, why in there.skipped
     ]
     return dataclasses.replace(outcome, clashes=plan.clash, skipped=tuple(skipped),
                                deletions_held=deletions_held, new_pair=new_pair)  # fmt: skip
+
+
+def scan_here(config: Config, pool: Executor) -> Future[tuple[int, dict[str, Any]]]:
+    """This side's listing, made in `pool` while the remote is asked for its own: (the record's
+    generation it was made against, the listing)."""
+
+    def scan() -> tuple[int, dict[str, Any]]:
+        record = load(config)
+        return record["gen"], _scan_here(config, record)
+
+    return pool.submit(scan)
+
+
+def _scan_here(config: Config, record: dict[str, Any]) -> dict[str, Any]:
+    """This side's listing; files whose size and time the record knows keep its hash unread."""
+    exclude, include = filters(config)
+    files = record["files"]
+    known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
+    return helper_tree.list_tree(str(config.root), exclude, include, known)
+
+
+def _state(record: dict[str, Any]) -> str:
+    """What of the record can change without a file moving."""
+    return json.dumps([record.get(k) for k in ("pair", "conflicts", "kept_there")])
 
 
 def _pair(
@@ -341,6 +445,9 @@ def _limit_deletions(
     return plan, waiting
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class Listing:
     """A side's tree, checked: files that travel, what blocks names, names skipped."""
@@ -363,23 +470,39 @@ def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Lis
     files: dict[str, list[Any]] = {}
     others: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
+    folders: dict[str, bool] = {}  # whether a folder, and all above it, travel
+
+    def folder_travels(folder: str) -> bool:
+        if folder not in folders:
+            parent = folder.rpartition("/")[0]
+            folders[folder] = helper_tree.travels(folder, True, exclude, include) and (
+                not parent or folder_travels(parent)
+            )
+        return folders[folder]
+
     for name, entry in [*listing.files.items(), *listing.others.items()]:
-        try:
-            rel = sync.checked_name(name, None)
-        except sync.Refused as refused:
-            skipped.append((str(name)[:200], refused.message))
-            continue
-        parts = rel.split("/")
-        paths = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if not all(helper_tree.travels(p, p != rel, exclude, include) for p in paths):
-            skipped.append((rel, "it is not a file that travels"))
-        elif isinstance(entry, str):
-            others[rel] = entry
-        elif (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry[:2])
-              and isinstance(entry[2], str)):  # fmt: skip
-            files[rel] = entry
+        # Plain names (nearly all) pass a quick screen; checked_name judges the rest (a dot
+        # after a slash, an empty part, a control character...): 100,000 names in a moment.
+        if (not name or name[0] in "/." or name[-1] == "/" or "//" in name or "/." in name
+                or len(name) > 4096 or _CONTROL.search(name)):  # fmt: skip
+            try:
+                sync.checked_name(name, None)
+            except sync.Refused as refused:
+                skipped.append((name[:200], refused.message))
+                continue
+        parent = name.rpartition("/")[0]
+        if not helper_tree.travels(name, False, exclude, include) or (
+            parent and not folder_travels(parent)
+        ):
+            skipped.append((name, "it is not a file that travels"))
+        elif type(entry) is list and len(entry) == 3 and type(entry[0]) is int and (
+            type(entry[1]) is int and type(entry[2]) is str
+        ):
+            files[name] = entry
+        elif type(entry) is str:
+            others[name] = entry
         else:
-            raise sync.Refused(f"the remote sent a malformed entry for {rel!r:.200}")
+            raise sync.Refused(f"the remote sent a malformed entry for {name!r:.200}")
     for item in listing.skipped:
         ok = isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
         if not ok:
@@ -417,8 +540,9 @@ def _apply(
     trashed_there: list[str] = []
     if sends and plan.trash_remote:
         wants = {rel: list(remote_tree[rel]) for rel in plan.trash_remote}
-        answer = remote.agent("trash", {"dir": remote_dir, "files": wants}, timeout=120)
-        trashed_there = [rel for rel in answer.get("moved", []) if rel in wants]
+        answer = remote.agent("trash", {"dir": remote_dir, "files": wants}, timeout=600)
+        moved = answer.get("moved")
+        trashed_there = [rel for rel in moved if rel in wants] if isinstance(moved, dict) else []
         done.update(dict.fromkeys(trashed_there))
     pushed, raced = (
         _push(remote, config, remote_dir, plan.push, local_tree, remote_tree, done, progress)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rjn.helper import tree
+from rjn.helper.common import PART
 from rjn.twoway import Plan, decide, too_many
 
 
@@ -164,7 +165,7 @@ def test_trash_takes_only_the_version_seen_and_is_pruned_oldest_first(tmp_path: 
         (tmp_path / name).write_text(name)
     wants = {"a": entry(tmp_path / "a"), "b": entry(tmp_path / "b")}
     (tmp_path / "b").write_text("edited since")
-    assert tree.trash({"dir": str(tmp_path), "files": wants})["moved"] == ["a"]
+    assert tree.trash({"dir": str(tmp_path), "files": wants})["moved"] == {"a": True}
     assert (tmp_path / "b").read_text() == "edited since"
     trash = tmp_path / ".rjn" / "trash"
     for n, stamp in enumerate(["20200101-000000", "20200102-000000", "20990101-000000"]):
@@ -201,3 +202,26 @@ def test_a_copy_keeps_one_replica_id_and_a_new_folder_gets_another(tmp_path: Pat
     first = tree.replica(str(tmp_path / "p"))
     assert tree.replica(str(tmp_path / "p")) == first
     assert tree.replica(str(tmp_path / "q")) != first
+
+
+def test_a_listing_sends_only_what_changed_since_the_one_the_caller_has(tmp_path, capsys):
+    import json
+
+    for n in range(2500):  # more than one message's worth
+        (tmp_path / f"f{n:04}.txt").write_text(str(n))
+    args = {"exclude": [".rjn/"], "mine": "m1"}
+    first = tree.tree_listing(str(tmp_path), {**args, "since": None})
+    parts = [json.loads(line)["part"] for line in capsys.readouterr().out.splitlines()]
+    assert len(parts) == 1 and len(parts[0]) == PART and "base" not in first
+    assert len(parts[0]) + len(first["files"]) == 2500
+    same = tree.tree_listing(str(tmp_path), {**args, "since": first["id"]})
+    assert same["id"] == first["id"] and same["files"] == {} and same["gone"] == []
+    (tmp_path / "f0001.txt").write_text("changed")
+    (tmp_path / "f0002.txt").unlink()
+    diff = tree.tree_listing(str(tmp_path), {**args, "since": first["id"]})
+    assert diff["base"] == first["id"] and diff["id"] != first["id"]
+    assert list(diff["files"]) == ["f0001.txt"] and diff["gone"] == ["f0002.txt"]
+    # Another machine (or a caller that lost its copy) gets all of it.
+    other = tree.tree_listing(str(tmp_path), {**args, "mine": "m2", "since": diff["id"]})
+    assert "base" not in other
+    capsys.readouterr()

@@ -29,6 +29,20 @@ def log(text):
     emit(log=text)
 
 
+# Entries per message of a long answer: each line stays small, whatever the project's size.
+PART = 2000
+
+
+def in_parts(mapping, of):
+    """A long mapping of an answer sent ahead in `part` messages ({"part": {...}, "of": where
+    in the answer, as "tree.files"}); what is left for the answer itself."""
+    items = list(mapping.items())
+    pieces = [dict(items[start:start + PART]) for start in range(0, len(items), PART)] or [{}]
+    for piece in pieces[:-1]:
+        emit(part=piece, of=of)
+    return pieces[-1]
+
+
 class Fail(Exception):
     def __init__(self, message, hint=None):
         super().__init__(message)

@@ -99,13 +99,17 @@ class RunEnd(Record):
 
 @dataclasses.dataclass(frozen=True)
 class TreeListing(Record):
-    """A side's project tree for two-way sync (entries are checked further by the sync)."""
+    """A side's project tree for two-way sync (entries are checked further by the sync). A long
+    one's files come first in `part` messages, {path: entry} each, merged into `files`."""
 
     files: dict  # path -> [size, mtime_ns, sha256]
     others: dict  # path -> "link" | "other": there, never travels, blocks that name
     skipped: list  # [[name, why]]: names that cannot travel
     replica: str | None = None  # the id of this copy of the project (remote side)
     gen: int | None = None  # the record generation the listing was asked against
+    id: str | None = None  # this listing's id: ask `since` it next time for a diff
+    base: str | None = None  # a diff: `files` changed or new since listing `base`, `gone` gone
+    gone: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,36 +4,63 @@ runs the same code on its own tree."""
 
 import contextlib
 import errno
+import functools
 import hashlib
+import json
 import os
+import re
 import shutil
 import stat
 import time
 import uuid
 
-from .common import RJN_DIR, Fail, project_dir, rjn_dir
+from .common import (
+    RJN_DIR,
+    Fail,
+    in_parts,
+    project_dir,
+    read_json,
+    rjn_dir,
+    write_private,
+)
 
 
 def travels(rel, is_dir, exclude, include=()):
     """Whether a project path (posix, relative) is kept in step: rsync-style patterns, where
     "name/" matches folders only, a pattern with a slash is anchored at the project, and
     `include` wins over `exclude`."""
+    name = rel.rsplit("/", 1)[-1]
+    excluded, included = _patterns(tuple(exclude), tuple(include))
+    return included(rel, name, is_dir) or not excluded(rel, name, is_dir)
+
+
+@functools.lru_cache(maxsize=32)
+def _patterns(exclude, include):
+    """Each list of patterns as one test (compiled regular expressions): a project of 100,000
+    files asks it for every path."""
+    return _compiled(exclude), _compiled(include)
+
+
+def _compiled(patterns):
     import fnmatch
 
-    name = rel.rsplit("/", 1)[-1]
+    def joined(chosen):
+        return re.compile("|".join(fnmatch.translate(p) for p in chosen)) if chosen else None
 
-    def matches(pattern):
-        folder_only = pattern.endswith("/")
-        pattern = pattern.rstrip("/")
-        if folder_only and not is_dir:
-            return False
-        if "/" in pattern:
-            return fnmatch.fnmatchcase(rel, pattern.lstrip("/"))
-        return fnmatch.fnmatchcase(name, pattern)
+    kinds = {}
+    for folder_only in (False, True):
+        chosen = [p.rstrip("/") for p in patterns if p.endswith("/") == folder_only]
+        kinds[folder_only] = (joined([p for p in chosen if "/" not in p]),
+                              joined([p.lstrip("/") for p in chosen if "/" in p]))
 
-    if any(matches(p) for p in include):
-        return True
-    return not any(matches(p) for p in exclude)
+    def test(rel, name, is_dir):
+        for folder_only in (False, True) if is_dir else (False,):
+            by_name, by_path = kinds[folder_only]
+            if (by_name and by_name.match(name)) or (by_path and by_path.match(rel)):
+                return True
+        return False
+
+    return test
 
 
 def file_hash(path, dir_fd=None):
@@ -47,6 +74,9 @@ def file_hash(path, dir_fd=None):
     return digest.hexdigest()
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def odd_name(rel):
     """Why a name cannot travel, or None: it is not UTF-8 (the listing is JSON, and the other
     side may not store it), or it holds a control character (a line break, a tab)."""
@@ -54,7 +84,7 @@ def odd_name(rel):
         rel.encode("utf-8")
     except UnicodeEncodeError:
         return "its name is not UTF-8"
-    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+    if _CONTROL.search(rel):
         return "its name has a control character"
     return None
 
@@ -262,7 +292,7 @@ def place(args):
     finally:
         os.close(root_fd)
         shutil.rmtree(staging, ignore_errors=True)
-    return {"placed": placed, "kept": kept}
+    return {"placed": in_parts(placed, "placed"), "kept": in_parts(kept, "kept")}
 
 
 def clean_staging(project, mine):
@@ -322,12 +352,33 @@ def scan(args):
 def tree_listing(project, args):
     """The tree, this copy's replica id, and the record generation the caller listed against
     (echoed: it tells a listing made before another pass from one made after); leftovers of
-    cut-short pushes are cleaned first."""
-    clean_staging(project, args.get("stale"))
-    listed = list_tree(project, args["exclude"], args.get("include", ()), args.get("known"))
-    listed["replica"] = replica(project)
-    listed["gen"] = args.get("gen", 0)
-    return listed
+    cut-short pushes are cleaned first.
+
+    The last listing sent to each machine (`mine`) is kept in .rjn/: it is the hash cache
+    (a file whose size and time did not change is not read again), and, when the caller still
+    has that listing (`since`: its id), only what changed since is sent (`base`, `files` changed
+    or new, `gone`). A large answer's files come first in pieces (common.in_parts)."""
+    mine = args.get("mine") or ""
+    clean_staging(project, STAGING_PREFIX + mine + "-" if mine else None)
+    kept_at = os.path.join(rjn_dir(project), "listing-%s.json" % (mine if mine.isalnum() else "x"))
+    before = read_json(kept_at)
+    before = before if isinstance(before, dict) and isinstance(before.get("files"), dict) else {}
+    listed = list_tree(project, args["exclude"], args.get("include", ()), before.get("files"))
+    files = listed["files"]
+    same = before.get("id") and before["files"] == files
+    answer = {"others": listed["others"], "skipped": listed["skipped"],
+              "replica": replica(project), "gen": args.get("gen", 0),
+              "id": before["id"] if same else uuid.uuid4().hex}
+    if mine and not same:
+        write_private(kept_at, json.dumps({"id": answer["id"], "files": files}))
+    since = args.get("since")
+    if since and since == before.get("id"):
+        old = before["files"]
+        answer["base"] = since
+        answer["gone"] = [rel for rel in old if rel not in files]
+        files = {rel: entry for rel, entry in files.items() if old.get(rel) != entry}
+    answer["files"] = in_parts(files, "tree.files")
+    return answer
 
 
 # Defaults of the trash's pruning (days, bytes): the README names them.
@@ -342,7 +393,7 @@ def trash(args):
     project = project_dir(args["dir"])
     moved = move_to_trash(project, args["files"])
     prune_trash(project, args.get("days", TRASH_DAYS), args.get("bytes", TRASH_BYTES))
-    return {"moved": moved}
+    return {"moved": in_parts(dict.fromkeys(moved, True), "moved")}
 
 
 def move_to_trash(project, files):

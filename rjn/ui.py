@@ -302,12 +302,22 @@ def show_synced(result: Synced) -> None:
     err.print(f"{escape(result.project)}: {', '.join(parts)}")
 
 
+# Files moved that are named one by one; past that, a count (100,000 lines help nobody).
+LISTED = 20
+
+
 def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
     """One line per project file a two-way sync moved (with `sent`, the ones sent too), every
     open conflict, and whatever it left for the user to decide."""
-    for pulled in tree.pulled:
+    plain = [p for p in tree.pulled if not (p.refused or p.conflict_copy or p.trashed)]
+    for pulled in [p for p in tree.pulled if p not in plain] + plain[:LISTED]:
         show_pulled(pulled)
-    lines = [f"[blue]↑[/] {escape_name(rel)}" for rel in (tree.pushed if sent else ())]
+    if len(plain) > LISTED:
+        err.print(f"[green]↓[/] … and {len(plain) - LISTED:,} more")
+    pushed = tree.pushed if sent else ()
+    lines = [f"[blue]↑[/] {escape_name(rel)}" for rel in pushed[:LISTED]]
+    if len(pushed) > LISTED:
+        lines.append(f"[blue]↑[/] … and {len(pushed) - LISTED:,} more")
     lines += [f"[green]⇅[/] {escape_name(rel)} changed on both sides: merged cell by cell"
               for rel in tree.merged]  # fmt: skip
     lines += [f"[yellow]✗[/] {escape_name(rel)} deleted on the remote: moved to {twoway.TRASH}/"

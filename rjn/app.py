@@ -121,7 +121,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             ready = prepare(config, report, previous)
             still_up = answered.result()
         remote, remote_dir, reqs = ready.remote, ready.remote_dir, ready.requirements
-        notes = []
+        notes = list(remote.notes)
         live = ready.probe.server
         if live and ready.env_installed:
             notes.append("the environment changed: restart running kernels to use it")
@@ -421,7 +421,7 @@ def sync_now(
             tree = twoway.run(remote, config, remote_dir, direction="push",
                               allow_deletions=allow_deletions,
                               progress=report.progress)  # fmt: skip
-        return Synced(config.name, "push", tree=tree)
+        return Synced(config.name, "push", tree=tree, notes=tuple(remote.notes))
     step = report.step(f"Syncing with {remote.host}:{remote_dir}")
     with step, ThreadPoolExecutor(max_workers=1) as pool:
         here = twoway.scan_here(config, pool)  # while the remote looks at its side
@@ -430,7 +430,7 @@ def sync_now(
                           results=config.sync.results, timeout=300)  # fmt: skip
         pulled, tree = _bring_home(remote, config, remote_dir, seen.results, seen.tree, report,
                                    allow_deletions=allow_deletions, here_scan=here)  # fmt: skip
-    return Synced(config.name, "both", files=tuple(pulled), tree=tree)
+    return Synced(config.name, "both", files=tuple(pulled), tree=tree, notes=tuple(remote.notes))
 
 
 def run(

@@ -68,7 +68,9 @@ class RemoteConfig:
     ssh_config: str | None = None
     ssh_options: tuple[str, ...] = ()
     dir: str | None = None
-    python: str = "python3"
+    # The interpreter rjn's helper and the environment come from; None: python3, or the newest
+    # python3.X on the remote's PATH where python3 is older than 3.8.
+    python: str | None = None
     installer: Literal["uv", "pip"] = "uv"
     # Seconds; unset, ssh's own setting applies (your ~/.ssh/config's ConnectTimeout), else 20.
     connect_timeout: int | None = None
@@ -195,7 +197,7 @@ host = "{host}"
 # identity = "~/.ssh/id_ed25519"
 # proxy_jump = "bastion"
 dir = "~/rjn/{name}"
-python = "python3"
+# python = "python3.11"   # default: python3, or the newest python3.X where python3 is too old
 
 [sync]
 results = ["results", "figures"]   # come home; never pushed
@@ -417,7 +419,7 @@ def _check(config: Config) -> None:
         )
     if remote.connect_timeout is not None and remote.connect_timeout <= 0:
         raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
-    if not remote.python:
+    if remote.python is not None and not remote.python:
         raise ConfigError(f"{where} python: must not be empty")
     jupyter = config.jupyter
     if jupyter.local_port != "auto" and not 1024 <= jupyter.local_port < 65536:

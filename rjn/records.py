@@ -93,6 +93,7 @@ class Synced:
     direction: str
     files: tuple[sync.Pulled, ...] = ()
     tree: twoway.Outcome = field(default_factory=twoway.Outcome)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,10 @@ def explain(
 HELPER_PACKAGE = "rjn_helper"
 # Exit code of the boot when the helper it is told to run is not in the remote's cache.
 NEED_HELPER = 97
+# Exit code of the boot when the interpreter is older than the helper needs (3.8).
+OLD_PYTHON = 96
+# Tried, newest first, where the remote's python3 is too old (RHEL 8's is 3.6).
+NEWER_PYTHONS = [f"python3.{minor}" for minor in range(14, 7, -1)]
 
 
 @cache
@@ -142,13 +146,18 @@ def helper_zipapp() -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()[:24]
 
 
-# Runs the helper from the remote's cache (~/.cache/rjn/helper-HASH.pyz), checked against its
-# hash; with SIZE > 0 the zipapp comes first on stdin and is kept there (written aside, then
-# renamed). Without it, a missing or different file answers "need" (exit 97), and rjn sends it.
+# Its first lines run on any Python, 2 included: an interpreter older than 3.8 says its version
+# (exit 96) and nothing else runs. Then it runs the helper from the remote's cache
+# (~/.cache/rjn/helper-HASH.pyz), checked against its hash; with SIZE > 0 the zipapp comes first
+# on stdin and is kept there (written aside, then renamed). Without it, a missing or different
+# file answers "need" (exit 97), and rjn sends it.
 # Arguments given as @N are the N bytes that follow on stdin; whatever stdin carries afterwards
 # stays free for the helper (it watches for our hangup).
 _BOOT = """\
 import hashlib, json, os, sys
+if sys.version_info < (3, 8):
+    print(json.dumps({"old_python": "%d.%d.%d" % tuple(sys.version_info[:3])}))
+    sys.exit(96)
 h, n = sys.argv[1], int(sys.argv[2])
 d = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rjn")
 p = os.path.join(d, "helper-%s.pyz" % h)
@@ -205,6 +214,8 @@ class Remote:
         self.control_template = str(control_dir / "%C")
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.host)
         self.log_path = log_dir / f"ssh-{safe}.log"
+        # What the user should hear once (a choice rjn made for them), for the use case to say.
+        self.notes: list[str] = []
 
     # -- argv building ---------------------------------------------------------------
 
@@ -429,7 +440,7 @@ class Remote:
         """The local end of the forward to this connection's serving helper, of this rjn and
         this [remote] python (its answers, the environment's check above all, are that
         interpreter's: projects with another python have their own)."""
-        python = hashlib.sha256(self.config.python.encode()).hexdigest()[:8]
+        python = hashlib.sha256(self.python.encode()).hexdigest()[:8]
         name = f"{self.control_path.name}.{helper_zipapp()[1][:12]}.{python}"
         return places.runtime_dir() / f"{name}.sock"
 
@@ -470,7 +481,7 @@ class Remote:
             given, out = path.with_suffix(".in"), path.with_suffix(".out")
             given.write_bytes(payload)  # in the runtime folder: private already
             argv = self.ssh_argv(
-                "-T", command=_agent_command(self.config.python, "serve", {}, size)[0]
+                "-T", command=_agent_command(self.python, "serve", {}, size)[0]
             )
             running = proc.leave_running(argv, stdin=given, out=out)
             where = _serving_at(out, running, deadline=time.monotonic() + 15)
@@ -500,7 +511,7 @@ class Remote:
         """Run one action of rjn's remote helper in one exec; return its JSON answer.
 
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
-        python = python or self.config.python
+        python = python or self.python
         answer: dict[str, Any] = {}
         parts = Parts(self.host)
 
@@ -509,7 +520,8 @@ class Remote:
                 on_log(str(message["log"]))
             if "part" in message:
                 parts.add(message)
-            answer.update({k: v for k, v in message.items() if k in ("ok", "error", "need")})
+            kinds = ("ok", "error", "need", "old_python")
+            answer.update({k: v for k, v in message.items() if k in kinds})
 
         def settled() -> dict[str, Any] | None:
             """The helper's answer, once it came: its ok, or its error raised."""
@@ -519,7 +531,7 @@ class Remote:
             return parts.joined(ok) if ok is not None else None
 
         parse = _messages(on_message)
-        if action in self.SERVED and python == self.config.python and not hold and not send:
+        if action in self.SERVED and python == self.python and not hold and not send:
             served = self._served(action, args, timeout or 300)
             if served is None:
                 if not self.master_alive():
@@ -562,17 +574,66 @@ class Remote:
             self._helper_lost()
             return self.agent(action, args, python=python, on_log=on_log, timeout=timeout,
                               hold=hold, send=True)  # fmt: skip
+        if code == OLD_PYTHON and "old_python" in answer:
+            newer = self._newer_python(python, str(answer["old_python"])[:20])
+            return self.agent(action, args, python=newer, on_log=on_log, timeout=timeout,
+                              hold=hold, send=send)  # fmt: skip
         if "ok" in answer or "error" in answer:
             self._helper_kept(size)
         if (done := settled()) is not None:
             return done
         if code == 127:
+            cannot = next((ln for ln in err.splitlines() if "error while loading" in ln), "")
             raise RemoteError(
-                f"{self.host}: the remote python '{python}' was not found",
+                f"{self.host}: the remote python '{python}' "
+                + (f"cannot start: {cannot.strip()[:300]}" if cannot else "was not found"),
                 hint="install Python 3.8+ on the remote, or set [remote] python to its path",
             )
         tail = " / ".join(err.strip().splitlines()[-5:])
         raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
+
+    @property
+    def python(self) -> str:
+        """The interpreter rjn's helper runs under: [remote] python; else python3, or, where
+        that is older than 3.8, the newest python3.X this host was found to have."""
+        if self.config.python:
+            return self.config.python
+        try:
+            return self._python_mark().read_text().strip() or "python3"
+        except OSError:
+            return "python3"
+
+    def _python_mark(self) -> Path:
+        return places.state_dir() / "pythons" / self.control_path.name
+
+    def _newer_python(self, python: str, version: str) -> str:
+        """`python` is too old: the newest python3.X (3.8 or later) on the remote's PATH, if
+        [remote] python left the choice to rjn; remembered for this host, and said once."""
+        needs = "rjn's helper needs Python 3.8 or newer"
+        if self.config.python:
+            raise RemoteError(
+                f"{self.host}: [remote] python ({python}) is Python {version}; {needs}",
+                hint="set [remote] python to a newer interpreter (its path, or python3.11), or "
+                "remove the key: rjn then picks the newest python3.X on the remote's PATH",
+            )
+        # Each is run, not just looked up: a stub or a broken shim on the PATH is no interpreter.
+        script = " ".join(f"{name} -c 'import sys; print(sys.executable)' 2>/dev/null && exit 0;"
+                          for name in NEWER_PYTHONS) + " exit 1"  # fmt: skip
+        found = self.run(["sh", "-c", script], timeout=60).out.strip().splitlines()
+        if not found or not found[-1].startswith("/"):
+            raise RemoteError(
+                f"{self.host}: the remote's python3 is Python {version}, and no python3.8 or "
+                f"newer is on its PATH; {needs}",
+                hint="load a newer one in your shell's startup file (`module load python/3.11` "
+                "on many clusters), install one (RHEL/Rocky 8: dnf install python3.11; Ubuntu "
+                "18.04: apt install python3.8), or set [remote] python to its path",
+            )
+        places.write_private(self._python_mark(), found[-1])
+        self.notes.append(
+            f"the remote's python3 is Python {version}: rjn uses {found[-1]} (set [remote] "
+            "python to choose another)"
+        )
+        return found[-1]
 
     def agent_stream(
         self,
@@ -593,7 +654,11 @@ class Remote:
         started = [False]
 
         def message(line: dict[str, Any]) -> None:
-            if "need" in line:
+            if "old_python" in line:
+                old = str(line["old_python"])[:20]
+                line = {"error": {"message": f"the remote python is {old}; rjn needs 3.8+",
+                                  "hint": "set [remote] python to a newer one"}}  # fmt: skip
+            elif "need" in line:
                 # Not kept there any more: the next call sends it (a stream cannot be re-sent).
                 self._helper_lost()
                 line = {"error": {"message": f"rjn's helper is no longer kept on {self.host}",

@@ -289,6 +289,8 @@ def show_link(message: str) -> None:
 
 def show_synced(result: Synced) -> None:
     """What `rjn sync` moved."""
+    for note in result.notes:
+        err.print(f"  [yellow]note:[/] {escape(note)}")
     for pulled in result.files:
         show_pulled(pulled)
     show_tree(result.tree)

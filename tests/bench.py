@@ -168,6 +168,7 @@ def main() -> None:
                 recoveries.append(time.perf_counter() - back)
                 time.sleep(1)
             spread(f"stall of 10 s: link back -> tunnel answers ({STALLS})", recoveries)
+        scale(host, base, login)
     finally:
         if watcher:
             watcher.send_signal(2)
@@ -176,6 +177,40 @@ def main() -> None:
                        capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
         host.teardown()
         shutil.rmtree(base, ignore_errors=True)
+
+
+SCALE = 100_000
+# rjn run in-process, so that the peak of its own memory can be read (ru_maxrss, KiB).
+PEAK = ("import resource, runpy, sys\nsys.argv = ['rjn', *sys.argv[1:]]\ntry:\n"
+        "    runpy.run_module('rjn', run_name='__main__')\nfinally:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+
+
+def scale(host: TestHost, base: Path, login: float) -> None:
+    """A project of 100,000 small files (a data set of images): the first sync, a sync with
+    nothing to do, and rsync's own dry run over the same connection for comparison."""
+    project, remote = base / "big", base / "big-remote"
+    for folder in range(SCALE // 1000):
+        where = project / "images" / f"class-{folder:03}"
+        where.mkdir(parents=True)
+        for n in range(1000):
+            (where / f"{n:05}-{'s' * 119}.png").write_bytes(b"%d-%d" % (folder, n))
+    (project / "remote.toml").write_text(host.remote_toml(remote))
+    row(f"sync, first, {SCALE:,} files", rjn("sync", cwd=project), login)
+    idle, peaks = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", PEAK, "sync"], cwd=project, check=True,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        idle.append(time.perf_counter() - started)
+        peaks.append(int(done.stderr.strip().splitlines()[-1]))
+    row(f"sync, nothing changed, {SCALE:,} files, med of 3", statistics.median(idle), login)
+    control = Path(os.environ["XDG_RUNTIME_DIR"]) / "rjn" / "%C"
+    shell = f"ssh -F {host.ssh_config} -o ControlPath={control} -o ControlMaster=no"
+    dry = ["rsync", "-an", "--delete", "--exclude=.rjn/", "-e", shell, "./", f"{ALIAS}:{remote}/"]
+    row(f"rsync -an, nothing changed, {SCALE:,} files, med of 3",
+        statistics.median(timed(dry, project) for _ in range(3)), login)  # fmt: skip
+    print(f"  {'sync, nothing changed: peak memory':<44} {max(peaks) / 1024:7.0f} MiB")
 
 
 if __name__ == "__main__":

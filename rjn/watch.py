@@ -121,14 +121,18 @@ def watch(
                 pending: dict[str, Any] | None = message
                 deadline = seen + BATCH_WINDOW
                 while pending is not None:
-                    if "file" in pending:
-                        name, data = _file_event(remote, config, pending)
-                        if data is not None:
-                            inline[name] = data
-                            batch.discard(name)
-                        else:
-                            batch.add(name)
-                            inline.pop(name, None)
+                    if "file" not in pending:
+                        # A project save (or anything else) ends the batch and comes next:
+                        # a stream of results never delays or drops it.
+                        backlog.append(pending)
+                        break
+                    name, data = _file_event(remote, config, pending)
+                    if data is not None:
+                        inline[name] = data
+                        batch.discard(name)
+                    else:
+                        batch.add(name)
+                        inline.pop(name, None)
                     if len(inline) + len(batch) >= config.sync.max_burst:
                         break  # a flood: one rsync of the results folders instead
                     # Small files came whole in their event; wait a moment only for pulls.

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -129,6 +130,34 @@ def main() -> None:
             saves.append(time.perf_counter() - saved)
             time.sleep(0.2)
         spread(f"notebook saved remotely -> file home ({SAVES})", saves)
+        # The same saves while a run streams results (a figure every 0.1 s): none may wait.
+        streaming = threading.Event()
+        streaming.set()
+
+        def stream() -> None:
+            n = 0
+            while streaming.is_set():
+                (remote / "results" / f"stream{n:04}.png").write_bytes(os.urandom(20_000))
+                n += 1
+                time.sleep(0.1)
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        streamed = []
+        try:
+            for n in range(SAVES):
+                text = f"print({n})  # saved while results stream\n"
+                (remote / "edit.py").write_text(text)
+                saved = time.perf_counter()
+                home = project / "edit.py"
+                wait(lambda t=text, home=home: home.is_file() and home.read_text() == t, 30,
+                     "a save while results stream")  # fmt: skip
+                streamed.append(time.perf_counter() - saved)
+                time.sleep(0.3)
+        finally:
+            streaming.clear()
+            writer.join()
+        spread(f"save home while results stream ({SAVES})", streamed)
         # The common case: a figure saved by a notebook's kernel, whose output streams back
         # through the tunnel on the same connection as the watcher's event.
         state = json.loads(subprocess.run(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -128,3 +129,34 @@ def test_deletions_travel_onto_unchanged_files_only_and_into_the_trash(project, 
     assert (project / "edited-there.txt").read_text() == "edited on the remote"
     assert "deleted" in said
     assert (project / ".rjn" / ".gitignore").read_text() == "*\n"
+
+
+def test_remote_saves_come_home_live_while_results_stream(project, remote) -> None:
+    (remote / "results").mkdir(exist_ok=True)
+    watcher = Watcher(project)
+    streaming = threading.Event()
+    streaming.set()
+
+    def stream() -> None:  # a training run saving figures in bursts, many a second
+        n = 0
+        while streaming.is_set():
+            for _ in range(5):
+                (remote / "results" / f"t-{n:04}.png").write_bytes(os.urandom(20_000))
+                n += 1
+            time.sleep(0.1)
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    try:
+        time.sleep(2)
+        home = project / "edit.py"
+        for n in range(6):
+            (remote / "edit.py").write_text(f"saved {n}\n")
+            wait_for(lambda n=n: home.exists() and home.read_text() == f"saved {n}\n",
+                     timeout=10, what=f"save {n} home while results stream")  # fmt: skip
+            time.sleep(0.7)
+        assert len(list((project / "results").glob("t-*.png"))) > 50  # the stream came too
+    finally:
+        streaming.clear()
+        writer.join()
+        assert watcher.stop() == 0

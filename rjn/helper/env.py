@@ -149,6 +149,24 @@ def failing_package(lines):
     return lines[-1] if lines else "no output"
 
 
+# JupyterLab asks every new user whether to fetch Jupyter's news; in an environment rjn made
+# the answer is given once, as the environment's own default (a user's setting still wins).
+LAB_DEFAULTS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
+
+
+def quiet_lab(venv):
+    """Write JupyterLab's defaults for this environment (share/jupyter/lab/settings), keeping
+    any the environment already has."""
+    folder = os.path.join(venv, "share", "jupyter", "lab", "settings")
+    path = os.path.join(folder, "overrides.json")
+    found = read_json(path)
+    merged = dict(found) if isinstance(found, dict) else {}
+    for plugin, values in LAB_DEFAULTS.items():
+        merged[plugin] = dict(values, **(merged.get(plugin) or {}))
+    os.makedirs(folder, exist_ok=True)
+    write_private(path, json.dumps(merged, indent=2))
+
+
 def ensure_env(args):
     project = project_dir(args["dir"])
     wanted = {"hash": args["hash"], "python": sys.version}
@@ -201,6 +219,7 @@ def ensure_env(args):
             "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
             "or in your own requirements.txt; `rjn open -v` shows the installer's output",
         )
+    quiet_lab(venv)
     write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
     return {
         "changed": True,

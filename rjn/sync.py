@@ -214,8 +214,10 @@ def pull(
     remote_dir: str,
     files: list[str] | None = None,
     progress: Progress | None = None,
+    max_bytes: int | None = None,
 ) -> list[Pulled]:
-    """Bring results home: the given files, or everything in the results folders.
+    """Bring results home: the given files, or everything in the results folders; more than
+    `max_bytes` (default: [sync] max_pull_size) stops it with nothing placed.
 
     Files land in a staging folder first and are moved into place one by one, so a
     local file is never half-written and never replaced if it was edited since the last
@@ -252,8 +254,7 @@ def pull(
         moved = _rsync(remote, argv, progress, input=listing,
                        ok_codes=(0, 23, 24) if files else (0, 24),
                        missing_ok=files is None, writes_here=True,
-                       # A listed pull is bounded by the watcher's burst and file caps.
-                       max_bytes=config.sync.max_pull_size if files is None else None,
+                       max_bytes=config.sync.max_pull_size if max_bytes is None else max_bytes,
                        )  # fmt: skip
         too_big = [
             Pulled(name, 0, refused="larger than [sync] max_file_size")

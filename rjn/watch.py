@@ -24,6 +24,35 @@ INLINE_MAX = 2 * 1024 * 1024
 TREE_WINDOW = 0.1
 # How often the link is checked while watching (a local check: no network round trip).
 HEALTH_INTERVAL = 1.0
+# [sync] max_pull_size holds for the watch over any window this long, not only per batch: a
+# stream of small files (each batch under the cap) cannot fill the disk either.
+PULL_WINDOW = 60.0
+
+
+class Budget:
+    """What the watch brought home in the last PULL_WINDOW seconds, against max_pull_size."""
+
+    def __init__(self, host: str, limit: int) -> None:
+        self.host, self.limit = host, limit
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.total = 0
+
+    def left(self) -> int:
+        now = time.monotonic()
+        while self.recent and now - self.recent[0][0] > PULL_WINDOW:
+            self.total -= self.recent.popleft()[1]
+        return self.limit - self.total
+
+    def spend(self, size: int) -> None:
+        self.recent.append((time.monotonic(), size))
+        self.total += size
+        if self.left() < 0:
+            raise RemoteError(
+                f"{self.host}: the remote sent more than [sync] max_pull_size "
+                f"({self.limit:,} bytes) within {PULL_WINDOW:g} s; the watch stopped",
+                hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
+                "remove what should not come home from the results folders",
+            )
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,7 @@ def watch(
     )
     checked = time.monotonic()
     backlog: collections.deque[dict[str, Any]] = collections.deque()
+    budget = Budget(remote.host, config.sync.max_pull_size)
     try:
         while not stop():
             if time.monotonic() - checked > HEALTH_INTERVAL:
@@ -142,11 +172,14 @@ def watch(
                     except queue.Empty:
                         pending = None
                 if len(inline) + len(batch) >= config.sync.max_burst:
-                    arrived = sync.pull(remote, config, remote_dir)
+                    arrived = sync.pull(remote, config, remote_dir, max_bytes=budget.left())
                 else:
+                    budget.spend(sum(len(data) for data, _ in inline.values()))
                     arrived = sync.receive(config, inline) if inline else []
                     if batch:
-                        arrived += sync.pull(remote, config, remote_dir, files=sorted(batch))
+                        arrived += sync.pull(remote, config, remote_dir, files=sorted(batch),
+                                             max_bytes=budget.left())  # fmt: skip
+                budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
                 for item in arrived:
                     on_pulled(item, time.monotonic() - seen)
     finally:

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -330,3 +331,23 @@ def test_what_the_remote_says_reaches_the_terminal_as_text(project, fake_watcher
     assert "\x1b" not in watched.stderr and "\x9b" not in watched.stderr
     assert "boom \\x1b]52;c;cHduZWQ=\\x07" in watched.stderr
     assert "hint: \\x1b[2J\\x9b31m" in watched.stderr
+
+
+def test_the_watch_keeps_to_the_total_cap_over_time(make_project, short_tmp) -> None:
+    # Each file alone is small, each batch under the cap: the sum over a minute is what counts.
+    project = make_project("watchcap", sync="max_pull_size = 300000")
+    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    try:
+        results = short_tmp / "remote" / "watchcap" / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        watcher = Watcher(project)
+        for n in range(10):
+            (results / f"f{n}.png").write_bytes(os.urandom(100_000))
+            time.sleep(0.3)
+        wait_for(lambda: watcher.proc.poll() is not None, timeout=60, what="the watch to stop")
+        assert watcher.proc.returncode == 4, watcher.lines
+        assert any("more than [sync] max_pull_size" in line for line in watcher.lines)
+        home = sum(p.stat().st_size for p in (project / "results").glob("*.png"))
+        assert 0 < home <= 300_000
+    finally:
+        run_rjn("close", "--server", cwd=project)

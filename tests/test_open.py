@@ -32,6 +32,14 @@ def test_open_serves_jupyter_through_the_tunnel(first_open, project: Path) -> No
     assert "Starting Jupyter" in first_open.stderr
 
 
+def test_jupyterlab_does_not_ask_about_news_in_an_environment_rjn_made(first_open) -> None:
+    port, token = opened(first_open)
+    code, setting = api(port, "/lab/api/settings/@jupyterlab/apputils-extension:notification",
+                        token)  # fmt: skip
+    # The environment's overrides become the setting's default (a user's own choice still wins).
+    assert code == 200 and setting["schema"]["properties"]["fetchNews"]["default"] == "false"
+
+
 def test_open_writes_requirements_from_code_and_notebooks(first_open, project: Path) -> None:
     lines = (project / "requirements.txt").read_text().splitlines()
     assert lines[0].startswith("# Written by rjn")

@@ -131,3 +131,23 @@ def make_project(host: TestHost, short_tmp: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="module")
+def opened_project(make_project: Callable[..., Path]) -> Iterator[Callable[..., Path]]:
+    """make_project, then `rjn open` it (no browser, no watch); each is closed, server and all,
+    when the module's tests are done. `before(root)` runs between the two."""
+    from helpers import opened, run_rjn
+
+    made: list[Path] = []
+
+    def make(name: str, before: Callable[[Path], object] = lambda root: None, **tables: str):
+        root = make_project(name, **tables)
+        before(root)
+        made.append(root)
+        opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+        return root
+
+    yield make
+    for root in made:
+        run_rjn("close", "--server", cwd=root)

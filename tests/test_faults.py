@@ -17,11 +17,8 @@ from hosts.loopback import TestHost
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("epsilon")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    return opened_project("epsilon")
 
 
 def remote_agents(remote_dir: Path, action: str) -> list[str]:

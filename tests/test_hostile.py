@@ -17,11 +17,8 @@ from helpers import Watcher, master, opened, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("evil", sync="max_file_size = 1000000")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    return opened_project("evil", sync="max_file_size = 1000000")
 
 
 @pytest.fixture(scope="module")

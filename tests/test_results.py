@@ -12,12 +12,11 @@ from helpers import Watcher, execute, opened, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("gamma", sync="patterns = ['*.png', '*.svg', '*.dat']")
-    (root / "plots.py").write_text("import matplotlib\n")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    def plots(root: Path) -> None:
+        (root / "plots.py").write_text("import matplotlib\n")
+
+    return opened_project("gamma", plots, sync="patterns = ['*.png', '*.svg', '*.dat']")
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,16 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import opened, run_rjn, wait_for
+from helpers import run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("engine")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    return opened_project("engine")
 
 
 @pytest.fixture(scope="module")
@@ -134,42 +131,34 @@ def test_a_one_sided_folder_to_file_change_converges_both_ways(project, remote) 
 # -- 3. a different, new or purged remote folder ---------------------------------------------
 
 
-def test_a_purged_remote_folder_deletes_nothing_here(make_project, short_tmp: Path) -> None:
-    root = make_project("purged")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    try:
-        for n in range(30):
-            (root / "data" / f"part{n}.csv").write_text(f"{n}\n")
-        synced(root)
-        before = sorted(p.relative_to(root) for p in root.rglob("*") if ".rjn" not in p.parts)
-        there = short_tmp / "remote" / "purged"
-        subprocess.run(["rm", "-rf", str(there)], check=True)  # a scratch purge
-        said = synced(root)
-        after = sorted(p.relative_to(root) for p in root.rglob("*") if ".rjn" not in p.parts)
-        assert after == before and not (root / ".rjn" / "trash").exists()
-        assert "nothing was deleted on either side" in said
-        assert (there / "remote.toml").exists() and (there / "data" / "part29.csv").exists()
-        assert "nothing was deleted" not in synced(root)  # said once
-    finally:
-        run_rjn("close", "--server", cwd=root)
+def test_a_purged_remote_folder_deletes_nothing_here(opened_project, short_tmp: Path) -> None:
+    root = opened_project("purged")
+    for n in range(30):
+        (root / "data" / f"part{n}.csv").write_text(f"{n}\n")
+    synced(root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if ".rjn" not in p.parts)
+    there = short_tmp / "remote" / "purged"
+    subprocess.run(["rm", "-rf", str(there)], check=True)  # a scratch purge
+    said = synced(root)
+    after = sorted(p.relative_to(root) for p in root.rglob("*") if ".rjn" not in p.parts)
+    assert after == before and not (root / ".rjn" / "trash").exists()
+    assert "nothing was deleted on either side" in said
+    assert (there / "remote.toml").exists() and (there / "data" / "part29.csv").exists()
+    assert "nothing was deleted" not in synced(root)  # said once
 
 
-def test_another_remote_dir_is_a_new_pair(make_project, short_tmp: Path) -> None:
-    root = make_project("moved")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    try:
-        (root / "keep.txt").write_text("keep")
-        synced(root)
-        run_rjn("close", "--server", cwd=root)
-        text = (root / "remote.toml").read_text()
-        old = str(short_tmp / "remote" / "moved")
-        (root / "remote.toml").write_text(text.replace(old, old + "-elsewhere"))
-        said = synced(root)
-        assert "is not the copy last synced with" in said
-        assert (root / "keep.txt").read_text() == "keep" and (root / "remote.toml").exists()
-        assert (Path(old + "-elsewhere") / "keep.txt").read_text() == "keep"
-    finally:
-        run_rjn("close", "--server", cwd=root)
+def test_another_remote_dir_is_a_new_pair(opened_project, short_tmp: Path) -> None:
+    root = opened_project("moved")
+    (root / "keep.txt").write_text("keep")
+    synced(root)
+    run_rjn("close", "--server", cwd=root)
+    text = (root / "remote.toml").read_text()
+    old = str(short_tmp / "remote" / "moved")
+    (root / "remote.toml").write_text(text.replace(old, old + "-elsewhere"))
+    said = synced(root)
+    assert "is not the copy last synced with" in said
+    assert (root / "keep.txt").read_text() == "keep" and (root / "remote.toml").exists()
+    assert (Path(old + "-elsewhere") / "keep.txt").read_text() == "keep"
 
 
 def test_many_deletions_wait_for_the_users_word(project: Path, remote: Path) -> None:
@@ -259,18 +248,14 @@ def test_two_syncs_at_once_take_turns_and_see_no_false_conflict(project, remote)
     assert all((remote / f"t{n}.txt").read_text() == f"v{n}" for n in range(5))
 
 
-def test_two_way_pulls_keep_to_the_total_cap(make_project, short_tmp: Path) -> None:
-    root = make_project("twowaycap", sync="max_pull_size = 200000")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    try:
-        there = short_tmp / "remote" / "twowaycap"
-        for n in range(4):
-            (there / f"blob{n}.bin").write_bytes(os.urandom(100_000))
-        result = run_rjn("sync", cwd=root)
-        assert result.returncode != 0 and "max_pull_size" in result.stderr
-        assert not list(root.glob("blob*.bin"))
-    finally:
-        run_rjn("close", "--server", cwd=root)
+def test_two_way_pulls_keep_to_the_total_cap(opened_project, short_tmp: Path) -> None:
+    root = opened_project("twowaycap", sync="max_pull_size = 200000")
+    there = short_tmp / "remote" / "twowaycap"
+    for n in range(4):
+        (there / f"blob{n}.bin").write_bytes(os.urandom(100_000))
+    result = run_rjn("sync", cwd=root)
+    assert result.returncode != 0 and "max_pull_size" in result.stderr
+    assert not list(root.glob("blob*.bin"))
 
 
 def test_a_folder_named_env_travels_but_an_environment_does_not(project, remote) -> None:

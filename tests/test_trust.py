@@ -10,11 +10,12 @@ import os
 import pwd
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import opened, run_rjn
+from helpers import run_rjn
 
 from rjn import config as cfg
 from rjn import places, requirements
@@ -73,21 +74,30 @@ def victim_dir(tmp_path: Path) -> Iterator[Path]:
     assert list(folder.iterdir()) == [], "something was made through a planted link"
 
 
+# Where each side makes its sockets' folder, and the error it refuses a planted one with.
+SOCKET_FOLDERS = {
+    "remote": (helper_common.socket_folder, helper_common.Fail),
+    "local": (places.runtime_dir, RjnError),
+}
+
+
+@pytest.mark.parametrize("side", sorted(SOCKET_FOLDERS))
 @pytest.mark.parametrize("kind", ["link", "folder"])
-def test_the_remote_socket_folder_refuses_what_a_neighbour_planted(
-    kind: str, mallory, shared_tmp: Path, victim_dir: Path, monkeypatch
+def test_a_socket_folder_refuses_what_a_neighbour_planted(
+    side: str, kind: str, mallory, shared_tmp: Path, victim_dir: Path, monkeypatch
 ) -> None:
     # The last resort, /tmp, is where a neighbour can plant first: home too long, no runtime dir.
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/" + "c" * 120)
-    monkeypatch.setenv("TMPDIR", str(shared_tmp))
-    monkeypatch.setattr(helper_common.tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
     planted = shared_tmp / f"rjn-{os.getuid()}"
     plant(kind, planted, mallory, victim_dir)
-    with pytest.raises(helper_common.Fail) as failed:
-        helper_common.socket_folder()
-    assert str(planted) in failed.value.message
-    assert "not a folder of yours" in failed.value.message or "another user" in failed.value.message
+    make, error = SOCKET_FOLDERS[side]
+    with pytest.raises(error) as failed:
+        make()
+    message = failed.value.message
+    assert str(planted) in message
+    assert "not a folder of yours" in message or "another user" in message
 
 
 def test_the_remote_sockets_live_where_no_neighbour_reaches(tmp_path: Path, monkeypatch) -> None:
@@ -103,20 +113,6 @@ def test_the_remote_sockets_live_where_no_neighbour_reaches(tmp_path: Path, monk
     # A long project path puts Jupyter's socket there too, never in /tmp.
     long_project = str(tmp_path / ("p" * 120))
     assert Path(helper_common.socket_path(long_project)).parent == run / "rjn"
-
-
-@pytest.mark.parametrize("kind", ["link", "folder"])
-def test_the_local_runtime_dir_refuses_what_a_neighbour_planted(
-    kind: str, mallory, shared_tmp: Path, victim_dir: Path, monkeypatch
-) -> None:
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", "/" + "c" * 120)
-    monkeypatch.setattr(places.tempfile, "tempdir", str(shared_tmp))
-    planted = shared_tmp / f"rjn-{os.getuid()}"
-    plant(kind, planted, mallory, victim_dir)
-    with pytest.raises(RjnError) as failed:
-        places.runtime_dir()
-    assert str(planted) in failed.value.message and failed.value.hint
 
 
 def test_an_own_folder_open_to_others_is_closed(tmp_path: Path) -> None:
@@ -166,11 +162,8 @@ def test_requirements_leave_the_project_folder_and_file_modes_alone(tmp_path: Pa
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("steer")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    return opened_project("steer")
 
 
 def test_a_remote_edit_of_remote_toml_never_runs_anything_here(

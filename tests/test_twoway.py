@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,8 @@ from helpers import DIRECT, Watcher, api, opened, run_rjn, status, wait_for
 
 
 @pytest.fixture(scope="module")
-def project(make_project: Callable[..., Path]) -> Iterator[Path]:
-    root = make_project("both")
-    opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
-    yield root
-    run_rjn("close", "--server", cwd=root)
+def project(opened_project: Callable[..., Path]) -> Path:
+    return opened_project("both")
 
 
 @pytest.fixture(scope="module")

@@ -108,29 +108,32 @@ def list_tree(project, exclude, include=(), known=None):
     keeps its known hash unread."""
     known = known or {}
     files, others, skipped = {}, {}, []
+
+    def admitted(rel, is_dir):
+        """Whether a path travels; one whose name cannot is noted in `skipped`."""
+        if not travels(rel, is_dir, exclude, include):
+            return False
+        why = odd_name(rel)
+        if why:
+            skipped.append([shown(rel), why])
+        return not why
+
     for folder, dirs, names in os.walk(project):
         base = os.path.relpath(folder, project)
         base = "" if base == "." else base + "/"
         entered = []
         for name in dirs:
             rel = base + name
-            if not travels(rel, True, exclude, include):
+            if not admitted(rel, True):
                 continue
-            why = odd_name(rel)
-            if why:
-                skipped.append([shown(rel), why])
-            elif os.path.islink(os.path.join(folder, name)):
+            if os.path.islink(os.path.join(folder, name)):
                 others[rel] = "link"
             elif not is_environment(os.path.join(folder, name)):
                 entered.append(name)
         dirs[:] = entered
         for name in names:
             rel = base + name
-            if not travels(rel, False, exclude, include):
-                continue
-            why = odd_name(rel)
-            if why:
-                skipped.append([shown(rel), why])
+            if not admitted(rel, False):
                 continue
             try:
                 info = os.lstat(os.path.join(folder, name))

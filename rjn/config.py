@@ -419,8 +419,11 @@ def _check(config: Config) -> None:
         )
     if remote.connect_timeout is not None and remote.connect_timeout <= 0:
         raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
-    if remote.python is not None and not remote.python:
-        raise ConfigError(f"{where} python: must not be empty")
+    if remote.python is not None and remote.python.removeprefix("uv:") == "":
+        raise ConfigError(
+            f"{where} python: must not be empty",
+            hint='an interpreter there (python3.11, or its path), or "uv:3.12" for uv\'s own',
+        )
     jupyter = config.jupyter
     if jupyter.local_port != "auto" and not 1024 <= jupyter.local_port < 65536:
         raise ConfigError(

@@ -594,17 +594,44 @@ class Remote:
 
     @property
     def python(self) -> str:
-        """The interpreter rjn's helper runs under: [remote] python; else python3, or, where
-        that is older than 3.8, the newest python3.X this host was found to have."""
-        if self.config.python:
-            return self.config.python
+        """The interpreter rjn's helper runs under: [remote] python (with "uv:VERSION", the one
+        uv finds or installs there); else python3, or, where that is older than 3.8, the newest
+        python3.X this host was found to have."""
+        spec = self.config.python
+        if spec and not spec.startswith("uv:"):
+            return spec
         try:
-            return self._python_mark().read_text().strip() or "python3"
+            found = self._python_mark(spec).read_text().strip()
         except OSError:
-            return "python3"
+            found = ""
+        if found or not spec:
+            return found or "python3"
+        return self._uv_python(spec.removeprefix("uv:"))
 
-    def _python_mark(self) -> Path:
-        return places.state_dir() / "pythons" / self.control_path.name
+    def _python_mark(self, spec: str | None = None) -> Path:
+        """Where the interpreter chosen for this host (and a uv: spec) is remembered."""
+        tag = f".{hashlib.sha256(spec.encode()).hexdigest()[:8]}" if spec else ""
+        return places.state_dir() / "pythons" / f"{self.control_path.name}{tag}"
+
+    def _uv_python(self, version: str) -> str:
+        """The interpreter uv has for `version` on the remote: found (a managed install, or
+        one on its PATH), else installed by uv (which downloads it); one exec, remembered."""
+        script = ('uv python find "$1" 2>/dev/null || { uv python install "$1" >&2 && '
+                  'uv python find "$1"; }')  # fmt: skip
+        done = self.run(["sh", "-c", script, "rjn", version], timeout=900)
+        found = done.out.strip().splitlines()
+        if done.code != 0 or not found or not found[-1].startswith("/"):
+            said = " / ".join(done.err.strip().splitlines()[-3:])[:300]
+            raise RemoteError(
+                f"{self.host}: uv could not find or install Python {version} there"
+                + (f": {said}" if said else ""),
+                hint="uv must be on the remote's PATH, and to install a Python it must reach "
+                "its downloads (GitHub, or a mirror in UV_PYTHON_INSTALL_MIRROR); else set "
+                "[remote] python to an interpreter the remote has",
+            )
+        places.write_private(self._python_mark(f"uv:{version}"), found[-1])
+        self.notes.append(f"[remote] python = \"uv:{version}\": rjn uses {found[-1]}")
+        return found[-1]
 
     def _newer_python(self, python: str, version: str) -> str:
         """`python` is too old: the newest python3.X (3.8 or later) on the remote's PATH, if

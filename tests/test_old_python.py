@@ -109,6 +109,37 @@ def test_a_python_that_cannot_start_says_why(bins, short_tmp, project) -> None:
     assert "libnotthere.so.1" in result.stderr and "was not found" not in result.stderr
 
 
+@pytest.fixture(scope="module")
+def uv_bin(bins: Path) -> Path:
+    """A folder with uv in it (the binary of the uv wheel the test extras install)."""
+    uv = Path(sys.prefix) / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("needs uv in the test environment (pip install rjn[test])")
+    (bins / "uv").mkdir(exist_ok=True)
+    if not (bins / "uv" / "uv").exists():
+        (bins / "uv" / "uv").symlink_to(uv)
+    return bins / "uv"
+
+
+def test_uv_finds_the_python_asked_for(bins, uv_bin, short_tmp, project) -> None:
+    path = [bins / "old", bins / "newer", uv_bin, bins / "tools"]
+    root = project("py-uv", old_host(short_tmp, "py-uv", path, True), 'python = "uv:3.11"')
+    result = run_rjn("sync", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert '[remote] python = "uv:3.11": rjn uses /' in result.stderr
+    assert (short_tmp / "remote" / "py-uv" / "notes.txt").exists()
+
+
+def test_uv_that_cannot_get_the_python_says_so(bins, uv_bin, short_tmp, project) -> None:
+    path = [bins / "old", uv_bin, bins / "tools"]
+    root = project("py-uv-none", old_host(short_tmp, "py-uv-none", path, False),
+                   'python = "uv:3.99"')  # fmt: skip
+    result = run_rjn("sync", cwd=root)
+    assert result.returncode == 4, result.stderr
+    assert "uv could not find or install Python 3.99 there" in result.stderr
+    assert "UV_PYTHON_INSTALL_MIRROR" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_the_boot_fails_politely_on_python_2(tmp_path: Path) -> None:
     import json
 

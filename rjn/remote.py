@@ -86,6 +86,12 @@ _FAILURES = (
 )
 
 
+# Options of every call that rides the master. Where the master is gone, ssh would log in anew
+# by itself (a second login, a 2FA prompt, or, on a stalled link, minutes in TCP's connect):
+# the proxy command `false` makes that fail at once instead (it is used only without a master,
+# and the first ProxyCommand or ProxyJump given wins, so the user's config never runs).
+RIDE_MASTER = ("-o", "ControlMaster=no", "-o", "ProxyCommand=false")
+
 # Keepalives on the master: a stalled link ends it after about INTERVAL * COUNT seconds.
 KEEPALIVE_INTERVAL = 1
 KEEPALIVE_COUNT = 4
@@ -236,6 +242,10 @@ class Remote:
     def lost(self, stderr: str) -> ConnectionFailed:
         """A command ended with its connection gone: lost under it (the master's log says why,
         a stall say), or, if ssh had to connect on its own and could not, explain() that."""
+        # What RIDE_MASTER's `false` says when it refuses a login of its own: no server said it.
+        refused = ("kex_exchange_identification: Connection closed", "UNKNOWN port 65535")
+        stderr = "\n".join(ln for ln in stderr.splitlines() if not ln.startswith(refused)
+                           and refused[1] not in ln)  # fmt: skip
         if any(needle in stderr for needle, _, _ in _FAILURES):
             return self.explain(stderr)
         try:
@@ -289,14 +299,14 @@ class Remote:
 
     def ssh_argv(self, *args: str, command: Sequence[str] | None = None) -> list[str]:
         """argv for one ssh call over the master; `command` is quoted once, here."""
-        argv = ["ssh", *self.options(), "-o", "ControlMaster=no", *args, "--", self.host]
+        argv = ["ssh", *self.options(), *RIDE_MASTER, *args, "--", self.host]
         if command is not None:
             argv.append(shlex.join(command))
         return argv
 
     def rsync_shell(self) -> str:
         """The -e value for rsync: ssh over the master (rsync splits it like a shell would)."""
-        return shlex.join(["ssh", *self.options(), "-o", "ControlMaster=no"])
+        return shlex.join(["ssh", *self.options(), *RIDE_MASTER])
 
     def rsync_target(self, path: str) -> str:
         """host:path for rsync."""

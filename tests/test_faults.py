@@ -319,3 +319,22 @@ def test_quick_questions_go_to_one_serving_helper_that_ends_with_its_connection(
     assert status(project)["server"] is True
     wait_for(lambda: len(ours()) == 1, what="a new serving helper")
     assert ours() != serving
+
+
+def test_a_command_without_its_master_never_logs_in_anew(host: TestHost, tmp_path: Path) -> None:
+    # A master that went (a stall ended it) must not be replaced, behind the user's back, by a
+    # login of a single command: that is a second 2FA prompt, or minutes of TCP's connect on a
+    # stalled link. The command fails at once, and says the connection was lost.
+    from rjn import config as cfg
+    from rjn.errors import ConnectionFailed
+    from rjn.remote import Remote
+
+    (tmp_path / "remote.toml").write_text(host.remote_toml(tmp_path / "r"))
+    remote = Remote(cfg.load(tmp_path / "remote.toml").remote, tmp_path / "ctl", tmp_path)
+    (tmp_path / "ctl").mkdir()
+    before = host.log.read_text(errors="replace").count("Accepted publickey")
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="lost"):
+        remote.run(["true"], timeout=60)
+    assert time.monotonic() - started < 5
+    assert host.log.read_text(errors="replace").count("Accepted publickey") == before

@@ -13,7 +13,7 @@ import pytest
 from rjn import config as cfg
 from rjn import requirements, sync, tunnel
 from rjn.errors import ConfigError
-from rjn.remote import Remote, explain
+from rjn.remote import RIDE_MASTER, Remote, explain
 
 TOML = '[remote]\nhost = "gpu-box"\n'
 
@@ -111,7 +111,7 @@ def test_ssh_argv_quotes_the_remote_command_once(tmp_path: Path) -> None:
 
 def test_rsync_shell_splits_back_into_the_ssh_argv(tmp_path: Path) -> None:
     remote = make_remote(tmp_path, ssh_config="/etc/my ssh/config")
-    assert shlex.split(remote.rsync_shell()) == ["ssh", *remote.options(), "-o", "ControlMaster=no"]
+    assert shlex.split(remote.rsync_shell()) == ["ssh", *remote.options(), *RIDE_MASTER]
 
 
 def test_what_travels_both_ways_leaves_out_results_and_caches(tmp_path: Path) -> None:

@@ -157,3 +157,23 @@ def test_remote_saves_come_home_live_while_results_stream(project, remote) -> No
         streaming.clear()
         writer.join()
         assert watcher.stop() == 0
+
+
+def test_the_watch_merges_a_notebook_edited_on_both_sides_as_sync_does(project, remote) -> None:
+    (project / "both.ipynb").write_text(json.dumps(notebook("a = 1", "b = 2")))
+    synced(project)
+    (project / "both.ipynb").write_text(json.dumps(notebook("a = 'here'", "b = 2")))
+    watcher = Watcher(project)
+    try:
+        # Saved in the remote Jupyter while the local edit is not sent yet: a live conflict.
+        (remote / "both.ipynb").write_text(json.dumps(notebook("a = 1", "b = 'there'")))
+        for side in (project, remote):  # merged here, then sent back over the version seen
+            wait_for(lambda side=side: "a = 'here'" in (side / "both.ipynb").read_text()
+                     and "b = 'there'" in (side / "both.ipynb").read_text(), timeout=30,
+                     what=f"the merge in {side}")  # fmt: skip
+    finally:
+        assert watcher.stop() == 0
+    for side in (project, remote):
+        cells = json.loads((side / "both.ipynb").read_text())["cells"]
+        assert ["".join(c["source"]) for c in cells] == ["a = 'here'", "b = 'there'"], side
+    assert not list(project.glob("both.remote-*.ipynb"))

@@ -484,7 +484,7 @@ def _bring_home(
     listed: dict[str, Any] | None,
     report: Reporter,
     allow_deletions: bool = False,
-    here_scan: Future[tuple[int, dict[str, Any]]] | None = None,
+    here_scan: Future[twoway.HereScan] | None = None,
 ) -> tuple[list[sync.Pulled], twoway.Outcome]:
     """Results home and the project both ways, given the remote's listings (None: asked for
     here). The two are apart (results never travel both ways): both go at once over the one

@@ -323,7 +323,7 @@ def run(
     direction: str = "both",
     allow_deletions: bool = False,
     progress: sync.Progress | None = None,
-    here_scan: Future[tuple[int, dict[str, Any]]] | None = None,
+    here_scan: Future[HereScan] | None = None,
 ) -> Outcome:
     """Bring both sides in step. direction "push" only sends (nothing local changes); "pull"
     only brings home (nothing remote changes, but a clean merge of a notebook goes back);
@@ -333,6 +333,9 @@ def run(
     exclude, include = filters(config)
     with _lock(config):
         sync.clean_staging(config.root)
+        scanned = here_scan.result() if here_scan else None
+        if _unchanged(config, remote_tree, scanned):
+            return Outcome()
         record = load(config)
         before = _state(record)
         whole = _whole(config, remote_tree) if isinstance(remote_tree, dict) else None
@@ -344,8 +347,11 @@ def run(
                 whole = _whole(config, remote.agent("scan", args, timeout=300)["tree"])
         there = _checked_listing(whole, exclude, include)
         files: dict[str, Any] = record["files"]
-        scanned = here_scan.result() if here_scan else None
-        here = scanned[1] if scanned and scanned[0] == record["gen"] else _scan_here(config, record)
+        if scanned and scanned.gen is not None and scanned.gen == record["gen"]:
+            here, here_digest = scanned.listing, scanned.digest
+        else:
+            here = _scan_here(config, record)
+            here_digest = _digest(here)
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
         copies = {c["copy"] for c in record["conflicts"].values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
@@ -372,6 +378,14 @@ def run(
         if moved or _state(record) != before:
             record["gen"] += 1
             _save(config, record)
+        # A pass that found nothing to do, and left nothing for the user, is clean: until either
+        # side changes, the next one can tell so from names and stamps alone (_unchanged).
+        nothing = not any(getattr(plan, f.name) for f in fields(Plan))
+        clean = nothing and not (record["conflicts"] or deletions_held or new_pair or moved
+                                 or here["skipped"] or there.skipped)  # fmt: skip
+        listed: dict[str, Any] = whole if isinstance(whole, dict) else {}
+        _mark(config, clean={"here": here_digest, "listing": listed.get("id"),
+                             "there": _digest({**listed, "files": {}})} if clean else None)
     skipped = [("here", n, why) for n, why in here["skipped"]] + [
         ("there", n, why) for n, why in there.skipped
     ]
@@ -379,23 +393,70 @@ def run(
                                deletions_held=deletions_held, new_pair=new_pair)  # fmt: skip
 
 
-def scan_here(config: Config, pool: Executor) -> Future[tuple[int, dict[str, Any]]]:
-    """This side's listing, made in `pool` while the remote is asked for its own: (the record's
-    generation it was made against, the listing)."""
+@dataclass(frozen=True)
+class HereScan:
+    """This side's listing, made while the remote made its own (scan_here)."""
 
-    def scan() -> tuple[int, dict[str, Any]]:
+    digest: str  # of every name and stamp: equal to a clean pass's, nothing changed here
+    listing: dict[str, Any]  # list_tree's; hashes filled only where `gen` is set
+    gen: int | None  # the record generation the hashes were taken against
+
+
+def scan_here(config: Config, pool: Executor) -> Future[HereScan]:
+    """This side's listing, made in `pool` while the remote is asked for its own. Names and
+    stamps first: where they are those of the last clean pass, nothing here changed, and
+    neither the record nor any file is read."""
+
+    def scan() -> HereScan:
+        exclude, include = filters(config)
+        listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
+        digest = _digest(listing)
+        if (_marks(config).get("clean") or {}).get("here") == digest:
+            return HereScan(digest, listing, None)
         record = load(config)
-        return record["gen"], _scan_here(config, record)
+        _hash_here(config, listing, record)
+        return HereScan(digest, listing, record["gen"])
 
     return pool.submit(scan)
 
 
 def _scan_here(config: Config, record: dict[str, Any]) -> dict[str, Any]:
-    """This side's listing; files whose size and time the record knows keep its hash unread."""
+    """This side's listing with its hashes."""
     exclude, include = filters(config)
+    listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
+    _hash_here(config, listing, record)
+    return listing
+
+
+def _hash_here(config: Config, listing: dict[str, Any], record: dict[str, Any]) -> None:
+    """A listing's hashes: files whose size and time the record knows keep its hash unread."""
     files = record["files"]
     known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
-    return helper_tree.list_tree(str(config.root), exclude, include, known)
+    helper_tree.hash_listed(str(config.root), listing["files"], known)
+
+
+def _digest(listing: Mapping[str, Any]) -> str:
+    """Every name and stamp of a listing, and what else it holds, as one hash."""
+    digest: str = helper_tree.listing_digest(listing)
+    return digest
+
+
+def _unchanged(config: Config, remote_tree: object, here: HereScan | None) -> bool:
+    """Whether neither side changed since the last pass that left nothing to do: this side's
+    names and stamps are that pass's, and the remote's listing is a diff with nothing in it
+    against the listing that pass had (made since no other pass). Then there is nothing to do."""
+    clean = _marks(config).get("clean")
+    if not clean or here is None or here.digest != clean.get("here"):
+        return False
+    if not isinstance(remote_tree, dict):
+        return False
+    return bool(
+        remote_tree.get("base") == remote_tree.get("id") == clean.get("listing")
+        and remote_tree.get("files") == {}
+        and remote_tree.get("gone") == []
+        and remote_tree.get("gen") == _marks(config).get("gen")
+        and _digest({**remote_tree, "files": {}}) == clean.get("there")
+    )
 
 
 def _state(record: dict[str, Any]) -> str:

@@ -100,12 +100,12 @@ def is_environment(path):
     return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
 
 
-def list_tree(project, exclude, include=(), known=None):
+def list_tree(project, exclude, include=(), known=None, hashed=True):
     """The project as two-way sync sees it: "files", {rel: [size, mtime_ns, sha256]} of every
     regular file that travels; "others", {rel: "link" | "other"} of what is there but never
     travels (it still blocks a file or folder of that name); "skipped", [[name, why]] of names
     that cannot travel. Links are not followed; a file whose size and time match `known`
-    keeps its known hash unread."""
+    keeps its known hash unread. Without `hashed`, the hashes are None (see hash_listed)."""
     known = known or {}
     files, others, skipped = {}, {}, []
 
@@ -137,19 +137,30 @@ def list_tree(project, exclude, include=(), known=None):
                 continue
             try:
                 info = os.lstat(os.path.join(folder, name))
-                if not stat.S_ISREG(info.st_mode):
-                    others[rel] = "link" if stat.S_ISLNK(info.st_mode) else "other"
-                    continue
-                stamp = [info.st_size, info.st_mtime_ns]
-                seen = known.get(rel)
-                if seen and seen[:2] == stamp and seen[2]:
-                    digest = seen[2]
-                else:
-                    digest = file_hash(os.path.join(folder, name))
             except OSError:
                 continue  # vanished while we looked: the next scan sees it as it is
-            files[rel] = stamp + [digest]
+            if not stat.S_ISREG(info.st_mode):
+                others[rel] = "link" if stat.S_ISLNK(info.st_mode) else "other"
+                continue
+            files[rel] = [info.st_size, info.st_mtime_ns, None]
+    if hashed:
+        hash_listed(project, files, known)
     return {"files": files, "others": others, "skipped": skipped}
+
+
+def hash_listed(project, files, known):
+    """Fill in the hashes of a listing's files ({rel: [size, mtime_ns, None]}, in place): a
+    file whose size and time match `known` keeps its known hash unread; one gone meanwhile is
+    dropped (the next scan sees it as it is)."""
+    for rel, entry in list(files.items()):
+        seen = known.get(rel) if known else None
+        if seen and seen[:2] == entry[:2] and seen[2]:
+            entry[2] = seen[2]
+            continue
+        try:
+            entry[2] = file_hash(os.path.join(project, rel))
+        except OSError:
+            del files[rel]
 
 
 def scan_tree(project, exclude, include=(), known=None):
@@ -360,21 +371,31 @@ def tree_listing(project, args):
     The last listing sent to each machine (`mine`) is kept in .rjn/: it is the hash cache
     (a file whose size and time did not change is not read again), and, when the caller still
     has that listing (`since`: its id), only what changed since is sent (`base`, `files` changed
-    or new, `gone`). A large answer's files come first in pieces (common.in_parts)."""
+    or new, `gone`). Beside it, a digest of its names and stamps: where the tree still matches
+    it, nothing is read or hashed at all. A large answer's files come first in pieces
+    (common.in_parts)."""
     mine = args.get("mine") or ""
     clean_staging(project, STAGING_PREFIX + mine + "-" if mine else None)
     kept_at = os.path.join(rjn_dir(project), "listing-%s.json" % (mine if mine.isalnum() else "x"))
+    listed = list_tree(project, args["exclude"], args.get("include", ()), hashed=False)
+    digest = listing_digest(listed)
+    answer = {"others": listed["others"], "skipped": listed["skipped"],
+              "replica": replica(project), "gen": args.get("gen", 0)}
+    since = args.get("since")
+    mark = read_json(kept_at + ".digest")
+    if since and isinstance(mark, dict) and (mark.get("id"), mark.get("digest")) == (since, digest):
+        answer.update(id=since, base=since, gone=[], files={})  # nothing changed: nothing read
+        return answer
     before = read_json(kept_at)
     before = before if isinstance(before, dict) and isinstance(before.get("files"), dict) else {}
-    listed = list_tree(project, args["exclude"], args.get("include", ()), before.get("files"))
     files = listed["files"]
+    hash_listed(project, files, before["files"] if before else None)
     same = before.get("id") and before["files"] == files
-    answer = {"others": listed["others"], "skipped": listed["skipped"],
-              "replica": replica(project), "gen": args.get("gen", 0),
-              "id": before["id"] if same else uuid.uuid4().hex}
+    answer["id"] = before["id"] if same else uuid.uuid4().hex
     if mine and not same:
         write_private(kept_at, json.dumps({"id": answer["id"], "files": files}))
-    since = args.get("since")
+    if mine:
+        write_private(kept_at + ".digest", json.dumps({"id": answer["id"], "digest": digest}))
     if since and since == before.get("id"):
         old = before["files"]
         answer["base"] = since
@@ -382,6 +403,18 @@ def tree_listing(project, args):
         files = {rel: entry for rel, entry in files.items() if old.get(rel) != entry}
     answer["files"] = in_parts(files, "tree.files")
     return answer
+
+
+def listing_digest(listing):
+    """Every name and stamp of a listing (and what else it holds) as one hash: equal digests,
+    nothing changed (the same test as the hash cache's: size and time)."""
+    digest = hashlib.sha256()
+    for rel in sorted(listing["files"]):
+        size, mtime = listing["files"][rel][:2]
+        digest.update(("%s\0%d\0%d\n" % (rel, size, mtime)).encode("utf-8", "surrogateescape"))
+    rest = [listing.get("others") or {}, listing.get("skipped") or []]
+    digest.update(json.dumps(rest, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 # Defaults of the trash's pruning (days, bytes): the README names them.

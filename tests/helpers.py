@@ -140,6 +140,8 @@ class Watcher:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            # SIGABRT then prints every thread's stack: a watch that does not stop says where.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         threading.Thread(target=self._read, daemon=True).start()
         wait_for(
@@ -155,7 +157,15 @@ class Watcher:
 
     def stop(self) -> int:
         self.proc.send_signal(2)  # Ctrl-C
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(6)  # SIGABRT: the fault handler dumps the threads' stacks
+            self.proc.wait(timeout=30)
+            time.sleep(1)  # the reader takes the last lines
+            stacks = "\n".join(self.lines[-150:])
+            said = f"rjn watch did not stop within 60 s of Ctrl-C:\n{stacks}"
+            raise AssertionError(said) from None
 
 
 def master(host: TestHost, rjn_env: dict[str, str], command: str) -> str:

@@ -7,6 +7,8 @@ what they load: rich's progress, sh, pipreqs).
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +181,10 @@ def _watch(project: config.Config) -> None:
         app.watch_results(project, ui.show_ready, ui.show_pulled, ui.show_link)
     except KeyboardInterrupt:
         ui.err.print("stopped watching; the server and tunnel stay up (`rjn close` stops them)")
+        # The remote watcher is closed already (watch's own cleanup ran): nothing that still
+        # waits on the network (a reconnect, a pass cut short) may keep the terminal.
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @command()

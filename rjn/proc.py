@@ -321,27 +321,28 @@ class Background:
     def stderr(self) -> str:
         return "".join(self._err)
 
-    def wait(self, timeout: float | None) -> int | None:
-        """Wait for it to end (its stdin stays open) and for its output to be handed on; its
-        exit code, or None at the deadline."""
+    def wait(self, timeout: float | None, drain: float = 10) -> int | None:
+        """Wait for it to end (its stdin stays open) and for its output to be handed on (at
+        most `drain` seconds more); its exit code, or None at the deadline."""
         try:
             code = self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
         for reader in self._readers:
-            reader.join(timeout=10)
+            reader.join(timeout=drain)
         return code
 
     def close(self, timeout: float = 10) -> int | None:
-        """Close its stdin (the polite stop), then terminate it if it lingers."""
+        """Close its stdin (the polite stop), then terminate it if it lingers. Bounded: what
+        stops (a Ctrl-C above all) must not wait on a stream that never ends."""
         with contextlib.suppress(OSError, ValueError):
             assert self._proc.stdin
             self._proc.stdin.close()
-        if self.wait(timeout) is None:
+        if self.wait(timeout, drain=2) is None:
             self._proc.terminate()
-            if self.wait(5) is None:
+            if self.wait(3, drain=1) is None:
                 self._proc.kill()
-                self.wait(5)
+                self.wait(3, drain=1)
         return self.code
 
 

@@ -357,7 +357,7 @@ def push_decided(
     still holds what the plan saw (`wants`: None for absent, else its [size, mtime_ns,
     sha256]). rsync never writes in the project itself; its delta transfer still works from
     the remote's current version (--copy-dest)."""
-    staging = f"{STAGING}{staging_prefix()}{secrets.token_hex(6)}"
+    staging = f"{staging_prefix()}{secrets.token_hex(6)}"
     argv = [
         "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
         "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",

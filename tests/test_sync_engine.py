@@ -48,10 +48,13 @@ def test_a_remote_save_during_a_push_is_never_overwritten(project: Path, remote:
     (project / "data" / "big.bin").write_bytes(os.urandom(48 * 1024 * 1024))
     (project / "notes.txt").write_text("v2 from here\n")
     saved = threading.Event()
+    staged: list[str] = []
 
     def autosave() -> None:
         def staging_under_way() -> bool:
-            return any(p.name.startswith("incoming-") for p in (remote / ".rjn").iterdir())
+            staged.extend(p.name for p in (remote / ".rjn").iterdir()
+                          if p.name.startswith("incoming-"))  # fmt: skip
+            return bool(staged)
 
         wait_for(staging_under_way, timeout=120, what="the push under way")
         (remote / "notes.txt").write_text("v2 autosaved there\n")
@@ -62,6 +65,9 @@ def test_a_remote_save_during_a_push_is_never_overwritten(project: Path, remote:
     said = synced(project)
     saver.join()
     assert saved.is_set()
+    # Named by this machine's id: its next pass cleans up after one cut short.
+    machine = (Path(os.environ["XDG_STATE_HOME"]) / "rjn" / "machine-id").read_text().strip()
+    assert all(name.startswith(f"incoming-{machine}-") for name in staged), staged
     assert (remote / "notes.txt").read_text() == "v2 autosaved there\n"  # never overwritten
     assert (project / "notes.txt").read_text() == "v2 from here\n"
     assert "notes.txt changed on the remote while ours was on its way" in said

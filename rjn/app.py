@@ -590,7 +590,7 @@ def init(folder: Path, host: str, remote_name: str | None = None) -> Path:
     if remote_name:
         return _add_remote(path, host, remote_name)
     if path.exists():
-        raise RjnError(
+        raise config_module.ConfigError(
             f"{path} exists already",
             hint="edit it, or add another machine with `rjn init HOST --remote NAME`",
         )

@@ -189,7 +189,8 @@ def template(host: str, name: str) -> str:
     """A starting remote.toml: the host, and the common keys commented out."""
     if not _HOSTLIKE.match(host) or host.startswith("-"):
         raise ConfigError(f"{host!r} is not a host name or ssh alias")
-    return f"""# rjn's configuration for this project; the README has every key.
+    return f"""# rjn's configuration for this project. Every key is checked: a misspelt one is
+# named, with the keys that exist.
 
 [remote]
 host = "{host}"
@@ -205,7 +206,7 @@ results = ["results", "figures"]   # come home; never pushed
 
 [jupyter]
 app = "lab"
-idle_timeout = 240                 # minutes without activity before the server stops
+# idle_timeout = 240               # minutes without activity before the server stops (0: never)
 
 # [slurm]                          # run Jupyter on a compute node instead
 # partition = "gpu"
@@ -223,8 +224,8 @@ def find(start: Path) -> Path:
             return candidate
     raise ConfigError(
         f"no {CONFIG_NAME} in {start} or any parent folder",
-        hint=f"create one with `rjn init`, or pass --config PATH (see the {CONFIG_NAME} "
-        "reference in the README)",
+        hint="create one with `rjn init HOST` (HOST: your ssh host or alias), or pass "
+        "--config PATH",
     )
 
 
@@ -243,7 +244,10 @@ def load(
             f"{path}: no such file", hint="create it, or pass --config PATH"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(
+            f"{path}: not valid TOML: {exc}",
+            hint='fix the line it names: text in quotes (host = "gpu-box"), lists in brackets',
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     raw, name, names = _choose_remote(raw, path, remote)

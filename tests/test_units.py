@@ -73,6 +73,12 @@ def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message:
     assert str(tmp_path / "remote.toml") in caught.value.message
 
 
+def test_a_toml_syntax_error_says_what_to_try(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, '[remote]\nhost = gpu-box\n')
+    assert "not valid TOML" in caught.value.message and "quotes" in (caught.value.hint or "")
+
+
 def test_overrides_are_checked_too(tmp_path: Path) -> None:
     (tmp_path / "remote.toml").write_text(TOML)
     config = cfg.load(tmp_path / "remote.toml", {"remote": {"host": "other", "port": None}})
@@ -269,14 +275,17 @@ def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.Mon
 
 def test_init_writes_a_config_that_loads_and_never_overwrites(tmp_path: Path) -> None:
     from rjn import app
-    from rjn.errors import RjnError
 
     path = app.init(tmp_path, "gpu-box")
     config = cfg.load(path)
     assert config.remote.host == "gpu-box" and config.slurm is None
     assert config.remote_dir == f"~/rjn/{tmp_path.name}"
-    with pytest.raises(RjnError, match="exists already"):
+    # What it writes is what the defaults are (the server never stops by itself), and it
+    # points to nothing a pip-installed user does not have.
+    assert config.jupyter.idle_timeout == 0 and "README" not in path.read_text()
+    with pytest.raises(ConfigError, match="exists already") as exists:
         app.init(tmp_path, "other")
+    assert exists.value.exit_code == 2
     with pytest.raises(ConfigError, match="not a host name"):
         app.init(tmp_path / "new", "-oProxyCommand=x")
 

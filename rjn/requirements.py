@@ -81,7 +81,9 @@ def source_files(root: Path) -> Iterator[Path]:
             and not is_environment(os.path.join(folder, d))
         )
         for name in sorted(files):
-            if name.endswith((".py", ".ipynb")):
+            # A noxfile runs here, under nox (which installs what its sessions need): what it
+            # imports is no requirement of the remote environment.
+            if name.endswith((".py", ".ipynb")) and name != "noxfile.py":
                 yield Path(folder, name)
 
 

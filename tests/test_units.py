@@ -210,6 +210,13 @@ def test_scan_maps_imports_and_skips_stdlib_local_and_broken(tmp_path: Path) -> 
     assert skipped == ["broken.py"]
 
 
+def test_the_noxfile_is_no_source_of_requirements(tmp_path: Path) -> None:
+    (tmp_path / "noxfile.py").write_text("import nox\n")
+    (tmp_path / "train.py").write_text("import yaml\n")
+    config = load(tmp_path, TOML)
+    assert requirements.scan(tmp_path, config.requirements)[0] == ["pyyaml"]
+
+
 def test_write_keeps_a_user_file_and_merges_extras(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("import numpy\nimport requests\n")
     config = load(tmp_path, TOML + "[requirements]\nextra = ['numpy<2', 'rich']\n")

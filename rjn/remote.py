@@ -226,18 +226,22 @@ class Remote:
     # -- argv building ---------------------------------------------------------------
 
     def explain(self, stderr: str) -> ConnectionFailed:
-        """explain() with the exact commands for this host in its hints."""
+        """explain() with the exact commands for this host, and the ssh config the user named
+        ([remote] ssh_config), in its hints."""
         try:
             seen = self.resolved
         except ConnectionFailed:
-            return explain(self.host, stderr)
-        name, port = seen.get("hostname", self.host), seen.get("port", "22")
-        where = name if port == "22" else f"[{name}]:{port}"
-        known = os.path.expanduser(seen.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
-        login = shlex.join(["ssh", *self.options()[:-2], "--", self.host])  # no ControlPath
-        return explain(
-            self.host, stderr, login, shlex.join(["ssh-keygen", "-R", where, "-f", known])
-        )
+            failed = explain(self.host, stderr)
+        else:
+            name, port = seen.get("hostname", self.host), seen.get("port", "22")
+            where = name if port == "22" else f"[{name}]:{port}"
+            known = seen.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0]
+            login = shlex.join(["ssh", *self.options()[:-2], "--", self.host])  # no ControlPath
+            keygen = shlex.join(["ssh-keygen", "-R", where, "-f", os.path.expanduser(known)])
+            failed = explain(self.host, stderr, login, keygen)
+        if self.config.ssh_config and failed.hint:
+            failed.hint = failed.hint.replace("~/.ssh/config", self.config.ssh_config)
+        return failed
 
     def lost(self, stderr: str) -> ConnectionFailed:
         """A command ended with its connection gone: lost under it (the master's log says why,

@@ -145,7 +145,8 @@ def show_opened(result: Opened) -> None:
 def show_status(result: Status) -> None:
     """`rjn status` as a few aligned lines."""
     if not result.open and result.server is None:
-        out.print(f"{escape(result.project)}: not open (host {escape(result.host)})")
+        out.print(f"{escape(result.project)}: not open (host {escape(result.host)}); "
+                  "`rjn open` opens it")  # fmt: skip
         return
 
     def mark(value: bool | None) -> str:

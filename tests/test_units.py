@@ -364,6 +364,14 @@ def test_what_travels_both_ways() -> None:
     assert travels("keep.ckpt", False, exclude, include=["keep.ckpt"])
 
 
+def test_a_dns_failure_points_to_the_ssh_config_the_user_named(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, ssh_config=str(tmp_path / "lab_ssh_config"))
+    failed = remote.explain("ssh: Could not resolve hostname gpu-box: Name or service not known")
+    assert "does not resolve" in failed.message
+    assert failed.hint and str(tmp_path / "lab_ssh_config") in failed.hint
+    assert "~/.ssh/config" not in failed.hint
+
+
 def test_the_ssh_configs_connect_timeout_is_honoured(tmp_path: Path) -> None:
     (tmp_path / "ssh_config").write_text("Host gpu-box\n    ConnectTimeout 7\n")
     mine = make_remote(tmp_path, ssh_config=str(tmp_path / "ssh_config"))

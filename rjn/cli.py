@@ -111,7 +111,11 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
                     raise
                 from rjn import ui
 
-                ui.show_error(error)
+                if kwargs.get("as_json"):  # a script asked for JSON: its failures are JSON too
+                    ui.print_json({"error": {"code": error.exit_code, "message": error.message,
+                                             "hint": error.hint}})  # fmt: skip
+                else:
+                    ui.show_error(error)
                 raise typer.Exit(error.exit_code) from None
             except KeyboardInterrupt:
                 from rjn import ui

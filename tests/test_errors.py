@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,16 @@ def test_each_command_exits_2_on_a_bad_remote_toml(argv: list[str], tmp_path: Pa
         return
     err = failed(run_rjn(*argv, cwd=tmp_path), 2)
     assert "remote.toml" in err and "prot" in err
+
+
+@pytest.mark.parametrize("argv", [["status"], ["sync"], ["open", "--no-browser"]],
+                         ids=lambda argv: argv[0])  # fmt: skip
+def test_with_json_a_failure_is_json_too(argv: list[str], tmp_path: Path) -> None:
+    write_project(tmp_path, '[remote]\nhost = "x"\nprot = 22\n')
+    result = run_rjn(*argv, "--json", cwd=tmp_path)
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == 2 and "prot" in error["message"] and error["hint"]
 
 
 def test_unresolvable_host(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ ACTIONS = {
     "watch": watch,
     "run": run,
     "logs": logs,
-    "serve": serve,
+    "serve": lambda args: serve(args, main),
     "ping": lambda args: {},
 }
 

@@ -19,9 +19,9 @@ from .common import emit, socket_folder
 REQUEST_MAX = 16 * 1024 * 1024
 
 
-def serve(args):
-    """Listen, say where, and answer until the connection that started us is gone."""
-    from .main import main
+def serve(args, main):
+    """Listen, say where, and answer until the connection that started us is gone; each
+    request runs `main` (the entry point, passed in: serving is one of its actions)."""
 
     path = os.path.join(socket_folder(), "helper-%d.sock" % os.getpid())
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -202,7 +202,7 @@ def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:
     try:
         carrier = tunnel.carrier(make_remote(config), saved.via_node)
         return tunnel.ours(carrier, saved.local_port) and (
-            tunnel.probe(saved.local_port, saved.token) == 200
+            tunnel.answer_status(saved.local_port, saved.token) == 200
         )
     except RjnError:
         return False
@@ -234,7 +234,8 @@ def status(config: Config) -> Status:
         # The token is sent only to a port our own master holds.
         port = saved.local_port or 0
         held = bool(port) and tunnel.ours(carrier, port, master_pid if carrier is remote else None)
-        tunnel_ok = held and bool(saved.token) and tunnel.probe(port, saved.token or "") == 200
+        answered = held and bool(saved.token) and tunnel.answer_status(port, saved.token or "")
+        tunnel_ok = answered == 200
         squatted = bool(port) and not held and not tunnel.is_free(port)
         if tunnel_ok:
             alive = True
@@ -331,7 +332,7 @@ def list_open(show_token: bool = False) -> list[Listed]:
         pid = master_pid_at(saved.control_path)
         port = saved.local_port or 0
         held = pid is not None and tunnel.held_by(port, pid) is not False
-        up = held and tunnel.probe(port, saved.token or "") == 200
+        up = held and tunnel.answer_status(port, saved.token or "") == 200
         root = Path(saved.root)
         return Listed(
             project=root.name,

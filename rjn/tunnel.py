@@ -22,7 +22,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PORT_BASE, PORT_SPAN = 20000, 10000
 
 
-def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
+def answer_status(port: int, token: str, timeout: float = 3.0) -> int | None:
     """HTTP status of GET /api/status through the tunnel, or None if nothing answers."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
@@ -129,7 +129,7 @@ def ensure(
     caller saw it answer: `known_good`), else a new forward, on the previous port when it is
     free (so an open browser tab keeps working)."""
     if previous_port and (
-        known_good or (ours(remote, previous_port) and probe(previous_port, token) == 200)
+        known_good or (ours(remote, previous_port) and answer_status(previous_port, token) == 200)
     ):
         return previous_port
     if previous_port and previous_target:
@@ -146,7 +146,7 @@ def ensure(
             hint='set [jupyter] local_port to a free port, or "auto"',
         )
     wait_until(
-        lambda: probe(port, token) == 200,
+        lambda: answer_status(port, token) == 200,
         timeout=wait,
         what=f"the tunnel 127.0.0.1:{port} -> {remote.host} did not answer",
         hint=f"run `rjn status`; the master's log is {remote.log_path}",

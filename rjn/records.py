@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rjn import sync, twoway
+from rjn.model import Outcome, Pulled
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Opened:
     url: str
     tokened_url: str
     logged_in: bool
-    synced: twoway.Outcome
+    synced: Outcome
     env_installed: bool
     server_started: bool
     requirements: tuple[str, ...]
@@ -91,8 +91,8 @@ class Synced:
 
     project: str
     direction: str
-    files: tuple[sync.Pulled, ...] = ()
-    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
+    files: tuple[Pulled, ...] = ()
+    tree: Outcome = field(default_factory=Outcome)
     notes: tuple[str, ...] = ()
 
 
@@ -102,6 +102,6 @@ class Ran:
 
     project: str
     exit_code: int
-    pulled: tuple[sync.Pulled, ...] = ()
+    pulled: tuple[Pulled, ...] = ()
     run_id: str | None = None
-    tree: twoway.Outcome = field(default_factory=twoway.Outcome)
+    tree: Outcome = field(default_factory=Outcome)

@@ -22,6 +22,7 @@ from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import Fail
+from rjn.model import Pulled
 from rjn.remote import Remote
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
@@ -132,18 +133,6 @@ def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> R
 # in a private staging folder first; placing them walks the destination one folder at a time
 # through directory descriptors, never following a link, so a local symlink (made by the user
 # or by anyone) cannot carry a write elsewhere.
-
-
-@dataclass(frozen=True)
-class Pulled:
-    """One file that came home (or was refused): where it went, whether it was kept beside a
-    local edit, and why it was refused."""
-
-    path: str
-    size: int
-    conflict_copy: str | None = None
-    refused: str | None = None
-    trashed: bool = False  # deleted on the remote: moved to the local trash folder
 
 
 class Refused(RemoteError):

@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import Fail
+from rjn.model import Outcome
 from rjn.remote import Remote
 
 # A file's state on one side: [size, mtime_ns, sha256].
 Tree = Mapping[str, Sequence[Any]]
-TRASH = ".rjn/trash"
 
 # Deletions that travel without asking: at most this many, and never most of one side.
 FEW_DELETIONS = 20
@@ -274,38 +274,6 @@ def _whole(config: Config, raw: object) -> object:
 
 
 # -- one sync -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one two-way sync did, and what it left for the user."""
-
-    pushed: tuple[str, ...] = ()
-    pulled: tuple[sync.Pulled, ...] = ()
-    trashed_here: tuple[str, ...] = ()
-    trashed_there: tuple[str, ...] = ()
-    merged: tuple[str, ...] = ()
-    conflicts: dict[str, str] = field(default_factory=dict)
-    # Left for a sync both ways: changed there (after a push-only sync), or here (after a
-    # pull-only one).
-    held: tuple[str, ...] = ()
-    unsent: tuple[str, ...] = ()
-    # Guarded files (see config.GUARDED_NAMES) changed on the remote, said once per version.
-    kept_there: tuple[str, ...] = ()
-    # Changed on the remote while ours was on its way: left there; the next pass decides.
-    raced: tuple[str, ...] = ()
-    # A file on one side where the other has a folder or a link: nothing under it moved.
-    clashes: tuple[str, ...] = ()
-    # Names that cannot travel, [(side, name, why)].
-    skipped: tuple[tuple[str, str, str], ...] = ()
-    # Deletions not carried out for want of the user's word: {"here" | "there": count}.
-    deletions_held: dict[str, int] = field(default_factory=dict)
-    # The remote copy is not the one last synced with (new, changed, emptied, purged).
-    new_pair: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.pushed or self.pulled or self.trashed_here or self.trashed_there)
 
 
 def _lock(config: Config) -> contextlib.AbstractContextManager[None]:

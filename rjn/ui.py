@@ -18,11 +18,10 @@ from rich.console import Console
 from rich.markup import escape as escape_markup
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from rjn import places, twoway
+from rjn import places
 from rjn.errors import RjnError
+from rjn.model import TRASH, Outcome, Pulled, Ready
 from rjn.records import Closed, Listed, Opened, Status, Synced
-from rjn.sync import Pulled
-from rjn.watch import Ready
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -259,7 +258,7 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
         err.print(f"[red]✗[/] {escape_name(pulled.path)} not pulled: {escape(pulled.refused)}")
     elif pulled.trashed:
         err.print(f"[yellow]✗[/] {escape_name(pulled.path)} deleted on the remote: moved to "
-                  f"{twoway.TRASH}/{took}")  # fmt: skip
+                  f"{TRASH}/{took}")  # fmt: skip
     elif pulled.conflict_copy:
         err.print(
             f"[yellow]↓[/] {escape_name(pulled.path)} changed here too: kept yours, "
@@ -309,7 +308,7 @@ def show_synced(result: Synced) -> None:
 LISTED = 20
 
 
-def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
+def show_tree(tree: Outcome, sent: bool = True) -> None:
     """One line per project file a two-way sync moved (with `sent`, the ones sent too), every
     open conflict, and whatever it left for the user to decide."""
     plain = [p for p in tree.pulled if not (p.refused or p.conflict_copy or p.trashed)]
@@ -323,10 +322,10 @@ def show_tree(tree: twoway.Outcome, sent: bool = True) -> None:
         lines.append(f"[blue]↑[/] … and {len(pushed) - LISTED:,} more")
     lines += [f"[green]⇅[/] {escape_name(rel)} changed on both sides: merged cell by cell"
               for rel in tree.merged]  # fmt: skip
-    lines += [f"[yellow]✗[/] {escape_name(rel)} deleted on the remote: moved to {twoway.TRASH}/"
+    lines += [f"[yellow]✗[/] {escape_name(rel)} deleted on the remote: moved to {TRASH}/"
               for rel in tree.trashed_here]  # fmt: skip
     lines += [f"[yellow]✗[/] {escape_name(rel)} deleted here: moved to the remote's "
-              f"{twoway.TRASH}/" for rel in tree.trashed_there]  # fmt: skip
+              f"{TRASH}/" for rel in tree.trashed_there]  # fmt: skip
     lines += [f"[yellow]![/] {escape_name(rel)} changed on the remote: `rjn sync` brings it home"
               for rel in tree.held]  # fmt: skip
     for rel in tree.kept_there:

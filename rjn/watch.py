@@ -7,13 +7,13 @@ import collections
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rjn import probe, server, state, sync, tunnel, twoway
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.helper import protocol
+from rjn.model import Ready
 from rjn.remote import Remote, helper_error
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
@@ -53,15 +53,6 @@ class Budget:
                 hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
                 "remove what should not come home from the results folders",
             )
-
-
-@dataclass(frozen=True)
-class Ready:
-    """The watcher is running: how it sees changes and why."""
-
-    mode: str
-    fs: str
-    reason: str
 
 
 def watch(

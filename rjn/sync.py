@@ -139,16 +139,13 @@ class Refused(RemoteError):
     """A name or link from the remote that rjn will not write."""
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
 def checked_name(name: object, folders: Sequence[str] | None) -> str:
     """A relative path from the remote, accepted only as a plain path inside one of `folders`
     (None: anywhere in the project): no '..' or '.', not absolute, no NUL or control
     characters."""
     if not isinstance(name, str) or not 0 < len(name) <= 4096:
         raise Refused(f"the remote sent a file name that is not one: {name!r:.80}")
-    if name.startswith("/") or _CONTROL.search(name):
+    if name.startswith("/") or helper_tree.CONTROL.search(name):
         raise Refused(f"the remote sent an absolute path or a control character: {name!r:.200}")
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, fields
@@ -413,7 +412,8 @@ def _unchanged(config: Config, remote_tree: object, here: HereScan | None) -> bo
     """Whether neither side changed since the last pass that left nothing to do: this side's
     names and stamps are that pass's, and the remote's listing is a diff with nothing in it
     against the listing that pass had (made since no other pass). Then there is nothing to do."""
-    clean = _marks(config).get("clean")
+    marks = _marks(config)
+    clean = marks.get("clean")
     if not clean or here is None or here.digest != clean.get("here"):
         return False
     if not isinstance(remote_tree, dict):
@@ -422,7 +422,7 @@ def _unchanged(config: Config, remote_tree: object, here: HereScan | None) -> bo
         remote_tree.get("base") == remote_tree.get("id") == clean.get("listing")
         and remote_tree.get("files") == {}
         and remote_tree.get("gone") == []
-        and remote_tree.get("gen") == _marks(config).get("gen")
+        and remote_tree.get("gen") == marks.get("gen")
         and _digest({**remote_tree, "files": {}}) == clean.get("there")
     )
 
@@ -474,9 +474,6 @@ def _limit_deletions(
     return plan, waiting
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
 @dataclass(frozen=True)
 class Listing:
     """A side's tree, checked: files that travel, what blocks names, names skipped."""
@@ -513,7 +510,7 @@ def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Lis
         # Plain names (nearly all) pass a quick screen; checked_name judges the rest (a dot
         # after a slash, an empty part, a control character...): 100,000 names in a moment.
         if (not name or name[0] in "/." or name[-1] == "/" or "//" in name or "/." in name
-                or len(name) > 4096 or _CONTROL.search(name)):  # fmt: skip
+                or len(name) > 4096 or helper_tree.CONTROL.search(name)):  # fmt: skip
             try:
                 sync.checked_name(name, None)
             except sync.Refused as refused:

@@ -74,7 +74,8 @@ def file_hash(path, dir_fd=None):
     return digest.hexdigest()
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# A control character in a name (a line break, a tab, ESC): such names never travel.
+CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def odd_name(rel):
@@ -84,7 +85,7 @@ def odd_name(rel):
         rel.encode("utf-8")
     except UnicodeEncodeError:
         return "its name is not UTF-8"
-    if _CONTROL.search(rel):
+    if CONTROL.search(rel):
         return "its name has a control character"
     return None
 

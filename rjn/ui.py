@@ -10,18 +10,19 @@ import re
 import shlex
 import sys
 import time
-import webbrowser
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape as escape_markup
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from rjn import places
 from rjn.errors import RjnError
 from rjn.model import TRASH, Outcome, Pulled, Ready
 from rjn.records import Closed, Listed, Opened, Status, Synced
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -62,6 +63,9 @@ class Steps:
     def step(self, title: str, prompts: bool = False) -> Iterator[None]:
         started = time.monotonic()
         self._title = title
+        # Imported when a step starts: a command that only prints (status) does not pay it.
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -375,6 +379,8 @@ def open_browser(tokened_url: str) -> bool:
         f'<!doctype html><meta http-equiv="refresh" content="0;url={target}">'
         f'<a href="{target}">Open Jupyter</a>',
     )
+    import webbrowser
+
     return webbrowser.open(page.as_uri())
 
 

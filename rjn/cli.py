@@ -162,12 +162,14 @@ def open_(
 
     Watching goes on until Ctrl-C; the server and tunnel stay up after it.
     """
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.common import Quiet
+    from rjn.commands.open import open_project
 
     if remote:
         _globals.remote_name = remote
     project = _config()
-    result = app.open_project(project, app.Quiet() if as_json else ui.Steps(verbose))
+    result = open_project(project, Quiet() if as_json else ui.Steps(verbose))
     if as_json:
         ui.print_json(result)
     else:
@@ -179,10 +181,11 @@ def open_(
 
 
 def _watch(project: config.Config) -> None:
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.sync import watch_results
 
     try:
-        app.watch_results(project, ui.show_ready, ui.show_pulled, ui.show_link)
+        watch_results(project, ui.show_ready, ui.show_pulled, ui.show_link)
     except KeyboardInterrupt:
         ui.err.print("stopped watching; the server and tunnel stay up (`rjn close` stops them)")
         # The remote watcher is closed already (watch's own cleanup ran): nothing that still
@@ -214,10 +217,12 @@ def sync(
 ) -> None:
     """Both ways, now: results and remote edits come home, local edits go out; an edit on both
     sides keeps both versions (notebooks are merged cell by cell)."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.common import Quiet
+    from rjn.commands.sync import sync_now
 
-    report = app.Quiet() if as_json else ui.Steps()
-    result = app.sync_now(_config(), report, push=push, allow_deletions=allow_deletions)
+    report = Quiet() if as_json else ui.Steps()
+    result = sync_now(_config(), report, push=push, allow_deletions=allow_deletions)
     ui.print_json(result) if as_json else ui.show_synced(result)
 
 
@@ -230,9 +235,10 @@ def init(
     ] = None,
 ) -> None:
     """Write a remote.toml for the project in this folder (or add a named remote to it)."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.init import init as write_config
 
-    path = app.init(Path.cwd(), host, remote)
+    path = write_config(Path.cwd(), host, remote)
     how = f"`rjn open {remote}`" if remote else "`rjn open`"
     ui.err.print(f"wrote {path}; {how} opens the project on {host}")
 
@@ -240,9 +246,10 @@ def init(
 @command()
 def status(as_json: JsonOption = False) -> None:
     """Show the connection, server and tunnel of this project, checked now."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.status import status as check
 
-    result = app.status(_config())
+    result = check(_config())
     ui.print_json(result) if as_json else ui.show_status(result)
 
 
@@ -256,12 +263,14 @@ def close(
     ] = False,
 ) -> None:
     """Close the tunnel; with --server, stop Jupyter too and release the connection."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.close import close as close_project
+    from rjn.commands.close import close_all
 
     if not every:
-        ui.show_closed(app.close(_config(), stop_server=server))
+        ui.show_closed(close_project(_config(), stop_server=server))
         return
-    closed, failed = app.close_all(stop_server=server)
+    closed, failed = close_all(stop_server=server)
     for result in closed:
         ui.show_closed(result)
     for line in failed:
@@ -280,18 +289,20 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """Every open project on this machine: remote, URL, tunnel, job, uptime, last figure."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.ls import list_open
 
-    found = app.list_open(show_token=show_token)
+    found = list_open(show_token=show_token)
     ui.print_json(found) if as_json else ui.show_listed(found)
 
 
 @command()
 def requirements() -> None:
     """Write requirements.txt from the project's imports and notebooks, and show it."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.init import requirements_only
 
-    result = app.requirements_only(_config())
+    result = requirements_only(_config())
     where = "written" if result.generated else "kept (your own file)"
     ui.err.print(f"{ui.escape(str(result.path))} {where}:")
     for line in result.lines:
@@ -305,9 +316,9 @@ def shell(
     ] = None,
 ) -> None:
     """A shell (or one command) in the remote project folder, with its environment active."""
-    from rjn import app
+    from rjn.commands.run import shell as remote_shell
 
-    raise typer.Exit(app.shell(_config(), command))
+    raise typer.Exit(remote_shell(_config(), command))
 
 
 @command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -327,17 +338,19 @@ def run(
 
     Output streams live; rjn exits with the command's exit code; Ctrl-C stops it remotely.
     """
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.run import notebook_command
+    from rjn.commands.run import run as run_remotely
 
     project = _config()
     argv = list(command or [])
     if notebook:
         if argv:
             raise RjnError("give either a command or --notebook, not both")
-        argv = app.notebook_command(project, notebook)
+        argv = notebook_command(project, notebook)
     if not argv:
         raise RjnError("nothing to run", hint="rjn run -- python train.py")
-    result = app.run(project, argv, ui.Steps(), ui.print_output, detach=detach)
+    result = run_remotely(project, argv, ui.Steps(), ui.print_output, detach=detach)
     if result.run_id:
         ui.err.print(f"started run {result.run_id}; follow it with `rjn logs -f`")
     for pulled in result.pulled:
@@ -352,9 +365,10 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
 ) -> None:
     """Show the output of a detached run; exits with its exit code once it has ended."""
-    from rjn import app, ui
+    from rjn import ui
+    from rjn.commands.run import logs as run_logs
 
-    raise typer.Exit(app.logs(_config(), run_id, follow, ui.print_output))
+    raise typer.Exit(run_logs(_config(), run_id, follow, ui.print_output))
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rjn.config import Config
-from rjn.remote import Remote
+from rjn.helper_client import HelperClient
 from rjn.requirements import Requirements
 
 
@@ -26,15 +26,14 @@ def wanted_hash(config: Config, requirements: Requirements) -> str:
 
 
 def ensure(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     wanted: str,
     on_log: Callable[[str], Any] | None = None,
-) -> dict[str, Any]:
+) -> None:
     """Create or update the environment unless the remote already has exactly this one."""
-    return remote.agent(
-        "env",
+    helper.ensure_env(
         {
             "dir": remote_dir,
             "hash": wanted,
@@ -42,5 +41,5 @@ def ensure(
             "packages": packages(config),
             "no_uv": config.remote.installer == "pip",
         },
-        on_log=on_log,
+        on_log,
     )

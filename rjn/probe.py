@@ -12,7 +12,7 @@ from typing import Any
 
 from rjn.errors import RemoteError
 from rjn.helper import protocol
-from rjn.remote import Remote
+from rjn.helper_client import HelperClient
 from rjn.server import Server, checked_state
 
 
@@ -44,7 +44,7 @@ class Probe:
 
 
 def look(
-    remote: Remote,
+    helper: HelperClient,
     remote_dir: str,
     *,
     env_hash: str | None = None,
@@ -61,13 +61,12 @@ def look(
         args["results"] = list(results)
     if env_hash:
         args["env_hash"] = env_hash
-    return parse(remote.host, remote.agent("probe", args, timeout=timeout))
+    return parse(helper.host, helper.probe(args, timeout=timeout))
 
 
-def parse(host: str, answer: dict[str, Any]) -> Probe:
-    """The helper's answer as a Probe; a malformed one is a RemoteError naming the field."""
+def parse(host: str, seen: protocol.ProbeAnswer) -> Probe:
+    """The helper's answer as a Probe; a malformed server is a RemoteError naming the field."""
     try:
-        seen = protocol.ProbeAnswer.parse(answer)
         state = checked_state(seen.server)
     except protocol.Malformed as bad:
         raise RemoteError(

@@ -10,7 +10,7 @@ from typing import Any
 from rjn.config import Config
 from rjn.errors import RemoteError
 from rjn.helper import common, protocol
-from rjn.remote import Remote
+from rjn.helper_client import HelperClient
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ def checked_state(record: object) -> protocol.ServerState:
 
 
 def start(
-    remote: Remote, config: Config, remote_dir: str, on_log: Callable[[str], Any] | None = None
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    on_log: Callable[[str], Any] | None = None,
 ) -> Server:
     """Start the project's server, or return the one already running; waits until it answers.
 
@@ -74,8 +77,7 @@ def start(
     """
     jupyter = config.jupyter
     slurm = dataclasses.asdict(config.slurm) if config.slurm else None
-    record = remote.agent(
-        "start",
+    state = helper.start(
         {
             "dir": remote_dir,
             "app": jupyter.app,
@@ -86,23 +88,19 @@ def start(
         },
         python=venv_python(remote_dir),
         on_log=on_log,
-        hold=True,
         timeout=jupyter.ready_timeout + 60 + (config.slurm.queue_timeout if config.slurm else 0),
     )
-    try:
-        server = Server.from_state(checked_state(record))
-    except protocol.Malformed as bad:
-        raise RemoteError(
-            f"{remote.host}: rjn's remote helper sent a malformed server ({bad.field})"
-        ) from None
+    if state.alive and state.token is None:
+        raise RemoteError(f"{helper.host}: rjn's remote helper sent a malformed server (token)")
+    server = Server.from_state(state)
     if server is None:
-        raise RemoteError(f"{remote.host}: rjn's remote helper started no server")
+        raise RemoteError(f"{helper.host}: rjn's remote helper started no server")
     return server
 
 
-def stop(remote: Remote, remote_dir: str) -> bool:
+def stop(helper: HelperClient, remote_dir: str) -> bool:
     """Shut the project's server down through its API (kernels too); True if one was running."""
-    return bool(remote.agent("stop", {"dir": remote_dir}, timeout=60)["stopped"])
+    return helper.stop(remote_dir).stopped
 
 
 def venv_python(remote_dir: str) -> str:

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from rjn.config import Config
+from rjn.connection import Connection
 from rjn.errors import RjnError
-from rjn.remote import Remote
 from rjn.waits import wait_until
 
 # The tunnel is on loopback: an HTTP proxy from the environment must not see it (or the token).
@@ -64,7 +64,7 @@ def held_by(port: int, pid: int) -> bool | None:
     return False
 
 
-def ours(remote: Remote, port: int, pid: int | None = None) -> bool:
+def ours(remote: Connection, port: int, pid: int | None = None) -> bool:
     """Whether our master (`pid`, if the caller knows it) holds the port; where that cannot
     be told, whether the master is up."""
     pid = pid or remote.master_pid()
@@ -116,7 +116,7 @@ def choose_port(config: Config, previous: int | None) -> int:
 
 
 def ensure(
-    remote: Remote,
+    remote: Connection,
     config: Config,
     target: str,
     token: str,
@@ -154,13 +154,13 @@ def ensure(
     return port
 
 
-def close(remote: Remote, port: int, target: str) -> None:
+def close(remote: Connection, port: int, target: str) -> None:
     """Stop forwarding `port`."""
     with contextlib.suppress(RjnError):
         remote.cancel_forward(port, target)
 
 
-def carrier(remote: Remote, via_node: str | None) -> Remote:
+def carrier(remote: Connection, via_node: str | None) -> Connection:
     """The connection that carries a project's tunnel: the host's master, or the hop to the
     compute node whose socket Jupyter listens on ([slurm] connect = "jump")."""
     return remote.to_node(via_node) if via_node else remote

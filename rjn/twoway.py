@@ -12,9 +12,9 @@ Every transition is compare and swap: a file is placed, replaced or trashed only
 destination still is what the plan was made from (type, size, time, and the hash where those
 are equal); otherwise it is left as it is and the next pass decides again. On the remote, rsync
 carries the bytes into a staging folder and the helper places them; here, pulls are staged and
-placed the same way (sync.py). A new, emptied or purged remote folder is a new pair: nothing is
+placed the same way (transfer.py). A new, emptied or purged remote folder is a new pair: nothing is
 deleted anywhere. One pass runs at a time per project (a lock): open's watch, sync and run take
-turns. Results folders are not part of this: they only come home (`sync.pull`).
+turns. Results folders are not part of this: they only come home (`transfer.pull`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rjn import places, state, sync
+from rjn import places, state, transfer
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import Fail
+from rjn.helper_client import HelperClient
 from rjn.model import Outcome
-from rjn.remote import Remote
 
 # A file's state on one side: [size, mtime_ns, sha256].
 Tree = Mapping[str, Sequence[Any]]
@@ -252,24 +252,34 @@ def _kept_listing(config: Config) -> dict[str, Any]:
     return data if ok and isinstance(data.get("id"), str) else {}
 
 
-def _whole(config: Config, raw: object) -> object:
+def _whole(config: Config, listing: protocol.TreeListing) -> protocol.TreeListing | None:
     """A listing made whole: a diff (`base`) applied to the last listing kept here, which it
     must have been made from (else None: ask for all of it). The whole is kept for the next
-    time, as the remote sent it (checking comes after, every time)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("files"), dict):
-        return raw  # malformed: the check says so
-    files = raw["files"]
-    if raw.get("base") is not None:
+    time, as the remote sent it (checking its names comes after, every time)."""
+    files = listing.files
+    if listing.base is not None:
         kept = _kept_listing(config)
-        gone = raw.get("gone")
-        if raw["base"] != kept.get("id") or not isinstance(gone, list):
+        if listing.base != kept.get("id") or listing.gone is None:
             return None
-        gone_names = {name for name in gone if isinstance(name, str)}
+        gone_names = {name for name in listing.gone if isinstance(name, str)}
         files = {k: v for k, v in kept["files"].items() if k not in gone_names} | files
-    if isinstance(raw.get("id"), str) and raw["id"] != _marks(config).get("listing"):
-        places.write_private(_listing_path(config), json.dumps({"id": raw["id"], "files": files}))
-        _mark(config, listing=raw["id"])
-    return {**raw, "files": files}
+    if listing.id is not None and listing.id != _marks(config).get("listing"):
+        places.write_private(_listing_path(config), json.dumps({"id": listing.id, "files": files}))
+        _mark(config, listing=listing.id)
+    return dataclasses.replace(listing, files=files)
+
+
+def _listing(raw: dict[str, Any] | None) -> protocol.TreeListing | None:
+    """A listing that came with another answer (a probe's, a run's), checked."""
+    try:
+        return protocol.TreeListing.parse(raw) if raw is not None else None
+    except protocol.Malformed as bad:
+        raise transfer.Refused(f"the remote sent a malformed file listing ({bad.field})") from None
+
+
+def _bare(listing: protocol.TreeListing) -> str:
+    """A listing's digest without its files (what a no-change pass compares)."""
+    return _digest(dataclasses.replace(listing, files={}).to_json())
 
 
 # -- one sync -----------------------------------------------------------------------------------
@@ -282,14 +292,14 @@ def _lock(config: Config) -> contextlib.AbstractContextManager[None]:
 
 
 def run(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
-    remote_tree: object = None,
+    remote_tree: dict[str, Any] | None = None,
     *,
     direction: str = "both",
     allow_deletions: bool = False,
-    progress: sync.Progress | None = None,
+    progress: transfer.Progress | None = None,
     here_scan: Future[HereScan] | None = None,
 ) -> Outcome:
     """Bring both sides in step. direction "push" only sends (nothing local changes); "pull"
@@ -299,19 +309,22 @@ def run(
     only if no other pass ran since it was made."""
     exclude, include = filters(config)
     with _lock(config):
-        sync.clean_staging(config.root)
+        transfer.clean_staging(config.root)
         scanned = here_scan.result() if here_scan else None
-        if _unchanged(config, remote_tree, scanned):
+        given = _listing(remote_tree)
+        if _unchanged(config, given, scanned):
             return Outcome()
         record = load(config)
         before = _state(record)
-        whole = _whole(config, remote_tree) if isinstance(remote_tree, dict) else None
-        if not isinstance(whole, dict) or whole.get("gen") != record["gen"]:
+        whole = _whole(config, given) if given else None
+        if whole is None or whole.gen != record["gen"]:
             args = {"dir": remote_dir, **scan_args(config)}
-            whole = _whole(config, remote.agent("scan", args, timeout=300)["tree"])
+            whole = _whole(config, helper.scan(args))
             if whole is None:  # the listing kept here changed meanwhile: ask for all of it
                 args["since"] = None
-                whole = _whole(config, remote.agent("scan", args, timeout=300)["tree"])
+                whole = _whole(config, helper.scan(args))
+            if whole is None:
+                raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
         there = _checked_listing(whole, exclude, include)
         files: dict[str, Any] = record["files"]
         if scanned and scanned.gen is not None and scanned.gen == record["gen"]:
@@ -322,7 +335,7 @@ def run(
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
         copies = {c["copy"] for c in record["conflicts"].values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
-        new_pair = _pair(record, remote.host, remote_dir, there, here["files"])
+        new_pair = _pair(record, helper.host, remote_dir, there, here["files"])
         agreed = {rel: a["hash"] for rel, a in files.items()}
         # A conflict whose copy the user deleted is resolved: the remote version they saw is
         # taken as agreed, so their local version goes out.
@@ -338,7 +351,7 @@ def run(
         plan = decide(free(here["files"]), free(there.files), free(agreed), here["others"],
                       there.others)  # fmt: skip
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
-        outcome = _apply(remote, config, remote_dir, plan, here["files"], there.files, record,
+        outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, record,
                          direction, progress)  # fmt: skip
         # Written only when something changed: a pass with nothing to do writes nothing.
         moved = outcome.changed or outcome.merged or plan.agree or plan.forget
@@ -350,9 +363,8 @@ def run(
         nothing = not any(getattr(plan, f.name) for f in fields(Plan))
         clean = nothing and not (record["conflicts"] or deletions_held or new_pair or moved
                                  or here["skipped"] or there.skipped)  # fmt: skip
-        listed: dict[str, Any] = whole if isinstance(whole, dict) else {}
-        _mark(config, clean={"here": here_digest, "listing": listed.get("id"),
-                             "there": _digest({**listed, "files": {}})} if clean else None)
+        _mark(config, clean={"here": here_digest, "listing": whole.id, "there": _bare(whole)}
+              if clean else None)  # fmt: skip
     skipped = [("here", n, why) for n, why in here["skipped"]] + [
         ("there", n, why) for n, why in there.skipped
     ]
@@ -408,7 +420,7 @@ def _digest(listing: Mapping[str, Any]) -> str:
     return digest
 
 
-def _unchanged(config: Config, remote_tree: object, here: HereScan | None) -> bool:
+def _unchanged(config: Config, listing: protocol.TreeListing | None, here: HereScan | None) -> bool:
     """Whether neither side changed since the last pass that left nothing to do: this side's
     names and stamps are that pass's, and the remote's listing is a diff with nothing in it
     against the listing that pass had (made since no other pass). Then there is nothing to do."""
@@ -416,14 +428,13 @@ def _unchanged(config: Config, remote_tree: object, here: HereScan | None) -> bo
     clean = marks.get("clean")
     if not clean or here is None or here.digest != clean.get("here"):
         return False
-    if not isinstance(remote_tree, dict):
-        return False
     return bool(
-        remote_tree.get("base") == remote_tree.get("id") == clean.get("listing")
-        and remote_tree.get("files") == {}
-        and remote_tree.get("gone") == []
-        and remote_tree.get("gen") == marks.get("gen")
-        and _digest({**remote_tree, "files": {}}) == clean.get("there")
+        listing is not None
+        and listing.base == listing.id == clean.get("listing")
+        and listing.files == {}
+        and listing.gone == []
+        and listing.gen == marks.get("gen")
+        and _bare(listing) == clean.get("there")
     )
 
 
@@ -485,14 +496,12 @@ class Listing:
     gen: int | None
 
 
-def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Listing:
+def _checked_listing(
+    listing: protocol.TreeListing, exclude: list[str], include: list[str]
+) -> Listing:
     """The remote's listing, as untrusted input: plain names of files that travel (never into
     rjn's folders or the results), each [size, mtime_ns, sha256]. A name that is not one is
     skipped and said, never a reason to stop the others; a listing that is not one stops."""
-    try:
-        listing = protocol.TreeListing.parse(raw)
-    except protocol.Malformed as bad:
-        raise sync.Refused(f"the remote sent a malformed file listing ({bad.field})") from None
     files: dict[str, list[Any]] = {}
     others: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
@@ -512,8 +521,8 @@ def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Lis
         if (not name or name[0] in "/." or name[-1] == "/" or "//" in name or "/." in name
                 or len(name) > 4096 or helper_tree.CONTROL.search(name)):  # fmt: skip
             try:
-                sync.checked_name(name, None)
-            except sync.Refused as refused:
+                transfer.checked_name(name, None)
+            except transfer.Refused as refused:
                 skipped.append((name[:200], refused.message))
                 continue
         parent = name.rpartition("/")[0]
@@ -521,18 +530,21 @@ def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Lis
             parent and not folder_travels(parent)
         ):
             skipped.append((name, "it is not a file that travels"))
-        elif type(entry) is list and len(entry) == 3 and type(entry[0]) is int and (
-            type(entry[1]) is int and type(entry[2]) is str
+        elif (
+            type(entry) is list
+            and len(entry) == 3
+            and type(entry[0]) is int
+            and (type(entry[1]) is int and type(entry[2]) is str)
         ):
             files[name] = entry
         elif type(entry) is str:
             others[name] = entry
         else:
-            raise sync.Refused(f"the remote sent a malformed entry for {name!r:.200}")
+            raise transfer.Refused(f"the remote sent a malformed entry for {name!r:.200}")
     for item in listing.skipped:
         ok = isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
         if not ok:
-            raise sync.Refused("the remote sent a malformed list of skipped names")
+            raise transfer.Refused("the remote sent a malformed list of skipped names")
         skipped.append((item[0][:200], item[1][:200]))
     return Listing(files, others, skipped, listing.replica, listing.gen)
 
@@ -541,7 +553,7 @@ def _checked_listing(raw: object, exclude: list[str], include: list[str]) -> Lis
 
 
 def _apply(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     plan: Plan,
@@ -549,7 +561,7 @@ def _apply(
     remote_tree: Tree,
     record: dict[str, Any],
     direction: str,
-    progress: sync.Progress | None,
+    progress: transfer.Progress | None,
 ) -> Outcome:
     """Carry out the plan, deletions before placements on each side (a folder a file replaces
     must be empty first); the agreed record is built once, at the end, from what each
@@ -566,12 +578,11 @@ def _apply(
     trashed_there: list[str] = []
     if sends and plan.trash_remote:
         wants = {rel: list(remote_tree[rel]) for rel in plan.trash_remote}
-        answer = remote.agent("trash", {"dir": remote_dir, "files": wants}, timeout=600)
-        moved = answer.get("moved")
-        trashed_there = [rel for rel in moved if rel in wants] if isinstance(moved, dict) else []
+        moved = helper.trash({"dir": remote_dir, "files": wants}).moved
+        trashed_there = [rel for rel in moved if rel in wants]
         done.update(dict.fromkeys(trashed_there))
     pushed, raced = (
-        _push(remote, config, remote_dir, plan.push, local_tree, remote_tree, done, progress)
+        _push(helper, config, remote_dir, plan.push, local_tree, remote_tree, done, progress)
         if sends
         else ([], [])
     )
@@ -586,7 +597,11 @@ def _apply(
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
-    for item in sync.pull_decided(remote, config, remote_dir, wanted, progress) if wanted else ():
+    for item in (
+        transfer.pull_decided(helper.connection, config, remote_dir, wanted, progress)
+        if wanted
+        else ()
+    ):
         pulled.append(item)
         if item.refused:
             continue
@@ -600,7 +615,7 @@ def _apply(
                 "remote": remote_tree[item.path][2],
             }
     # A clean merge goes back, placed only over the remote version it was made from.
-    merged_back, raced_merges = _push(remote, config, remote_dir, merged, None, remote_tree,
+    merged_back, raced_merges = _push(helper, config, remote_dir, merged, None, remote_tree,
                                       done, progress)  # fmt: skip
     _record(config, record, done)
     return Outcome(
@@ -617,14 +632,14 @@ def _apply(
 
 
 def _push(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     names: Sequence[str],
     local_tree: Tree | None,
     remote_tree: Tree,
     done: dict[str, dict[str, Any] | None],
-    progress: sync.Progress | None,
+    progress: transfer.Progress | None,
 ) -> tuple[list[str], list[str]]:
     """Send files and have the helper place each only over the remote version the plan saw
     (absent, or its listed entry); (placed, left because the remote changed meanwhile)."""
@@ -632,16 +647,15 @@ def _push(
         return [], []
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
     sent = {rel: local_tree[rel] if local_tree else _local_entry(config, rel) for rel in names}
-    answer = sync.push_decided(remote, config, remote_dir, wants, progress)
+    staging = transfer.stage(helper.connection, config, remote_dir, names, progress)
+    answer = helper.place({"dir": remote_dir, "staging": staging, "files": wants})
     for rel, stamp in answer.placed.items():
         if rel in sent and isinstance(stamp, list) and len(stamp) == 2:
             done[rel] = _entry(sent[rel], [*stamp, sent[rel][2]])
     return [r for r in names if r in answer.placed], [r for r in names if r in answer.kept]
 
 
-def _record(
-    config: Config, record: dict[str, Any], done: dict[str, dict[str, Any] | None]
-) -> None:
+def _record(config: Config, record: dict[str, Any], done: dict[str, dict[str, Any] | None]) -> None:
     """The new agreed record, from what the transitions did; a notebook's agreed version is
     kept too, as the base of a later merge."""
     files = record["files"]
@@ -685,12 +699,12 @@ def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
     try:
         moved: list[str] = helper_tree.move_to_trash(str(config.root), wants)
     except Fail as failed:
-        raise sync.Refused(failed.message) from None
+        raise transfer.Refused(failed.message) from None
     helper_tree.prune_trash(str(config.root), helper_tree.TRASH_DAYS, helper_tree.TRASH_BYTES)
     return moved
 
 
-def _merge(config: Config, files: dict[str, Any], item: sync.Pulled) -> bool:
+def _merge(config: Config, files: dict[str, Any], item: transfer.Pulled) -> bool:
     """Merge a notebook changed on both sides, cell by cell, from the agreed base; True if
     the merge was clean (then the local file holds it and the remote copy is gone)."""
     rel, copy = item.path, item.conflict_copy

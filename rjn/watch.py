@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from rjn import probe, server, state, sync, tunnel, twoway
+from rjn import probe, server, state, transfer, tunnel, twoway
 from rjn.config import Config
+from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.helper import protocol
+from rjn.helper_client import HelperClient, helper_error
 from rjn.model import Ready
-from rjn.remote import Remote, helper_error
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05
@@ -56,11 +57,11 @@ class Budget:
 
 
 def watch(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     on_ready: Callable[[Ready], Any],
-    on_pulled: Callable[[sync.Pulled, float], Any],
+    on_pulled: Callable[[transfer.Pulled, float], Any],
     mode: str = "auto",
     stop: Callable[[], bool] = lambda: False,
     health: Callable[[], None] = lambda: None,
@@ -72,8 +73,9 @@ def watch(
     watcher that dies with its connection. With `catch_up`, once watching, everything
     that changed meanwhile (while the link was down) is pulled too.
     """
+    remote = helper.connection
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
-    watcher = remote.agent_stream(
+    watcher = helper.stream(
         "watch",
         {
             "dir": remote_dir,
@@ -112,7 +114,7 @@ def watch(
                 on_ready(Ready(ready.mode, ready.fs, ready.reason))
                 if catch_up:
                     started = time.monotonic()
-                    for pulled in sync.pull(remote, config, remote_dir):
+                    for pulled in transfer.pull(remote, config, remote_dir):
                         on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
@@ -130,11 +132,11 @@ def watch(
                         backlog.append(following)  # a result file: handled next
                         break
                     names.add(_changed(remote, following))
-                done = twoway.run(remote, config, remote_dir, direction="pull")
+                done = twoway.run(helper, config, remote_dir, direction="pull")
                 for item in done.pulled:
                     on_pulled(item, time.monotonic() - seen)
                 for rel in done.trashed_here:
-                    on_pulled(sync.Pulled(rel, 0, trashed=True), time.monotonic() - seen)
+                    on_pulled(transfer.Pulled(rel, 0, trashed=True), time.monotonic() - seen)
             elif "file" in message:
                 seen = time.monotonic()
                 inline: dict[str, tuple[bytes, int]] = {}
@@ -163,12 +165,12 @@ def watch(
                     except queue.Empty:
                         pending = None
                 if len(inline) + len(batch) >= config.sync.max_burst:
-                    arrived = sync.pull(remote, config, remote_dir, max_bytes=budget.left())
+                    arrived = transfer.pull(remote, config, remote_dir, max_bytes=budget.left())
                 else:
                     budget.spend(sum(len(data) for data, _ in inline.values()))
-                    arrived = sync.receive(config, inline) if inline else []
+                    arrived = transfer.receive(config, inline) if inline else []
                     if batch:
-                        arrived += sync.pull(remote, config, remote_dir, files=sorted(batch),
+                        arrived += transfer.pull(remote, config, remote_dir, files=sorted(batch),
                                              max_bytes=budget.left())  # fmt: skip
                 budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
                 for item in arrived:
@@ -187,11 +189,11 @@ CLOCK_JUMP = 20.0
 
 
 def follow(
-    remote: Remote,
+    helper: HelperClient,
     config: Config,
     saved: state.ProjectState,
     on_ready: Callable[[Ready], Any],
-    on_pulled: Callable[[sync.Pulled, float], Any],
+    on_pulled: Callable[[transfer.Pulled, float], Any],
     on_link: Callable[[str], Any] = lambda message: None,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
@@ -201,6 +203,7 @@ def follow(
     with backoff: the master is re-established and the tunnel comes back on the same local
     port, so an open browser tab works again. The remote server is left as it is.
     """
+    remote = helper.connection
     failures = 0
     while not stop():
         try:
@@ -214,7 +217,7 @@ def follow(
                 if current is None or not current.local_port:
                     on_link(f"{config.name} was closed: stopped watching")
                     return
-                saved = _current_server(config, remote, current, on_link)
+                saved = _current_server(config, helper, current, on_link)
             if saved.local_port and saved.forward_target and saved.token:
                 carrier = tunnel.carrier(remote, saved.via_node)
                 carrier.connect()
@@ -229,7 +232,7 @@ def follow(
                         state.save(saved)
             failures = 0
             watch(
-                remote, config, saved.remote_dir, on_ready, on_pulled,
+                helper, config, saved.remote_dir, on_ready, on_pulled,
                 config.sync.watch, stop, health=link_check(remote), catch_up=reconnected,
             )  # fmt: skip
             return
@@ -246,17 +249,17 @@ def follow(
 
 
 def _current_server(
-    config: Config, remote: Remote, saved: state.ProjectState, on_link: Callable[[str], Any]
+    config: Config, helper: HelperClient, saved: state.ProjectState, on_link: Callable[[str], Any]
 ) -> state.ProjectState:
     """The project's server as it is now (one probe): the one running, or, if the remote lost
     it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
-    live = probe.look(remote, saved.remote_dir).server
+    live = probe.look(helper, saved.remote_dir).server
     if live is None:
         on_link("the Jupyter server was gone: starting it again")
-        live = server.start(remote, config, saved.remote_dir)
+        live = server.start(helper, config, saved.remote_dir)
     if (live.token, live.target) != (saved.token, saved.forward_target):
         if saved.local_port and saved.forward_target:
-            hop = tunnel.carrier(remote, saved.via_node)
+            hop = tunnel.carrier(helper.connection, saved.via_node)
             hop.cancel_forward(saved.local_port, saved.forward_target)
         saved.token, saved.forward_target = live.token, live.target
         saved.server_pid, saved.via_node = live.pid, live.via_node
@@ -266,7 +269,7 @@ def _current_server(
 
 
 class Link(Protocol):
-    """What the health check needs of a connection (a Remote is one)."""
+    """What the health check needs of a connection (a Connection is one)."""
 
     host: str
 
@@ -295,15 +298,15 @@ def link_check(remote: Link) -> Callable[[], None]:
     return check
 
 
-def _changed(remote: Remote, message: dict[str, Any]) -> str:
+def _changed(remote: Connection, message: dict[str, Any]) -> str:
     """A project file the remote watcher saw change, checked as untrusted input."""
     if set(message) != {"changed"}:
         raise RemoteError(f"{remote.host}: the remote watcher sent a malformed change event")
-    return sync.checked_name(message["changed"], None)
+    return transfer.checked_name(message["changed"], None)
 
 
 def _file_event(
-    remote: Remote, config: Config, message: dict[str, Any]
+    remote: Connection, config: Config, message: dict[str, Any]
 ) -> tuple[str, tuple[bytes, int] | None]:
     """A file event from the remote watcher, checked as untrusted input: its name (a plain
     path in a results folder), and its content and time when it came inline."""
@@ -313,7 +316,7 @@ def _file_event(
         raise RemoteError(
             f"{remote.host}: the remote watcher sent unknown fields: {unknown!r:.200}"
         )
-    name = sync.checked_name(message["file"], config.sync.results)
+    name = transfer.checked_name(message["file"], config.sync.results)
     if "data" not in message:
         return name, None
     data, mtime_ns = message["data"], message["mtime_ns"]
@@ -326,7 +329,7 @@ def _file_event(
     return name, (content, mtime_ns)
 
 
-def _lost(remote: Remote, stderr: str) -> Exception:
+def _lost(remote: Connection, stderr: str) -> Exception:
     if not remote.master_alive():
         return ConnectionFailed(
             f"the connection to {remote.host} was lost while watching",

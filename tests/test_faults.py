@@ -326,11 +326,11 @@ def test_a_command_without_its_master_never_logs_in_anew(host: TestHost, tmp_pat
     # login of a single command: that is a second 2FA prompt, or minutes of TCP's connect on a
     # stalled link. The command fails at once, and says the connection was lost.
     from rjn import config as cfg
+    from rjn.connection import Connection
     from rjn.errors import ConnectionFailed
-    from rjn.remote import Remote
 
     (tmp_path / "remote.toml").write_text(host.remote_toml(tmp_path / "r"))
-    remote = Remote(cfg.load(tmp_path / "remote.toml").remote, tmp_path / "ctl", tmp_path)
+    remote = Connection(cfg.load(tmp_path / "remote.toml").remote, tmp_path / "ctl", tmp_path)
     (tmp_path / "ctl").mkdir()
     before = host.log.read_text(errors="replace").count("Accepted publickey")
     started = time.monotonic()

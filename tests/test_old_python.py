@@ -143,7 +143,7 @@ def test_uv_that_cannot_get_the_python_says_so(bins, uv_bin, short_tmp, project)
 def test_the_boot_fails_politely_on_python_2(tmp_path: Path) -> None:
     import json
 
-    from rjn.remote import OLD_PYTHON, _agent_command
+    from rjn.helper_client import OLD_PYTHON, _agent_command
 
     python2 = sorted(Path("/root/.pyenv/versions").glob("2.7.*/bin/python2.7"))
     if not python2:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from rjn import config as cfg
-from rjn import requirements, sync, tunnel
+from rjn import requirements, transfer, tunnel
+from rjn.connection import RIDE_MASTER, Connection, explain
 from rjn.errors import ConfigError
-from rjn.remote import RIDE_MASTER, Remote, explain
 
 TOML = '[remote]\nhost = "gpu-box"\n'
 
@@ -75,7 +75,7 @@ def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message:
 
 def test_a_toml_syntax_error_says_what_to_try(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load(tmp_path, '[remote]\nhost = gpu-box\n')
+        load(tmp_path, "[remote]\nhost = gpu-box\n")
     assert "not valid TOML" in caught.value.message and "quotes" in (caught.value.hint or "")
 
 
@@ -96,9 +96,9 @@ def test_find_walks_up(tmp_path: Path) -> None:
 # -- argv building ------------------------------------------------------------------------
 
 
-def make_remote(tmp_path: Path, **remote: Any) -> Remote:
+def make_remote(tmp_path: Path, **remote: Any) -> Connection:
     config = cfg.RemoteConfig(host="gpu-box", **remote)
-    return Remote(config, control_dir=tmp_path / "run dir", log_dir=tmp_path)
+    return Connection(config, control_dir=tmp_path / "run dir", log_dir=tmp_path)
 
 
 def test_ssh_argv_quotes_the_remote_command_once(tmp_path: Path) -> None:
@@ -281,7 +281,7 @@ def test_link_check_tests_the_link_after_the_clock_jumps(monkeypatch: pytest.Mon
 
 
 def test_init_writes_a_config_that_loads_and_never_overwrites(tmp_path: Path) -> None:
-    from rjn import app
+    from rjn.commands import init as app
 
     path = app.init(tmp_path, "gpu-box")
     config = cfg.load(path)
@@ -301,11 +301,11 @@ def test_inline_files_land_in_a_project_never_synced_before(tmp_path: Path) -> N
     """The pulled-files index goes beside the project's state, whose folder may not exist yet."""
     (tmp_path / "fresh").mkdir()
     config = load(tmp_path / "fresh", TOML)
-    [pulled] = sync.receive(config, {"results/a.png": (b"png", 1_700_000_000_000_000_000)})
+    [pulled] = transfer.receive(config, {"results/a.png": (b"png", 1_700_000_000_000_000_000)})
     assert pulled.path == "results/a.png"
     assert (tmp_path / "fresh" / "results" / "a.png").read_bytes() == b"png"
-    with pytest.raises(sync.Refused, match="leaves its folder"):
-        sync.receive(config, {"results/../../escape.png": (b"x", 1)})
+    with pytest.raises(transfer.Refused, match="leaves its folder"):
+        transfer.receive(config, {"results/../../escape.png": (b"x", 1)})
 
 
 # -- what a remote may send ------------------------------------------------------------------
@@ -317,12 +317,13 @@ def test_inline_files_land_in_a_project_never_synced_before(tmp_path: Path) -> N
      "results/\x00.png", "helpers.py", "resultsx/a.png", "", 5, None, "results/" + "a" * 5000],
 )  # fmt: skip
 def test_names_from_the_remote_that_are_refused(name: object) -> None:
-    with pytest.raises(sync.Refused):
-        sync.checked_name(name, ("results", "figures"))
+    with pytest.raises(transfer.Refused):
+        transfer.checked_name(name, ("results", "figures"))
 
 
 def test_plain_names_in_results_are_accepted() -> None:
-    assert sync.checked_name("figures/a b/ü.png", ("results", "figures/")) == "figures/a b/ü.png"
+    name = "figures/a b/ü.png"
+    assert transfer.checked_name(name, ("results", "figures/")) == name
 
 
 @pytest.mark.parametrize(
@@ -333,11 +334,11 @@ def test_plain_names_in_results_are_accepted() -> None:
      ("results/a.png", "", False), ("data/a.png", "b.png", False)],
 )  # fmt: skip
 def test_links_are_judged_by_where_they_point(rel: str, text: str, inside: bool) -> None:
-    assert sync._link_stays_inside(rel, text, ("results",)) is inside
+    assert transfer._link_stays_inside(rel, text, ("results",)) is inside
 
 
 def test_helper_lines_are_untrusted() -> None:
-    from rjn import remote
+    from rjn import helper_client as remote
 
     seen: list[dict] = []
     parse = remote._messages(seen.append)
@@ -388,7 +389,7 @@ def test_the_remote_helper_is_python_3_8_syntax() -> None:
     import ast
     from importlib import resources
 
-    from rjn import remote
+    from rjn import helper_client as remote
     from rjn.helper import runs, slurm
 
     modules = resources.files("rjn.helper")
@@ -421,7 +422,7 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
     promises: the probe, a listing of the tree, and the clear error for a bad request."""
     import subprocess
 
-    from rjn.remote import _agent_command, helper_zipapp
+    from rjn.helper_client import _agent_command, helper_zipapp
 
     (tmp_path / "p" / "data").mkdir(parents=True)
     (tmp_path / "p" / "data" / "a.csv").write_text("x\n")
@@ -456,10 +457,10 @@ def test_a_missing_results_folder_is_no_failure_but_anything_else_is() -> None:
         "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n"
         "rsync: [Receiver] write error: Broken pipe (32)\n"
     )
-    assert sync._only_missing(missing)
+    assert transfer._only_missing(missing)
     denied = 'rsync: [sender] opendir "/r/./results/x" failed: Permission denied (13)\n' + missing
-    assert not sync._only_missing(denied)
-    assert not sync._only_missing("")
+    assert not transfer._only_missing(denied)
+    assert not transfer._only_missing("")
 
 
 def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
@@ -478,7 +479,7 @@ def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
 
 
 def test_errors_from_the_helper_are_checked_too() -> None:
-    from rjn.remote import helper_error
+    from rjn.helper_client import helper_error
 
     assert helper_error("h", {"message": "m", "hint": "t"}).hint == "t"
     assert "malformed error" in helper_error("h", "boom").message
@@ -538,7 +539,7 @@ def test_named_remote_errors_name_file_table_and_key(tmp_path, text, name, messa
 
 
 def test_init_adds_a_named_remote_and_keeps_the_comments(tmp_path: Path) -> None:
-    from rjn import app
+    from rjn.commands import init as app
 
     (tmp_path / "remote.toml").write_text(NAMED)
     app.init(tmp_path, "cloud-vm", "cloud")
@@ -561,11 +562,13 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
         "server": {"alive": True, "pid": 12, "token": "t", "app": "lab", "sock": "/s",
                    "job": "7", "job_state": "RUNNING", "node": "n1", "time_left": "1:00"},
     }  # fmt: skip
-    seen = probe.parse("box", answer)
+    from rjn.helper.protocol import ProbeAnswer
+
+    seen = probe.parse("box", ProbeAnswer.parse(answer))
     assert seen.server is not None and (seen.server.pid, seen.server.target) == (12, "/s")
     assert seen.job == probe.Job("7", "RUNNING", "n1", "1:00")
     assert (seen.dir, seen.env_current, seen.tree) == ("/home/u/p", True, {})
-    gone = probe.parse("box", {**answer, "server": {"alive": False, "job": "7"}})
+    gone = probe.parse("box", ProbeAnswer.parse({**answer, "server": {"alive": False, "job": "7"}}))
     assert gone.server is None and gone.job.id == "7"
 
 
@@ -588,13 +591,18 @@ MALFORMED_PROBES = [
 def test_a_malformed_probe_answer_names_its_field(field: str, change: dict | None) -> None:
     from rjn import probe
     from rjn.errors import RemoteError
+    from rjn.helper.protocol import ProbeAnswer
+    from rjn.helper_client import read
+
+    def seen(answer: object) -> probe.Probe:  # as the helper client reads it
+        return probe.parse("box", read("box", ProbeAnswer, "probe", answer))
 
     good = {"dir": "/p", "python": "3.8.1", "env_current": False, "server": {"alive": False},
             "disk_free": 1, "has_rsync": True}  # fmt: skip
-    assert probe.parse("box", good).server is None
+    assert seen(good).server is None
     answer = {**good, **change} if change is not None else "not an object"
     with pytest.raises(RemoteError, match=rf"box: .* sent a malformed probe \({field}\)"):
-        probe.parse("box", answer)  # type: ignore[arg-type]
+        seen(answer)
 
 
 def test_each_record_of_the_protocol_reads_back_what_it_writes() -> None:
@@ -659,7 +667,7 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
     import subprocess
     import sys
 
-    from rjn.remote import _agent_command, helper_zipapp
+    from rjn.helper_client import _agent_command, helper_zipapp
 
     zipapp = helper_zipapp()[0]
     run = {"dir": str(tmp_path), "argv": ["true"]}
@@ -682,7 +690,7 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
 
 
 def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monkeypatch) -> None:
-    from rjn import places, state, sync
+    from rjn import places, state, transfer
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     config = load(tmp_path, '[remote]\nhost = "h"\n[sync]\nresults = ["results"]\n')
@@ -690,7 +698,7 @@ def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monk
     fig = tmp_path / "results" / "fig.png"
     fig.write_bytes(b"png")
     here = [fig.stat().st_mtime_ns, 3]
-    would = lambda listing: sync._would_bring(config, listing)  # noqa: E731
+    would = lambda listing: transfer._would_bring(config, listing)  # noqa: E731
     assert not would({"results/fig.png": here})  # all here as there: no rsync at all
     assert not would({})
     assert would({"results/new.png": here})  # a new file
@@ -730,7 +738,7 @@ def test_the_helper_is_kept_by_its_hash_and_a_changed_copy_is_never_run(tmp_path
     import subprocess
     import sys
 
-    from rjn.remote import NEED_HELPER, _agent_command, helper_zipapp
+    from rjn.helper_client import NEED_HELPER, _agent_command, helper_zipapp
 
     zipapp, digest = helper_zipapp()
     assert helper_zipapp()[0] == zipapp  # built the same way every time
@@ -778,6 +786,9 @@ def test_uv_comes_straight_from_its_wheel_on_the_package_index(tmp_path: Path) -
 def test_each_remote_python_has_its_own_serving_helper(tmp_path: Path, monkeypatch) -> None:
     """Its answers (whether the environment is current above all) are its interpreter's."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    plain, other = make_remote(tmp_path), make_remote(tmp_path, python="/opt/py/bin/python3")
-    assert plain.control_path == other.control_path  # one connection
+    from rjn.helper_client import HelperClient
+
+    plain = HelperClient(make_remote(tmp_path))
+    other = HelperClient(make_remote(tmp_path, python="/opt/py/bin/python3"))
+    assert plain.connection.control_path == other.connection.control_path  # one connection
     assert plain._serving_socket() != other._serving_socket()  # two helpers

@@ -122,6 +122,27 @@ class Placed(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class Moved(Record):
+    """What trashing moved ({rel: true}); what it left, it left because it changed."""
+
+    moved: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped(Record):
+    """Whether a server was running (and now is not)."""
+
+    stopped: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Detached(Record):
+    """A detached run's id (`rjn logs` follows it)."""
+
+    run: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Ready(Record):
     """The watcher runs: by file events or by polling (`interval`), and why."""
 

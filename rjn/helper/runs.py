@@ -20,7 +20,7 @@ from .common import (
     venv_python,
     wait_for_hangup,
 )
-from .protocol import RunEnd
+from .protocol import Detached, RunEnd
 from .tree import listings
 
 
@@ -111,7 +111,7 @@ def detach(project, argv, env):
         "exit": os.path.join(runs, run_id + ".exit"),
     }
     with open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(
+        subprocess.Popen(
             [sys.executable, "-c", SUPERVISOR, json.dumps(spec)],
             cwd=project,
             env=env,
@@ -121,7 +121,7 @@ def detach(project, argv, env):
             start_new_session=True,
             close_fds=True,
         )
-    return {"run": run_id, "pid": proc.pid, "log": spec["log"]}
+    return Detached(run_id).to_json()
 
 
 def logs(args):

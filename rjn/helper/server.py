@@ -25,6 +25,7 @@ from .common import (
     venv_python,
     write_private,
 )
+from .protocol import Stopped
 from .slurm import job_info, sacct_state, scancel, slurm_start, squeue
 
 
@@ -197,7 +198,7 @@ def stop(args):
             os.unlink(os.path.join(folder, name))
     if current.get("sock") and os.path.exists(current["sock"]):
         os.unlink(current["sock"])
-    return {"stopped": stopped}
+    return Stopped(stopped).to_json()
 
 
 def shutdown(record):

@@ -23,6 +23,7 @@ from .common import (
     rjn_dir,
     write_private,
 )
+from .protocol import Moved, Placed
 
 
 def travels(rel, is_dir, exclude, include=()):
@@ -50,8 +51,10 @@ def _compiled(patterns):
     kinds = {}
     for folder_only in (False, True):
         chosen = [p.rstrip("/") for p in patterns if p.endswith("/") == folder_only]
-        kinds[folder_only] = (joined([p for p in chosen if "/" not in p]),
-                              joined([p.lstrip("/") for p in chosen if "/" in p]))
+        kinds[folder_only] = (
+            joined([p for p in chosen if "/" not in p]),
+            joined([p.lstrip("/") for p in chosen if "/" in p]),
+        )
 
     def test(rel, name, is_dir):
         for folder_only in (False, True) if is_dir else (False,):
@@ -213,8 +216,10 @@ def open_folder(root_fd, rel, make):
                 inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Fail("%s is a link or a file here: nothing is written through it"
-                               % "/".join(walked))
+                    raise Fail(
+                        "%s is a link or a file here: nothing is written through it"
+                        % "/".join(walked)
+                    )
                 raise
             os.close(fd)
             fd = inner
@@ -295,8 +300,9 @@ def place(args):
                 continue
             try:
                 base = rel.rsplit("/", 1)[-1]
-                why = replace_checked(folder, base, want,
-                                      lambda f, n, src=src: os.rename(src, n, dst_dir_fd=f))
+                why = replace_checked(
+                    folder, base, want, lambda f, n, src=src: os.rename(src, n, dst_dir_fd=f)
+                )
                 if why:
                     kept[rel] = why
                 else:
@@ -307,7 +313,7 @@ def place(args):
     finally:
         os.close(root_fd)
         shutil.rmtree(staging, ignore_errors=True)
-    return {"placed": in_parts(placed, "placed"), "kept": in_parts(kept, "kept")}
+    return Placed(in_parts(placed, "placed"), in_parts(kept, "kept")).to_json()
 
 
 def clean_staging(project, mine):
@@ -380,8 +386,12 @@ def tree_listing(project, args):
     kept_at = os.path.join(rjn_dir(project), "listing-%s.json" % (mine if mine.isalnum() else "x"))
     listed = list_tree(project, args["exclude"], args.get("include", ()), hashed=False)
     digest = listing_digest(listed)
-    answer = {"others": listed["others"], "skipped": listed["skipped"],
-              "replica": replica(project), "gen": args.get("gen", 0)}
+    answer = {
+        "others": listed["others"],
+        "skipped": listed["skipped"],
+        "replica": replica(project),
+        "gen": args.get("gen", 0),
+    }
     since = args.get("since")
     mark = read_json(kept_at + ".digest")
     if since and isinstance(mark, dict) and (mark.get("id"), mark.get("digest")) == (since, digest):
@@ -430,7 +440,7 @@ def trash(args):
     project = project_dir(args["dir"])
     moved = move_to_trash(project, args["files"])
     prune_trash(project, args.get("days", TRASH_DAYS), args.get("bytes", TRASH_BYTES))
-    return {"moved": in_parts(dict.fromkeys(moved, True), "moved")}
+    return Moved(in_parts(dict.fromkeys(moved, True), "moved")).to_json()
 
 
 def move_to_trash(project, files):

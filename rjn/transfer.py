@@ -1,4 +1,5 @@
-"""Moving files over the master with rsync, and placing what comes home inside the project."""
+"""The transport: files over the connection with rsync, and what comes home placed inside the
+project (never through a link or outside it)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from typing import Any
 
 from rjn import places, proc, state
 from rjn.config import Config, guarded
+from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
-from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import Fail
 from rjn.model import Pulled
-from rjn.remote import Remote
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
 _FILES = re.compile(r"Number of regular files transferred:\s*([\d,]+)")
@@ -44,7 +44,7 @@ class Transfer:
 
 
 def _rsync(
-    remote: Remote,
+    remote: Connection,
     argv: list[str],
     progress: Progress | None,
     input: str | None = None,
@@ -96,7 +96,7 @@ def _only_missing(err: str) -> bool:
     return bool(problems) and all("No such file or directory" in ln for ln in problems)
 
 
-def _rsync_error(remote: Remote, result: proc.Completed, writes_here: bool) -> RjnError:
+def _rsync_error(remote: Connection, result: proc.Completed, writes_here: bool) -> RjnError:
     err = result.err
     if result.code in (12, 255) and not remote.master_alive():
         return ConnectionFailed(
@@ -195,7 +195,7 @@ def _stamp(info: os.stat_result) -> list[int]:
 
 
 def pull(
-    remote: Remote,
+    remote: Connection,
     config: Config,
     remote_dir: str,
     files: list[str] | None = None,
@@ -250,7 +250,7 @@ def pull(
 
 
 def pull_changed(
-    remote: Remote,
+    remote: Connection,
     config: Config,
     remote_dir: str,
     listing: object,
@@ -302,7 +302,7 @@ def _would_bring(config: Config, listing: object) -> bool:
 
 
 def pull_decided(
-    remote: Remote,
+    remote: Connection,
     config: Config,
     remote_dir: str,
     expected: dict[str, tuple[int, int] | None],
@@ -331,18 +331,17 @@ def pull_decided(
         return too_big + _place(config, staging, expected)
 
 
-def push_decided(
-    remote: Remote,
+def stage(
+    remote: Connection,
     config: Config,
     remote_dir: str,
-    wants: dict[str, list[Any] | None],
+    names: Iterable[str],
     progress: Progress | None = None,
-) -> protocol.Placed:
-    """Send the project files two-way sync decided to push (names from our own scan) into a
-    staging folder on the remote, then have the helper place each one only where the remote
-    still holds what the plan saw (`wants`: None for absent, else its [size, mtime_ns,
-    sha256]). rsync never writes in the project itself; its delta transfer still works from
-    the remote's current version (--copy-dest)."""
+) -> str:
+    """Send project files (names from our own scan) into a new staging folder in the remote's
+    .rjn/, whose name is returned: the helper's `place` then moves each in only where the
+    remote still holds what the plan saw. rsync never writes in the project itself; its delta
+    transfer still works from the remote's current version (--copy-dest)."""
     staging = f"{staging_prefix()}{secrets.token_hex(6)}"
     argv = [
         "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
@@ -353,14 +352,8 @@ def push_decided(
         remote.rsync_target(f"{remote_dir}/.rjn/{staging}/"),
     ]  # fmt: skip
     # 23/24: a file vanished or changed as we sent it; placing says it did not arrive.
-    _rsync(remote, argv, progress, input=_files_from(sorted(wants)), ok_codes=(0, 23, 24))
-    answer = remote.agent("place", {"dir": remote_dir, "staging": staging, "files": wants},
-                          timeout=600)  # fmt: skip
-    try:
-        placed = protocol.Placed.parse(answer)
-    except protocol.Malformed as bad:
-        raise Refused(f"the remote's helper sent a malformed answer ({bad.field})") from None
-    return placed
+    _rsync(remote, argv, progress, input=_files_from(sorted(names)), ok_codes=(0, 23, 24))
+    return staging
 
 
 # The staging folders a push leaves in the remote's .rjn/ are named by this prefix, then this
@@ -450,8 +443,14 @@ def _place(
             staged = staging / rel
             info = staged.lstat()
             if guarded(rel):
-                placed.append(Pulled(rel, 0, refused="it would steer this machine "
-                                     "(rjn or another tool reads it): never brought home"))
+                placed.append(
+                    Pulled(
+                        rel,
+                        0,
+                        refused="it would steer this machine "
+                        "(rjn or another tool reads it): never brought home",
+                    )
+                )
                 continue
             if stat.S_ISLNK(info.st_mode):
                 text = os.readlink(staged)

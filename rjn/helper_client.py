@@ -1,125 +1,27 @@
-"""One OpenSSH ControlMaster per host carries every command, rsync and tunnel."""
+"""The helper client: rjn's remote helper (rjn/helper), delivered once and run over the
+connection, one typed method per action, each answer read back as the untrusted
+`protocol` record it must be."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
-import os
-import re
-import shlex
 import socket
-import sys
 import time
 import zipfile
-from collections.abc import Callable, Sequence
-from functools import cache, cached_property
+from collections.abc import Callable
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rjn import places, proc
-from rjn.config import RemoteConfig
-from rjn.errors import ConnectionFailed, RemoteError, RjnError, Timeout
+from rjn.connection import Connection
+from rjn.errors import RemoteError, Timeout
 from rjn.helper import protocol
 
-# What OpenSSH says, mapped to what it means and what to try.
-_FAILURES = (
-    (
-        "REMOTE HOST IDENTIFICATION HAS CHANGED",
-        "the host key changed",
-        "if the server was really reinstalled, remove the old key with `KEYGEN`; "
-        "otherwise someone may be intercepting the connection: do not connect",
-    ),
-    (
-        "Host key verification failed",
-        "the host key is not known",
-        "connect once with `LOGIN` to check and accept the host key, then run rjn again",
-    ),
-    (
-        "Could not resolve hostname",
-        "the host name does not resolve (DNS)",
-        "check the spelling of [remote] host, or the Host alias in ~/.ssh/config",
-    ),
-    (
-        "Name or service not known",
-        "the host name does not resolve (DNS)",
-        "check the spelling of [remote] host, or the Host alias in ~/.ssh/config",
-    ),
-    (
-        "Connection refused",
-        "the connection was refused",
-        "check that sshd runs on the host and that [remote] port is right",
-    ),
-    (
-        "timed out",
-        "the connection timed out",
-        "check the network, VPN or ProxyJump; the host may be down",
-    ),
-    (
-        "No route to host",
-        "there is no route to the host",
-        "check the network or VPN, or the host may be down",
-    ),
-    (
-        "Permission denied",
-        "authentication failed",
-        "check [remote] user and identity, and that your key is in the server's "
-        "authorized_keys; `ssh -v HOST` shows what was tried",
-    ),
-    (
-        "Too many authentication failures",
-        "authentication failed",
-        "set [remote] identity so that ssh offers only the right key",
-    ),
-    (
-        "Timeout, server",
-        "the link stalled: the server stopped answering",
-        "check the network or VPN; rjn reconnects once it answers again",
-    ),
-    (
-        "Connection closed",
-        "the server closed the connection",
-        "check the server's sshd logs, or MaxStartups limits",
-    ),
-)
-
-
-# Options of every call that rides the master. Where the master is gone, ssh would log in anew
-# by itself (a second login, a 2FA prompt, or, on a stalled link, minutes in TCP's connect):
-# the proxy command `false` makes that fail at once instead (it is used only without a master,
-# and the first ProxyCommand or ProxyJump given wins, so the user's config never runs).
-RIDE_MASTER = ("-o", "ControlMaster=no", "-o", "ProxyCommand=false")
-
-# Keepalives on the master: a stalled link ends it after about INTERVAL * COUNT seconds.
-KEEPALIVE_INTERVAL = 1
-KEEPALIVE_COUNT = 4
-
-
-def explain(
-    host: str, stderr: str, login: str | None = None, keygen: str | None = None
-) -> ConnectionFailed:
-    """Turn OpenSSH's stderr into an error that says host, cause and what to try; `login`
-    and `keygen` are the exact commands that reach this host as rjn does (config file,
-    HostName, port), for the hints."""
-    login = login or f"ssh {host}"
-    keygen = keygen or f"ssh-keygen -R {host}"
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    detail = next(
-        (ln for ln in reversed(lines) if not ln.startswith(("@", "Warning:", "debug"))), ""
-    )
-    for needle, cause, hint in _FAILURES:
-        if needle in stderr:
-            return ConnectionFailed(
-                f"cannot connect to {host}: {cause}" + (f" ({detail})" if detail else ""),
-                hint=hint.replace("HOST", host).replace("LOGIN", login).replace("KEYGEN", keygen),
-            )
-    return ConnectionFailed(
-        f"cannot connect to {host}" + (f": {detail}" if detail else ""),
-        hint=f"try `{login}` by hand to see what fails",
-    )
-
+R = TypeVar("R", bound=protocol.Record)
 
 # The helper's package name inside its zipapp (its modules import each other relatively).
 HELPER_PACKAGE = "rjn_helper"
@@ -201,237 +103,26 @@ sys.exit(main(sys.argv))
 """
 
 
-def master_pid_at(control_path: str) -> int | None:
-    """The pid of the master listening at a control socket, if one is up (a local check)."""
-    if not Path(control_path).exists():
-        return None
-    argv = ["ssh", "-o", f"ControlPath={_ssh_quote(control_path)}", "-O", "check", "--", "rjn"]
-    check = proc.run(argv, timeout=10)
-    found = re.search(r"pid=(\d+)", check.err)
-    return int(found.group(1)) if check.ok and found else None
+class HelperClient:
+    """rjn's helper on one connection: sent once and kept there, served for quick questions,
+    run by exec otherwise."""
 
-
-class Remote:
-    """A remote host reached through one OpenSSH ControlMaster."""
-
-    def __init__(self, config: RemoteConfig, control_dir: Path, log_dir: Path) -> None:
-        self.config = config
-        self.host = config.host
-        self.control_template = str(control_dir / "%C")
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.host)
-        self.log_path = log_dir / f"ssh-{safe}.log"
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.host = connection.host
+        self.config = connection.config
         # What the user should hear once (a choice rjn made for them), for the use case to say.
         self.notes: list[str] = []
-
-    # -- argv building ---------------------------------------------------------------
-
-    def explain(self, stderr: str) -> ConnectionFailed:
-        """explain() with the exact commands for this host, and the ssh config the user named
-        ([remote] ssh_config), in its hints."""
-        try:
-            seen = self.resolved
-        except ConnectionFailed:
-            failed = explain(self.host, stderr)
-        else:
-            name, port = seen.get("hostname", self.host), seen.get("port", "22")
-            where = name if port == "22" else f"[{name}]:{port}"
-            known = seen.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0]
-            login = shlex.join(["ssh", *self.options()[:-2], "--", self.host])  # no ControlPath
-            keygen = shlex.join(["ssh-keygen", "-R", where, "-f", os.path.expanduser(known)])
-            failed = explain(self.host, stderr, login, keygen)
-        if self.config.ssh_config and failed.hint:
-            failed.hint = failed.hint.replace("~/.ssh/config", self.config.ssh_config)
-        return failed
-
-    def lost(self, stderr: str) -> ConnectionFailed:
-        """A command ended with its connection gone: lost under it (the master's log says why,
-        a stall say), or, if ssh had to connect on its own and could not, explain() that."""
-        # What RIDE_MASTER's `false` says when it refuses a login of its own: no server said it.
-        refused = ("kex_exchange_identification: Connection closed", "UNKNOWN port 65535")
-        stderr = "\n".join(ln for ln in stderr.splitlines() if not ln.startswith(refused)
-                           and refused[1] not in ln)  # fmt: skip
-        if any(needle in stderr for needle, _, _ in _FAILURES):
-            return self.explain(stderr)
-        try:
-            log = self.log_path.read_text(errors="replace")
-        except OSError:
-            log = ""
-        why = next(((cause, hint) for needle, cause, hint in _FAILURES if needle in log), None)
-        return ConnectionFailed(
-            f"the connection to {self.host} was lost" + (f": {why[0]}" if why else ""),
-            hint=why[1].replace("HOST", self.host)
-            if why
-            else "check the network, then run it again",
-        )
-
-    def options(self, control: str | None = None) -> list[str]:
-        """ssh options shared by every call: the config's, then the control socket."""
-        cfg = self.config
-        opts: list[str] = []
-        if cfg.ssh_config:
-            opts += ["-F", os.path.expanduser(cfg.ssh_config)]
-        if cfg.user:
-            opts += ["-l", cfg.user]
-        if cfg.port:
-            opts += ["-p", str(cfg.port)]
-        if cfg.identity:
-            opts += ["-i", os.path.expanduser(cfg.identity), "-o", "IdentitiesOnly=yes"]
-        if cfg.proxy_jump:
-            opts += ["-J", cfg.proxy_jump]
-        for option in cfg.ssh_options:
-            opts += ["-o", option]
-        # ssh parses option values itself, so a path with spaces needs its own quotes.
-        opts += ["-o", f"ControlPath={_ssh_quote(control or self.control_template)}"]
-        return opts
-
-    def to_node(self, node: str) -> Remote:
-        """A compute node, reached through this host's master: the hop rides the connection
-        that is up (no second login to this host); the node is logged in to as ssh is set up
-        for it (keys, the user's config for the node's name)."""
-        # ProxyCommand expands %-tokens: ours are spelled out, and any other % is escaped.
-        hop = ["ssh", *self.options(control=str(self.control_path)), "-o", "ControlMaster=no"]
-        proxy = shlex.join(hop).replace("%", "%%") + " -W %h:%p -- "
-        proxy += shlex.quote(self.host).replace("%", "%%")
-        config = dataclasses.replace(
-            self.config,
-            host=node,
-            port=None,
-            proxy_jump=None,
-            ssh_options=(*self.config.ssh_options, f"ProxyCommand={proxy}"),
-        )
-        return Remote(config, Path(self.control_template).parent, self.log_path.parent)
-
-    def ssh_argv(self, *args: str, command: Sequence[str] | None = None) -> list[str]:
-        """argv for one ssh call over the master; `command` is quoted once, here."""
-        argv = ["ssh", *self.options(), *RIDE_MASTER, *args, "--", self.host]
-        if command is not None:
-            argv.append(shlex.join(command))
-        return argv
-
-    def rsync_shell(self) -> str:
-        """The -e value for rsync: ssh over the master (rsync splits it like a shell would)."""
-        return shlex.join(["ssh", *self.options(), *RIDE_MASTER])
-
-    def rsync_target(self, path: str) -> str:
-        """host:path for rsync."""
-        return f"{self.host}:{path}"
-
-    @cached_property
-    def resolved(self) -> dict[str, str]:
-        """What ~/.ssh/config makes of the host (`ssh -G`): hostname, user, port, controlpath."""
-        result = proc.run(["ssh", *self.options(), "-G", "--", self.host], timeout=30)
-        if not result.ok:
-            raise explain(self.host, result.err)
-        values: dict[str, str] = {}
-        for line in result.out.splitlines():
-            key, _, value = line.partition(" ")
-            values.setdefault(key, value)
-        return values
-
-    @property
-    def control_path(self) -> Path:
-        """The master's socket path, as ssh expands %C."""
-        return Path(self.resolved["controlpath"])
-
-    # -- the master ------------------------------------------------------------------
-
-    def master_alive(self) -> bool:
-        """Whether a master for this host is up (a local check, no network)."""
-        return self.master_pid() is not None
-
-    def master_pid(self) -> int | None:
-        """The master's process id, if it is up (a local check, no network)."""
-        return master_pid_at(str(self.control_path))
-
-    def connect(self, timeout: int | None = None) -> bool:
-        """Make sure the master is up; returns True if it had to log in. `timeout` bounds the
-        TCP connect (a quick retry loop after a drop uses a short one)."""
-        if self.master_alive():
-            return False
-        # Two rjn commands for one host must not both start a master: the second would find
-        # the socket taken and stay on as a stray plain connection.
-        lock = self.control_path.with_name(self.control_path.name + ".lock")
-        with places.file_lock(lock, self.connect_timeout + 600, f"{self.host} connecting"):
-            return self._start_master(timeout or self.connect_timeout)
-
-    @property
-    def connect_timeout(self) -> int:
-        """remote.toml's connect_timeout, else the ssh config's ConnectTimeout, else 20 s."""
-        if self.config.connect_timeout:
-            return self.config.connect_timeout
-        configured = self.resolved.get("connecttimeout", "none")
-        return int(configured) if configured.isdigit() else 20
-
-    def _start_master(self, timeout: int) -> bool:
-        if self.master_alive():
-            return False  # another rjn command started it while we waited
-        # A socket left by a dead master would make ssh give up multiplexing.
-        self.control_path.unlink(missing_ok=True)
-        self.log_path.write_text("")
-        interactive = sys.stdin.isatty()
-        argv = [
-            "ssh", *self.options(),
-            "-o", "ControlMaster=yes",
-            "-o", "ControlPersist=yes",
-            "-o", f"ConnectTimeout={timeout}",
-            # A link that stalls (wifi gone, laptop lid, a dead NAT entry) drops no connection:
-            # only missing answers tell. Asked every second, four missed answers end the
-            # master, and with it every command and tunnel on it, so that a stall is said
-            # within about 5 s and a fresh connection can take over (see watch.follow).
-            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
-            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
-            # Without a terminal nobody can answer a prompt: fail at once instead of hanging.
-            "-o", f"BatchMode={'no' if interactive else 'yes'}",
-            "-E", str(self.log_path),
-            "-N", "-f", "--", self.host,
-        ]  # fmt: skip
-        code = proc.spawn_detached(
-            argv, log=self.log_path, timeout=timeout + (600 if interactive else 30)
-        )
-        if code != 0 or not self.master_alive():
-            raise self.explain(self.log_path.read_text(errors="replace"))
-        return True
-
-    def responsive(self, timeout: float) -> bool:
-        """Whether the remote answers a no-op through the master within `timeout` seconds."""
-        try:
-            return proc.run(self.ssh_argv("-T", command=["true"]), timeout=timeout).ok
-        except RjnError:
-            return False
-
-    def disconnect(self) -> None:
-        """Stop the master (and every tunnel it carries)."""
-        if self.master_alive():
-            proc.run(self.ssh_argv("-O", "exit"), timeout=15)
-
-    # -- commands, helper and tunnels -----------------------------------------------------
-
-    def run(
-        self,
-        command: Sequence[str],
-        *,
-        input: str | bytes | None = None,
-        timeout: float | None = None,
-        on_out: Callable[[str], Any] | None = None,
-        on_err: Callable[[str], Any] | None = None,
-    ) -> proc.Completed:
-        """Run a command on the remote; its argv reaches the remote shell quoted, as data."""
-        result = proc.run(
-            self.ssh_argv("-T", command=command),
-            input=input,
-            timeout=timeout,
-            on_out=on_out,
-            on_err=on_err,
-        )
-        if result.code == 255 and not self.master_alive():
-            raise self.lost(result.err)
-        return result
 
     # -- the helper, cached on the remote ------------------------------------------------
 
     def _helper_mark(self) -> Path:
         """A local note that this host keeps the current helper: then it is not sent."""
-        return places.state_dir() / "helpers" / f"{self.control_path.name}-{helper_zipapp()[1]}"
+        return (
+            places.state_dir()
+            / "helpers"
+            / f"{self.connection.control_path.name}-{helper_zipapp()[1]}"
+        )
 
     def _helper_payload(self, send: bool) -> tuple[bytes, int]:
         """What goes on the helper's stdin first: the zipapp, unless the host keeps it."""
@@ -455,7 +146,7 @@ class Remote:
         this [remote] python (its answers, the environment's check above all, are that
         interpreter's: projects with another python have their own)."""
         python = hashlib.sha256(self.python.encode()).hexdigest()[:8]
-        name = f"{self.control_path.name}.{helper_zipapp()[1][:12]}.{python}"
+        name = f"{self.connection.control_path.name}.{helper_zipapp()[1][:12]}.{python}"
         return places.runtime_dir() / f"{name}.sock"
 
     def _served(self, action: str, args: dict[str, Any], timeout: float) -> list[str] | None:
@@ -494,24 +185,21 @@ class Remote:
             payload, size = self._helper_payload(send=False)
             given, out = path.with_suffix(".in"), path.with_suffix(".out")
             given.write_bytes(payload)  # in the runtime folder: private already
-            argv = self.ssh_argv(
-                "-T", command=_agent_command(self.python, "serve", {}, size)[0]
-            )
-            running = proc.leave_running(argv, stdin=given, out=out)
+            command = _agent_command(self.python, "serve", {}, size)[0]
+            running = self.connection.leave_running(command, stdin=given, out=out)
             where = _serving_at(out, running, deadline=time.monotonic() + 15)
             given.unlink(missing_ok=True)
             if isinstance(where, str):
                 self._helper_kept(size)
                 path.unlink(missing_ok=True)  # a forward of a master that is gone
-                spec = f"{path}:{where}"
-                if proc.run(self.ssh_argv("-O", "forward", "-L", spec), timeout=15).ok:
+                if self.connection.forward_socket(path, where):
                     refused.unlink(missing_ok=True)
                     return
             elif where == "need":
                 self._helper_lost()
             places.write_private(refused, "")
 
-    def agent(
+    def call(
         self,
         action: str,
         args: dict[str, Any],
@@ -522,7 +210,8 @@ class Remote:
         hold: bool = False,
         send: bool = False,
     ) -> dict[str, Any]:
-        """Run one action of rjn's remote helper in one exec; return its JSON answer.
+        """Run one action of rjn's remote helper in one exec; return its JSON answer (the
+        typed methods below read it as its record: use them).
 
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.python
@@ -548,8 +237,8 @@ class Remote:
         if action in self.SERVED and python == self.python and not hold and not send:
             served = self._served(action, args, timeout or 300)
             if served is None:
-                if not self.master_alive():
-                    raise self.lost("")  # the connection went while we asked
+                if not self.connection.master_alive():
+                    raise self.connection.lost("")  # the connection went while we asked
                 self._start_serving()
                 served = self._served(action, args, timeout or 300)
             for line in served or ():
@@ -563,8 +252,7 @@ class Remote:
         if hold:
             # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
             # link), the helper sees it close and can undo what it started.
-            running = proc.start(self.ssh_argv("-T", command=command), stdin=payload,
-                                 on_out=parse)  # fmt: skip
+            running = self.connection.start(command, stdin=payload, on_out=parse)
             try:
                 code, err = running.wait(timeout), running.stderr
             finally:
@@ -572,11 +260,11 @@ class Remote:
             if code is None:
                 raise Timeout(f"{self.host}: rjn's remote helper did not finish {action} "
                               f"within {timeout:g}s")  # fmt: skip
-            if code == 255 and not self.master_alive():
-                raise self.lost(err)
+            if code == 255 and not self.connection.master_alive():
+                raise self.connection.lost(err)
         else:
             # Parse as lines arrive only when someone is watching the log; else at the end.
-            result = self.run(
+            result = self.connection.run(
                 command, input=payload, timeout=timeout, on_out=parse if on_log else None
             )
             if not on_log:
@@ -586,11 +274,11 @@ class Remote:
         if code == NEED_HELPER and "need" in answer and not size:
             # The host no longer keeps this helper (a cleaned cache): send it, once.
             self._helper_lost()
-            return self.agent(action, args, python=python, on_log=on_log, timeout=timeout,
+            return self.call(action, args, python=python, on_log=on_log, timeout=timeout,
                               hold=hold, send=True)  # fmt: skip
         if code == OLD_PYTHON and "old_python" in answer:
             newer = self._newer_python(python, str(answer["old_python"])[:20])
-            return self.agent(action, args, python=newer, on_log=on_log, timeout=timeout,
+            return self.call(action, args, python=newer, on_log=on_log, timeout=timeout,
                               hold=hold, send=send)  # fmt: skip
         if "ok" in answer or "error" in answer:
             self._helper_kept(size)
@@ -605,6 +293,52 @@ class Remote:
             )
         tail = " / ".join(err.strip().splitlines()[-5:])
         raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
+
+    # -- the actions, one method each: arguments in, a checked record out ----------------------
+
+    def probe(self, args: dict[str, Any], *, timeout: float) -> protocol.ProbeAnswer:
+        """One look at the project (helper/probe.py)."""
+        return self._read(protocol.ProbeAnswer, "probe", self.call("probe", args, timeout=timeout))
+
+    def scan(self, args: dict[str, Any]) -> protocol.TreeListing:
+        """The project's tree, or its diff since the listing `args["since"]`."""
+        answer = self.call("scan", args, timeout=300)
+        return self._read(protocol.TreeListing, "file listing", answer.get("tree"))
+
+    def place(self, args: dict[str, Any]) -> protocol.Placed:
+        """Move a push's staged files in, each only if its destination is as the plan saw it."""
+        return self._read(protocol.Placed, "placing", self.call("place", args, timeout=600))
+
+    def trash(self, args: dict[str, Any]) -> protocol.Moved:
+        """Move files to the project's trash, each only if it is as the plan saw it."""
+        return self._read(protocol.Moved, "trashing", self.call("trash", args, timeout=600))
+
+    def ensure_env(self, args: dict[str, Any], on_log: Callable[[str], Any] | None) -> None:
+        """Create or update the project's environment unless it is the one wanted already."""
+        self.call("env", args, on_log=on_log)
+
+    def start(
+        self, args: dict[str, Any], *, python: str, on_log: Callable[[str], Any] | None,
+        timeout: float,
+    ) -> protocol.ServerState:  # fmt: skip
+        """Start the project's Jupyter server (or find it running); held until it answers: if
+        we go away meanwhile, the helper undoes what it started."""
+        answer = self.call("start", args, python=python, on_log=on_log, hold=True,
+                           timeout=timeout)  # fmt: skip
+        return self._read(protocol.ServerState, "server", answer)
+
+    def stop(self, remote_dir: str) -> protocol.Stopped:
+        """Shut the project's server down through its API, kernels too."""
+        answer = self.call("stop", {"dir": remote_dir}, timeout=60)
+        return self._read(protocol.Stopped, "stop", answer)
+
+    def run_detached(self, args: dict[str, Any], *, python: str) -> protocol.Detached:
+        """Start a run that goes on without the connection."""
+        answer = self.call("run", {**args, "detach": True}, python=python, timeout=60)
+        return self._read(protocol.Detached, "run", answer)
+
+    def _read(self, record: type[R], what: str, answer: object) -> R:
+        return read(self.host, record, what, answer)
 
     @property
     def python(self) -> str:
@@ -625,14 +359,14 @@ class Remote:
     def _python_mark(self, spec: str | None = None) -> Path:
         """Where the interpreter chosen for this host (and a uv: spec) is remembered."""
         tag = f".{hashlib.sha256(spec.encode()).hexdigest()[:8]}" if spec else ""
-        return places.state_dir() / "pythons" / f"{self.control_path.name}{tag}"
+        return places.state_dir() / "pythons" / f"{self.connection.control_path.name}{tag}"
 
     def _uv_python(self, version: str) -> str:
         """The interpreter uv has for `version` on the remote: found (a managed install, or
         one on its PATH), else installed by uv (which downloads it); one exec, remembered."""
         script = ('uv python find "$1" 2>/dev/null || { uv python install "$1" >&2 && '
                   'uv python find "$1"; }')  # fmt: skip
-        done = self.run(["sh", "-c", script, "rjn", version], timeout=900)
+        done = self.connection.run(["sh", "-c", script, "rjn", version], timeout=900)
         found = done.out.strip().splitlines()
         if done.code != 0 or not found or not found[-1].startswith("/"):
             said = " / ".join(done.err.strip().splitlines()[-3:])[:300]
@@ -644,7 +378,7 @@ class Remote:
                 "[remote] python to an interpreter the remote has",
             )
         places.write_private(self._python_mark(f"uv:{version}"), found[-1])
-        self.notes.append(f"[remote] python = \"uv:{version}\": rjn uses {found[-1]}")
+        self.notes.append(f'[remote] python = "uv:{version}": rjn uses {found[-1]}')
         return found[-1]
 
     def _newer_python(self, python: str, version: str) -> str:
@@ -660,7 +394,7 @@ class Remote:
         # Each is run, not just looked up: a stub or a broken shim on the PATH is no interpreter.
         script = " ".join(f"{name} -c 'import sys; print(sys.executable)' 2>/dev/null && exit 0;"
                           for name in NEWER_PYTHONS) + " exit 1"  # fmt: skip
-        found = self.run(["sh", "-c", script], timeout=60).out.strip().splitlines()
+        found = self.connection.run(["sh", "-c", script], timeout=60).out.strip().splitlines()
         if not found or not found[-1].startswith("/"):
             raise RemoteError(
                 f"{self.host}: the remote's python3 is Python {version}, and no python3.8 or "
@@ -676,7 +410,7 @@ class Remote:
         )
         return found[-1]
 
-    def agent_stream(
+    def stream(
         self,
         action: str,
         args: dict[str, Any],
@@ -690,7 +424,6 @@ class Remote:
         """
         payload, size = self._helper_payload(send=False)
         command, rest = _agent_command(python, action, args, size)
-        argv = self.ssh_argv("-T", command=command)
         payload += rest
         started = [False]
 
@@ -709,28 +442,7 @@ class Remote:
                 self._helper_kept(size)
             on_message(line)
 
-        return proc.start(argv, stdin=payload, on_out=_messages(message))
-
-    def forward(self, local_port: int, target: str) -> None:
-        """Forward 127.0.0.1:local_port to `target` (a remote unix socket or host:port)."""
-        spec = f"127.0.0.1:{local_port}:{target}"
-        result = proc.run(self.ssh_argv("-O", "forward", "-L", spec), timeout=15)
-        if not result.ok:
-            raise RjnError(
-                f"cannot forward local port {local_port} to {self.host}: {result.err.strip()}",
-                hint='another program may use the port; set [jupyter] local_port, or "auto"',
-            )
-
-    def cancel_forward(self, local_port: int, target: str) -> None:
-        """Stop forwarding local_port (no error if it was not forwarded)."""
-        if self.master_alive():
-            spec = f"127.0.0.1:{local_port}:{target}"
-            proc.run(self.ssh_argv("-O", "cancel", "-L", spec), timeout=15)
-
-    def shell(self, command: Sequence[str] | None = None) -> int:
-        """An interactive session (or a command with a terminal) over the master."""
-        tty = "-t" if sys.stdin.isatty() else "-T"
-        return proc.foreground(self.ssh_argv(tty, command=command))
+        return self.connection.start(command, stdin=payload, on_out=_messages(message))
 
 
 def _serving_at(out: Path, running: Callable[[], bool], deadline: float) -> str | None:
@@ -845,6 +557,17 @@ def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]
     return line
 
 
+def read(host: str, record: type[R], what: str, answer: object) -> R:
+    """An answer of the helper as its record; a malformed one is a RemoteError naming the
+    field (what a remote sends is untrusted)."""
+    try:
+        return record.parse(answer)
+    except protocol.Malformed as bad:
+        raise RemoteError(
+            f"{host}: rjn's remote helper sent a malformed {what} ({bad.field})"
+        ) from None
+
+
 def helper_error(host: str, error: object) -> RemoteError:
     """The helper's {"error": {"message", "hint"}} as an error for the user, checked as the
     untrusted input it is."""
@@ -857,7 +580,3 @@ def helper_error(host: str, error: object) -> RemoteError:
 
 def _bad(what: str) -> dict[str, Any]:
     return {"error": {"message": f"rjn's remote helper sent {what}", "hint": None}}
-
-
-def _ssh_quote(value: str) -> str:
-    return f'"{value}"' if any(c.isspace() for c in value) else value

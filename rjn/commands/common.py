@@ -1,0 +1,136 @@
+"""What the commands share: how they report, reaching the remote, and making a project ready
+there (connect, look, sync, install)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rjn import env, places, probe, requirements, state, transfer, twoway
+from rjn.config import Config
+from rjn.connection import Connection
+from rjn.helper_client import HelperClient
+from rjn.requirements import Requirements
+
+
+class Reporter(Protocol):
+    """How use cases tell the user what they are doing; the CLI renders it."""
+
+    def step(self, title: str, prompts: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """A step of the work; with `prompts`, something in it may ask the user at the
+        terminal, so no live display may draw over it."""
+
+    def log(self, line: str) -> None: ...
+
+    def progress(self, percent: int) -> None: ...
+
+
+class Quiet:
+    """A reporter that says nothing (for scripts, tests and --json)."""
+
+    @contextlib.contextmanager
+    def step(self, title: str, prompts: bool = False) -> Iterator[None]:
+        yield
+
+    def log(self, line: str) -> None:
+        pass
+
+    def progress(self, percent: int) -> None:
+        pass
+
+
+def connect(remote: Connection, report: Reporter) -> bool:
+    """The master up; True if it had to log in. ssh may ask for a password, a 2FA code, a
+    passphrase or a new host key then: the display steps aside for it."""
+    up = remote.master_alive()
+    with report.step(f"Connecting to {remote.host}", prompts=not up):
+        return False if up else remote.connect()
+
+
+def reach(config: Config) -> HelperClient:
+    """rjn's helper on the project's host, over its connection (the master is shared by every
+    project on that host; `.connection` is it)."""
+    connection = Connection(config.remote, control_dir=places.runtime_dir(),
+                            log_dir=places.state_dir())  # fmt: skip
+    return HelperClient(connection)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A project made ready on the remote: connected, pushed, its environment current."""
+
+    helper: HelperClient
+    remote_dir: str
+    probe: probe.Probe
+    requirements: Requirements
+    sources_hash: str
+    env_hash: str
+    logged_in: bool
+    synced: twoway.Outcome
+    env_installed: bool
+
+
+def prepare(config: Config, report: Reporter, previous: state.ProjectState | None) -> Prepared:
+    """Write requirements, connect, probe (one exec), push, and install only what changed."""
+    helper = reach(config)
+    remote = helper.connection
+    with report.step("Writing requirements"):
+        reqs, sources = requirements.current(config, previous.sources_hash if previous else None)
+    wanted = env.wanted_hash(config, reqs)
+    logged_in = connect(remote, report)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        here = twoway.scan_here(config, pool)  # while the remote looks at its side
+        with report.step("Checking the remote"):
+            info = probe.look(helper, config.remote_dir, env_hash=wanted,
+                              tree=twoway.scan_args(config), timeout=300)  # fmt: skip
+        remote_dir = info.dir
+        with report.step(f"Syncing with {remote.host}:{remote_dir}"):
+            synced = twoway.run(helper, config, remote_dir, info.tree, progress=report.progress,
+                                here_scan=here)  # fmt: skip
+    if not info.env_current:
+        with report.step("Installing the environment"):
+            env.ensure(helper, config, remote_dir, wanted, on_log=report.log)
+    return Prepared(
+        helper,
+        remote_dir,
+        info,
+        reqs,
+        sources,
+        wanted,
+        logged_in,
+        synced,
+        not info.env_current,
+    )
+
+
+def remote_dir(config: Config, helper: HelperClient) -> str:
+    """The absolute remote project dir: remembered, else asked of the remote (one exec)."""
+    saved = state.load(config.root, config.remote_name)
+    if saved and saved.remote_dir:
+        return saved.remote_dir
+    return probe.look(helper, config.remote_dir).dir
+
+
+def bring_home(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    results: object,
+    listed: dict[str, Any] | None,
+    report: Reporter,
+    allow_deletions: bool = False,
+    here_scan: Future[twoway.HereScan] | None = None,
+) -> tuple[list[transfer.Pulled], twoway.Outcome]:
+    """Results home and the project both ways, given the remote's listings (None: asked for
+    here). The two are apart (results never travel both ways): both go at once over the one
+    master."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        results_home = pool.submit(
+            transfer.pull_changed, helper.connection, config, remote_dir, results
+        )
+        tree = twoway.run(helper, config, remote_dir, listed, allow_deletions=allow_deletions,
+                          progress=report.progress, here_scan=here_scan)  # fmt: skip
+        return results_home.result(), tree

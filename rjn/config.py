@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import json
 import re
 import tomllib
 import types
@@ -185,10 +185,17 @@ OPTIONAL_TABLES = {"slurm"}
 _HOSTLIKE = re.compile(r"^[A-Za-z0-9_.@:\[\]%+,-]+$")
 
 
-def template(host: str, name: str) -> str:
-    """A starting remote.toml: the host, and the common keys commented out."""
+def template(
+    host: str, name: str, ssh_config: str | None = None, remote_dir: str | None = None
+) -> str:
+    """A starting remote.toml: the host (and the ssh config file and remote folder, if given),
+    and the common keys commented out."""
     if not _HOSTLIKE.match(host) or host.startswith("-"):
         raise ConfigError(f"{host!r} is not a host name or ssh alias")
+    # A TOML basic string is a JSON string (as ASCII: nothing to misread in either).
+    folder = json.dumps(remote_dir or f"~/rjn/{name}")
+    config_line = f"ssh_config = {json.dumps(ssh_config)}" if ssh_config else (
+        '# ssh_config = "~/.ssh/config"')  # fmt: skip
     return f"""# rjn's configuration for this project. Every key is checked: a misspelt one is
 # named, with the keys that exist.
 
@@ -197,7 +204,8 @@ host = "{host}"
 # user = "me"
 # identity = "~/.ssh/id_ed25519"
 # proxy_jump = "bastion"
-dir = "~/rjn/{name}"
+{config_line}
+dir = {folder}
 # python = "python3.11"   # default: python3, or the newest python3.X where python3 is too old
 
 [sync]
@@ -465,5 +473,7 @@ def _check_slurm(slurm: SlurmConfig, where: str) -> None:
 
 
 def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    import difflib  # only for a word that is wrong
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -5,14 +5,11 @@ connection, one typed method per action, each answer read back as the untrusted
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import socket
 import time
-import zipfile
 from collections.abc import Callable
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +34,10 @@ NEWER_PYTHONS = [f"python3.{minor}" for minor in range(14, 7, -1)]
 def helper_zipapp() -> tuple[bytes, str]:
     """The remote helper (rjn/helper) as a zipapp, built the same way every time (sorted,
     fixed times), and its content hash, which names it in the remote's cache."""
+    import io  # built once a command, and only by those that reach the remote
+    import zipfile
+    from importlib import resources
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
 

@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from rjn.config import Config
@@ -15,26 +13,27 @@ from rjn.connection import Connection
 from rjn.errors import RjnError
 from rjn.waits import wait_until
 
-# The tunnel is on loopback: an HTTP proxy from the environment must not see it (or the token).
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 # Stable ports are drawn from here: high enough to avoid common services, below ephemeral ports.
 PORT_BASE, PORT_SPAN = 20000, 10000
 
 
 def answer_status(port: int, token: str, timeout: float = 3.0) -> int | None:
-    """HTTP status of GET /api/status through the tunnel, or None if nothing answers."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
-    )
+    """HTTP status of GET /api/status through the tunnel, or None if nothing answers.
+
+    One request on a plain socket: straight to loopback (no proxy from the environment sees
+    the token), and none of urllib's imports (ssl, email, http: a fifth of a status's time)."""
+    request = (f"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               f"Authorization: token {token}\r\nConnection: close\r\n\r\n")  # fmt: skip
     try:
-        with _DIRECT.open(request, timeout=timeout) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(request.encode())
+            with conn.makefile("rb") as answer:
+                first = answer.readline(256).split()  # b"HTTP/1.1 200 OK"
     except (OSError, ValueError):
         return None
+    if len(first) >= 2 and first[0].startswith(b"HTTP/") and first[1].isdigit():
+        return int(first[1])
+    return None
 
 
 def held_by(port: int, pid: int) -> bool | None:

@@ -66,6 +66,27 @@ def spread(what: str, values: list[float]) -> None:
     print(f"  {what:<44} p50 {percentile(ms, 0.5):7.1f} ms   p99 {percentile(ms, 0.99):7.1f} ms")
 
 
+def start_up(base: Path) -> None:
+    """Each command's start-up (imports and parsing, up to reading remote.toml: where none is,
+    it stops there) over `python -c pass`, best of 7 each."""
+    bare = base / "no-project"
+    bare.mkdir()
+
+    def once(argv: list[str]) -> float:
+        started = time.perf_counter()
+        subprocess.run(argv, cwd=bare, stdin=subprocess.DEVNULL, capture_output=True)
+        return time.perf_counter() - started
+
+    def best(*argv: str) -> float:  # exit 2, no remote.toml: that is the point
+        return min(once([sys.executable, *argv]) for _ in range(7))
+
+    python = best("-c", "pass")
+    worst = max((best("-m", "rjn", command), command)
+                for command in ("open", "status", "sync", "run", "close", "ls"))  # fmt: skip
+    print(f"  {'start-up over python -c pass, slowest: ' + worst[1]:<44} "
+          f"{(worst[0] - python) * 1000:7.0f} ms")
+
+
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="rjn-bench"))
     os.environ.update(XDG_STATE_HOME=str(base / "state"), XDG_RUNTIME_DIR=str(base / "run"))
@@ -98,6 +119,7 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "rjn", "--help"], capture_output=True, check=True)
         row("--help", time.perf_counter() - started, login)
+        start_up(base)
 
         watcher = subprocess.Popen(
             [sys.executable, "-m", "rjn", "watch"], cwd=project, stdin=subprocess.DEVNULL,

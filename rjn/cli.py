@@ -98,8 +98,17 @@ def _main(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
-    """Register a command whose expected errors are rendered once, here, without a traceback."""
+# What `rjn run`, `shell` and `logs` exit with when rjn itself fails: their own exit code is
+# the remote command's, so rjn's 2-5 could be taken for it (ssh reserves 255 the same way).
+OWN_FAILURE = 255
+
+
+def command(
+    name: str | None = None, passes_code: bool = False, **settings: Any
+) -> Callable[[F], F]:
+    """Register a command whose expected errors are rendered once, here, without a traceback.
+    A command that `passes_code` exits with a remote command's code, and OWN_FAILURE when rjn
+    fails."""
 
     def register(function: F) -> F:
         @functools.wraps(function)
@@ -116,7 +125,7 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
                                              "hint": error.hint}})  # fmt: skip
                 else:
                     ui.show_error(error)
-                raise typer.Exit(error.exit_code) from None
+                raise typer.Exit(OWN_FAILURE if passes_code else error.exit_code) from None
             except KeyboardInterrupt:
                 from rjn import ui
 
@@ -158,9 +167,11 @@ def open_(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Sync, start or reuse Jupyter remotely, tunnel it, open the browser, then pull new figures.
+    """Sync, start or reuse Jupyter there, and tunnel it.
 
-    Watching goes on until Ctrl-C; the server and tunnel stay up after it.
+    Then open the browser on the tokened URL and pull each new figure home until Ctrl-C; the
+    server and tunnel stay up after it. REMOTE: a named remote ([remotes.NAME]) instead of
+    the file's default.
     """
     from rjn import ui
     from rjn.commands.common import Quiet
@@ -196,7 +207,11 @@ def _watch(project: config.Config) -> None:
 
 @command()
 def watch() -> None:
-    """Pull each new or changed result figure as soon as it is fully written, until Ctrl-C."""
+    """Pull new result figures home as they are written.
+
+    Each new or changed file in the results folders comes home as soon as it is fully
+    written, until Ctrl-C; a dropped link is repaired on its own.
+    """
 
     _watch(_config())
 
@@ -215,8 +230,11 @@ def sync(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Both ways, now: results and remote edits come home, local edits go out; an edit on both
-    sides keeps both versions (notebooks are merged cell by cell)."""
+    """Both ways now: remote edits and results home, yours out.
+
+    An edit on both sides keeps both versions (notebooks are merged cell by cell); nothing is
+    deleted or overwritten that rjn has not seen.
+    """
     from rjn import ui
     from rjn.commands.common import Quiet
     from rjn.commands.sync import sync_now
@@ -233,19 +251,32 @@ def init(
         str | None,
         typer.Option("--remote", help="Add HOST as [remotes.NAME] to the existing remote.toml."),
     ] = None,
+    remote_dir: Annotated[
+        str | None,
+        typer.Option("--dir", help="The project's folder there (default: ~/rjn/FOLDER)."),
+    ] = None,
+    ssh_config: Annotated[
+        str | None, typer.Option("--ssh-config", help="The ssh config file to use (ssh -F).")
+    ] = None,
 ) -> None:
-    """Write a remote.toml for the project in this folder (or add a named remote to it)."""
+    """Write remote.toml for this folder's project on HOST.
+
+    HOST: the ssh host, or a Host alias of your ssh config. With --remote NAME, add it to the
+    existing remote.toml as [remotes.NAME] instead (`rjn open NAME`).
+    """
     from rjn import ui
     from rjn.commands.init import init as write_config
 
-    path = write_config(Path.cwd(), host, remote)
+    given = _globals
+    path = write_config(Path.cwd(), host, remote, ssh_config or given.ssh_config,
+                        remote_dir or given.remote_dir)  # fmt: skip
     how = f"`rjn open {remote}`" if remote else "`rjn open`"
     ui.err.print(f"wrote {path}; {how} opens the project on {host}")
 
 
 @command()
 def status(as_json: JsonOption = False) -> None:
-    """Show the connection, server and tunnel of this project, checked now."""
+    """This project's connection, server and tunnel, checked now."""
     from rjn import ui
     from rjn.commands.status import status as check
 
@@ -262,7 +293,10 @@ def close(
         bool, typer.Option("--all", help="Every open project on this machine, not just this one.")
     ] = False,
 ) -> None:
-    """Close the tunnel; with --server, stop Jupyter too and release the connection."""
+    """Close the tunnel; with --server, stop Jupyter too.
+
+    With --server the connection is released as well, once no other open project uses it.
+    """
     from rjn import ui
     from rjn.commands.close import close as close_project
     from rjn.commands.close import close_all
@@ -288,7 +322,10 @@ def list_(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Every open project on this machine: remote, URL, tunnel, job, uptime, last figure."""
+    """Every open project on this machine.
+
+    Each with its remote, URL, tunnel, SLURM job, uptime and last figure, checked live.
+    """
     from rjn import ui
     from rjn.commands.ls import list_open
 
@@ -298,7 +335,10 @@ def list_(
 
 @command()
 def requirements() -> None:
-    """Write requirements.txt from the project's imports and notebooks, and show it."""
+    """Write requirements.txt from the project's imports.
+
+    Read from its code and notebooks (a requirements.txt of your own is kept), then shown.
+    """
     from rjn import ui
     from rjn.commands.init import requirements_only
 
@@ -309,19 +349,24 @@ def requirements() -> None:
         ui.out.print(ui.escape(line))
 
 
-@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(passes_code=True, context_settings={"allow_extra_args": True,
+                                             "ignore_unknown_options": True})  # fmt: skip
 def shell(
     command: Annotated[
         list[str] | None, typer.Argument(help="A command to run instead of a shell.")
     ] = None,
 ) -> None:
-    """A shell (or one command) in the remote project folder, with its environment active."""
+    """A shell (or one command) in the remote project folder.
+
+    The project's environment is active. COMMAND, after --: one command instead of a shell.
+    """
     from rjn.commands.run import shell as remote_shell
 
     raise typer.Exit(remote_shell(_config(), command))
 
 
-@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(passes_code=True, context_settings={"allow_extra_args": True,
+                                             "ignore_unknown_options": True})  # fmt: skip
 def run(
     command: Annotated[
         list[str] | None, typer.Argument(help="The command, after --: rjn run -- python train.py")
@@ -334,9 +379,11 @@ def run(
         bool, typer.Option("--detach", help="Keep running without the connection; see rjn logs.")
     ] = False,
 ) -> None:
-    """Run a command or a notebook remotely in the project's environment, then pull results.
+    """Run a command or notebook remotely, then pull the results.
 
-    Output streams live; rjn exits with the command's exit code; Ctrl-C stops it remotely.
+    COMMAND, after --: `rjn run -- python train.py`. It runs in the project's environment
+    with its output live; rjn exits with its exit code (255 where rjn itself failed), and
+    Ctrl-C stops it remotely.
     """
     from rjn import ui
     from rjn.commands.run import notebook_command
@@ -359,12 +406,15 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-@command()
+@command(passes_code=True)
 def logs(
     run_id: Annotated[str | None, typer.Argument(help="Which run (default: the latest).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
 ) -> None:
-    """Show the output of a detached run; exits with its exit code once it has ended."""
+    """The output of a detached run (`rjn run --detach`).
+
+    RUN_ID: which run (default: the latest); exits with its exit code once it has ended.
+    """
     from rjn import ui
     from rjn.commands.run import logs as run_logs
 
@@ -373,4 +423,4 @@ def logs(
 
 def main() -> None:
     """Entry point for the `rjn` console script."""
-    cli()
+    cli(prog_name="rjn")

@@ -18,7 +18,7 @@ from typing import Any
 
 from rjn import places, proc
 from rjn.config import RemoteConfig
-from rjn.errors import ConnectionFailed, RjnError
+from rjn.errors import ConfigError, ConnectionFailed, RjnError
 
 # What OpenSSH says, mapped to what it means and what to try.
 _FAILURES = (
@@ -363,7 +363,7 @@ class Connection:
         spec = f"127.0.0.1:{local_port}:{target}"
         result = proc.run(self.ssh_argv("-O", "forward", "-L", spec), timeout=15)
         if not result.ok:
-            raise RjnError(
+            raise ConfigError(
                 f"cannot forward local port {local_port} to {self.host}: {result.err.strip()}",
                 hint='another program may use the port; set [jupyter] local_port, or "auto"',
             )

@@ -297,6 +297,16 @@ def test_init_writes_a_config_that_loads_and_never_overwrites(tmp_path: Path) ->
         app.init(tmp_path / "new", "-oProxyCommand=x")
 
 
+def test_init_writes_the_ssh_config_and_folder_it_is_given(tmp_path: Path) -> None:
+    from rjn.commands.init import init
+
+    odd = '/scratch/me/"x" y'
+    config = cfg.load(init(tmp_path, "gpu-box", ssh_config="~/lab ssh", remote_dir=odd))
+    assert (config.remote.ssh_config, config.remote_dir) == ("~/lab ssh", odd)
+    init(tmp_path, "cloud-vm", "cloud", remote_dir="/d")
+    assert cfg.load(tmp_path / "remote.toml", remote="cloud").remote_dir == "/d"
+
+
 def test_inline_files_land_in_a_project_never_synced_before(tmp_path: Path) -> None:
     """The pulled-files index goes beside the project's state, whose folder may not exist yet."""
     (tmp_path / "fresh").mkdir()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import api, execute, opened, run_rjn
+from helpers import api, execute, opened, run_rjn, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +181,24 @@ def test_an_edit_of_the_same_size_within_a_second_is_pushed(make_project, short_
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     assert "x * 2" in remote.read_text()
     run_rjn("close", "--server", cwd=project)
+
+
+def test_ctrl_c_while_jupyter_starts_leaves_no_server_running(make_project, short_tmp) -> None:
+    project = make_project("kappa")
+    # Pushed and installed first, so that the interrupt lands while Jupyter starts.
+    prepared = run_rjn("run", "--", "true", cwd=project)
+    assert prepared.returncode == 0, prepared.stderr
+    record = short_tmp / "remote" / "kappa" / ".rjn" / "server.json"
+    opening = subprocess.Popen(
+        [sys.executable, "-m", "rjn", "open", "--no-browser", "--no-watch"], cwd=project,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(record.exists, timeout=120, what="the server to be started")
+    started = json.loads(record.read_text())["pid"]
+    opening.send_signal(signal.SIGINT)
+    assert opening.wait(timeout=30) == 130, opening.communicate()
+    # What the interrupted open started is stopped, and no record says otherwise.
+    wait_for(lambda: not os.path.exists(f"/proc/{started}"), timeout=15, what="the server gone")
+    assert not record.exists()
+    status = json.loads(run_rjn("status", "--json", cwd=project).stdout)
+    assert status["open"] is False and status["server"] in (None, False)

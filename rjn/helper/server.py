@@ -1,11 +1,13 @@
 """The project's Jupyter server: started detached on a private socket (or loopback), found
 again by its record, stopped through its API."""
 
+import contextlib
 import json
 import os
 import secrets
 import socket
 import subprocess
+import threading
 import time
 
 from .common import (
@@ -23,6 +25,7 @@ from .common import (
     stop_pid,
     tail,
     venv_python,
+    wait_for_hangup,
     write_private,
 )
 from .protocol import Stopped
@@ -149,6 +152,8 @@ def start(args):
     record["started_at"] = time.time()
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     record["token"] = token
+    answered = threading.Event()
+    stop_on_hangup(proc.pid, folder, answered)
     deadline = time.monotonic() + float(args.get("ready_timeout", 120))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -157,6 +162,7 @@ def start(args):
                 "the full log is %s on the remote" % logfile,
             )
         if http_status(record, timeout=2) == 200:
+            answered.set()
             record.update(alive=True, running=True, started=True)
             return record
         time.sleep(0.1)
@@ -165,6 +171,22 @@ def start(args):
         "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
         "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
     )
+
+
+def stop_on_hangup(pid, folder, answered):
+    """If the local rjn goes away (Ctrl-C, a dropped link) before the server answered, stop
+    the server we started and forget it: an interrupted open leaves nothing running that no
+    record shows."""
+
+    def wait():
+        wait_for_hangup()
+        if not answered.is_set():
+            stop_pid(pid, grace=3.0)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, "server.json"))
+            os._exit(3)
+
+    threading.Thread(target=wait, daemon=True).start()
 
 
 def free_port():

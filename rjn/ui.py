@@ -50,6 +50,10 @@ def _visible(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+# A step that may prompt (ssh logging in) and ended sooner than this asked nobody anything.
+ANSWERED_BY_NOBODY = 2.5
+
+
 class Steps:
     """A Reporter that shows each step with a spinner, a bar when progress is known, and time."""
 
@@ -80,7 +84,8 @@ class Steps:
         # Where ssh may ask something, a spinner would draw over its prompt: say what is
         # happening on a line of its own and leave the terminal to ssh.
         live: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if err.is_terminal and prompts:
+        said = err.is_terminal and prompts
+        if said:
             err.print(f"[dim]…[/] {escape(title)}")
         elif err.is_terminal:
             live = bar
@@ -92,7 +97,12 @@ class Steps:
             raise
         finally:
             self._bar = self._task = None
-        err.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
+        took = time.monotonic() - started
+        if said and took < ANSWERED_BY_NOBODY:
+            # Too quick for anyone to have answered a prompt: nothing was asked below the
+            # line, so the outcome takes its place instead of standing under it.
+            err.file.write("\x1b[1A\x1b[2K")
+        err.print(f"[green]✓[/] {escape(title)} [dim]({took:.1f}s)[/]")
 
     def log(self, line: str) -> None:
         if self.verbose:

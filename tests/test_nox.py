@@ -49,3 +49,9 @@ def test_a_failing_remote_command_fails_the_session(project: Path) -> None:
     result = nox(project, "python", "-c", "raise SystemExit(3)")
     assert result.returncode != 0
     assert "Session remote failed" in result.stderr
+
+
+def test_the_default_pytest_says_how_to_install_it(project: Path) -> None:
+    result = nox(project)  # the project's environment has no pytest
+    assert result.returncode != 0
+    assert "cannot run pytest" in result.stderr and "[jupyter] packages" in result.stderr

@@ -47,11 +47,11 @@ def password_host(short_tmp: Path) -> Iterator[tuple[TestHost, str, Path]]:
 class Terminal:
     """rjn on a pty, as a person at a terminal runs it."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, **env_vars: str) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become rjn
             os.chdir(cwd)
-            env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+            env = dict(os.environ, TERM="xterm-256color", COLUMNS="100", **env_vars)
             os.execve(sys.executable, [sys.executable, "-m", "rjn", *args], env)
         self.screen = b""
 
@@ -103,11 +103,34 @@ def test_the_password_prompt_shows_and_the_master_asks_once(password_host, short
     first.wait_for(b"password:")
     assert b"Connecting to rjn-test" in first.screen.split(b"password:")[0]
     # Nothing draws over the prompt while ssh waits for the user.
-    assert first.read(1.5).strip() == b""
+    assert first.read(3.0).strip() == b""
     first.type(password)
     assert first.finish() == 0, first.screen
+    # The line that said what ssh was asking for stays above the outcome.
+    asked = first.screen.split("… Connecting".encode())[1].split("✓ Connecting".encode())[0]
+    assert b"password:" in asked and ERASE_LINE_ABOVE not in asked
     assert b"Syncing with" in first.screen and password.encode() not in first.screen
 
     again = Terminal(["sync"], project)
     assert again.finish() == 0, again.screen
     assert b"password" not in again.screen.lower()
+
+
+# What rjn writes to take back the line above (cursor up, erase the line).
+ERASE_LINE_ABOVE = b"\x1b[1A\x1b[2K"
+
+
+def test_a_login_that_asked_nothing_leaves_no_stray_line(host, make_project, short_tmp) -> None:
+    project = make_project("quietlogin")
+    fresh = short_tmp / "quiet-run"  # a control folder of its own: this login is new
+    fresh.mkdir(mode=0o700)
+    terminal = Terminal(["sync"], project, XDG_RUNTIME_DIR=str(fresh))
+    try:
+        assert terminal.finish() == 0, terminal.screen
+        said = terminal.screen.split("… Connecting".encode())
+        assert len(said) == 2, terminal.screen  # it was said while ssh might ask
+        # Nobody was asked anything: the outcome took the line's place.
+        assert ERASE_LINE_ABOVE in said[1].split("✓ Connecting".encode())[0]
+    finally:
+        closing = Terminal(["close", "--server"], project, XDG_RUNTIME_DIR=str(fresh))
+        closing.finish()

@@ -122,6 +122,9 @@ def notebook_command(config: Config, notebook: str) -> list[str]:
     return [
         "jupyter", "nbconvert", "--to", "notebook", "--execute", rel,
         "--output-dir", out_dir, "--output", f"{path.stem}.executed",
+        # The kernel on unix sockets beside its connection file (private), not TCP ports any
+        # user of the host can reach (ipykernel warns of those at every run).
+        "--KernelManager.transport=ipc",
     ]  # fmt: skip
 
 

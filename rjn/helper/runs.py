@@ -1,5 +1,6 @@
 """Commands in the project's environment: streamed live, or detached with a log to follow."""
 
+import errno
 import json
 import os
 import secrets
@@ -50,10 +51,14 @@ def run(args):
             start_new_session=True,
         )
     except OSError as exc:
-        raise Fail(
-            "cannot run %s: %s" % (argv[0], exc.strerror),
-            "check the command; it runs in %s with the environment active" % project,
-        )
+        hint = "check the command; it runs in %s with the environment active" % project
+        if exc.errno == errno.ENOENT and os.sep not in argv[0]:
+            # A tool the project's imports do not name (pytest above all) is not installed.
+            hint = (
+                "%s is not in the project's environment: add it to [jupyter] packages in "
+                "remote.toml (packages = [\"%s\"]), or run a command it has" % (argv[0], argv[0])
+            )
+        raise Fail("cannot run %s: %s" % (argv[0], exc.strerror), hint)
     lock = threading.Lock()
 
     def pump(stream, key):

@@ -110,6 +110,8 @@ class Cluster:
         raise RuntimeError(f"the node never became idle (sinfo: {state!r}); see {self.base}")
 
     def _munge(self) -> None:
+        """Start munged unless one answers already (then it is not ours to stop)."""
+        self.munged_pid: int | None = None
         if subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0:
             return
         run_dir = Path("/run/munge")
@@ -119,6 +121,8 @@ class Cluster:
             subprocess.run(["mungekey", "--create"], check=True)
             shutil.chown("/etc/munge/munge.key", "munge", "munge")
         subprocess.run(["runuser", "-u", "munge", "--", _which("munged") or "munged"], check=True)
+        with contextlib.suppress(OSError, ValueError):
+            self.munged_pid = int(Path("/run/munge/munged.pid").read_text())
 
     @property
     def env(self) -> dict[str, str]:
@@ -128,8 +132,12 @@ class Cluster:
         return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **self.env})
 
     def stop(self) -> None:
-        """Cancel every job and stop the daemons (munged stays: it is harmless and shared)."""
+        """Cancel every job and stop the daemons, munged too if we started it: the suite
+        leaves no daemon of its own running."""
         self.run("scancel", "--full", "--user", "root")
         for pid_file in ("d.pid", "ctld.pid"):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int((self.base / pid_file).read_text()), 15)
+        if getattr(self, "munged_pid", None):
+            with contextlib.suppress(OSError):
+                os.kill(self.munged_pid, 15)  # type: ignore[arg-type]

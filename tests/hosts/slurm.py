@@ -138,6 +138,6 @@ class Cluster:
         for pid_file in ("d.pid", "ctld.pid"):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int((self.base / pid_file).read_text()), 15)
-        if getattr(self, "munged_pid", None):
+        if munged := getattr(self, "munged_pid", None):
             with contextlib.suppress(OSError):
-                os.kill(self.munged_pid, 15)  # type: ignore[arg-type]
+                os.kill(munged, 15)

@@ -22,7 +22,7 @@ from rjn.config import Config, guarded
 from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.helper import tree as helper_tree
-from rjn.helper.common import Fail
+from rjn.helper.common import HelperError
 from rjn.model import Pulled
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
@@ -481,7 +481,7 @@ def _open_folder(root_fd: int, rel: str) -> int:
     a link, or not a folder, refuses (it is never followed). The helper's walk, run here."""
     try:
         return helper_tree.open_folder(root_fd, rel, make=True)
-    except Fail as failed:
+    except HelperError as failed:
         raise Refused(failed.message) from None
 
 

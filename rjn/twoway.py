@@ -33,7 +33,7 @@ from rjn import places, state, transfer
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
-from rjn.helper.common import Fail
+from rjn.helper.common import HelperError
 from rjn.helper_client import HelperClient
 from rjn.model import Outcome
 
@@ -698,7 +698,7 @@ def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
         ignore.write_text("*\n")  # rjn's local folder stays out of the user's repository
     try:
         moved: list[str] = helper_tree.move_to_trash(str(config.root), wants)
-    except Fail as failed:
+    except HelperError as failed:
         raise transfer.Refused(failed.message) from None
     helper_tree.prune_trash(str(config.root), helper_tree.TRASH_DAYS, helper_tree.TRASH_BYTES)
     return moved

@@ -76,7 +76,7 @@ def victim_dir(tmp_path: Path) -> Iterator[Path]:
 
 # Where each side makes its sockets' folder, and the error it refuses a planted one with.
 SOCKET_FOLDERS = {
-    "remote": (helper_common.socket_folder, helper_common.Fail),
+    "remote": (helper_common.socket_folder, helper_common.HelperError),
     "local": (places.runtime_dir, RjnError),
 }
 

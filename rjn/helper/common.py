@@ -43,7 +43,10 @@ def in_parts(mapping, of):
     return pieces[-1]
 
 
-class Fail(Exception):
+class HelperError(Exception):
+    """An expected failure of an action (the helper's RjnError): main answers it as a
+    protocol.Failure record, what went wrong and what to try."""
+
     def __init__(self, message, hint=None):
         super().__init__(message)
         self.message = message
@@ -55,7 +58,7 @@ def project_dir(raw):
     try:
         os.makedirs(os.path.join(path, RJN_DIR), mode=0o700, exist_ok=True)
     except OSError as exc:
-        raise Fail(
+        raise HelperError(
             "cannot create the project directory %s: %s" % (path, exc.strerror),
             "set [remote] dir to a folder you can write to",
         )
@@ -74,14 +77,14 @@ def private(path):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise Fail(
+        raise HelperError(
             "%s is not a folder of yours (%s): rjn does not use it" % (path, exc.strerror),
             "look at it (ls -la %s) and remove it if it should not be there" % path,
         )
     try:
         info = os.fstat(fd)
         if info.st_uid != os.getuid():
-            raise Fail(
+            raise HelperError(
                 "%s belongs to another user (uid %d): rjn does not use it" % (path, info.st_uid),
                 "ask its owner or the admins to remove it",
             )

@@ -11,7 +11,7 @@ import time
 
 from .common import (
     RJN_DIR,
-    Fail,
+    HelperError,
     data_home,
     log,
     private,
@@ -188,7 +188,7 @@ def ensure_env(args):
         if not os.path.exists(venv_python(project)):
             code, lines = run_logged([uv, "venv", "--python", sys.executable, venv], env=uv_env)
             if code:
-                raise Fail("could not create the environment: " + failing_package(lines))
+                raise HelperError("could not create the environment: " + failing_package(lines))
         code, lines = run_logged(
             [uv, "pip", "install", "--python", venv_python(project)] + req + packages, env=uv_env
         )
@@ -196,7 +196,7 @@ def ensure_env(args):
         if not os.path.exists(venv_python(project)):
             code, lines = run_logged([sys.executable, "-m", "venv", venv])
             if code:
-                raise Fail(
+                raise HelperError(
                     "could not create the environment: " + failing_package(lines),
                     "install the venv module on the remote (Debian: python3-venv)",
                 )
@@ -207,14 +207,14 @@ def ensure_env(args):
         )
     if code and any("No space left on device" in line for line in lines):
         usage = shutil.disk_usage(project)
-        raise Fail(
+        raise HelperError(
             "the remote disk is full (%d MB free in %s): the environment could not be "
             "installed" % (usage.free // 10**6, project),
             "free space on the remote (uv's and pip's caches are in ~/.cache), or set "
             "[remote] dir to a folder on a larger disk",
         )
     if code:
-        raise Fail(
+        raise HelperError(
             "installing the requirements failed: " + failing_package(lines),
             "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
             "or in your own requirements.txt; `rjn open -v` shows the installer's output",

@@ -4,7 +4,7 @@ import errno
 import json
 import sys
 
-from .common import Fail, emit
+from .common import HelperError, emit
 from .env import ensure_env
 from .probe import probe
 from .protocol import Failure
@@ -34,12 +34,12 @@ def main(argv):
     action, raw = argv[1], argv[2]
     try:
         if sys.version_info < (3, 8):
-            raise Fail(
+            raise HelperError(
                 "the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
                 "set [remote] python to a newer interpreter",
             )
         emit(ok=ACTIONS[action](json.loads(raw)))
-    except Fail as exc:
+    except HelperError as exc:
         emit(error=Failure(exc.message, exc.hint).to_json())
         return 3
     except OSError as exc:

@@ -12,7 +12,7 @@ import time
 
 from .common import (
     RJN_DIR,
-    Fail,
+    HelperError,
     emit,
     exit_when_stdin_closes,
     private,
@@ -58,7 +58,7 @@ def run(args):
                 "%s is not in the project's environment: add it to [jupyter] packages in "
                 "remote.toml (packages = [\"%s\"]), or run a command it has" % (argv[0], argv[0])
             )
-        raise Fail("cannot run %s: %s" % (argv[0], exc.strerror), hint)
+        raise HelperError("cannot run %s: %s" % (argv[0], exc.strerror), hint)
     lock = threading.Lock()
 
     def pump(stream, key):
@@ -140,7 +140,7 @@ def logs(args):
     )
     run_id = args.get("run") or (names[-1] if names else None)
     if run_id not in names:
-        raise Fail(
+        raise HelperError(
             "no run %s" % run_id if run_id else "no detached runs yet",
             "start one with `rjn run --detach -- CMD`",
         )

@@ -12,7 +12,7 @@ import time
 
 from .common import (
     RJN_DIR,
-    Fail,
+    HelperError,
     alive_pid,
     api,
     http_status,
@@ -90,7 +90,7 @@ def start(args):
     python = venv_python(project)
     jupyter = os.path.join(os.path.dirname(python), "jupyter")
     if not os.path.exists(jupyter):
-        raise Fail(
+        raise HelperError(
             "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
             "run `rjn open` again; it installs the environment first",
         )
@@ -157,7 +157,7 @@ def start(args):
     deadline = time.monotonic() + float(args.get("ready_timeout", 120))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise Fail(
+            raise HelperError(
                 "Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
                 "the full log is %s on the remote" % logfile,
             )
@@ -167,7 +167,7 @@ def start(args):
             return record
         time.sleep(0.1)
     stop_pid(proc.pid)
-    raise Fail(
+    raise HelperError(
         "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
         "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
     )

@@ -11,7 +11,7 @@ import time
 
 from .common import (
     RJN_DIR,
-    Fail,
+    HelperError,
     http_status,
     log,
     read_json,
@@ -229,12 +229,12 @@ def slurm_start(project, args, argv, folder, env):
             cwd=project,
         )
     except OSError:
-        raise Fail(
+        raise HelperError(
             "sbatch is not available on this host",
             "point [remote] host at the cluster's login node, or remove [slurm]",
         )
     if submitted.returncode:
-        raise Fail(
+        raise HelperError(
             "sbatch refused the job: " + submitted.stderr.strip(),
             "check [slurm] partition, account and limits in remote.toml",
         )
@@ -275,7 +275,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
     while True:
         queue = squeue(job)
         if queue is None:
-            raise Fail(
+            raise HelperError(
                 "job %s ended before Jupyter answered (%s): %s"
                 % (job, sacct_state(job), tail(job_log)),
                 "the job's log is %s on the cluster" % job_log,
@@ -309,7 +309,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                 elif time.monotonic() - unreachable_since > UNREACHABLE_AFTER:
                     raise unreachable(job, record, error)
             if time.monotonic() > ready_deadline:
-                raise Fail(
+                raise HelperError(
                     "job %s runs on %s but Jupyter did not answer within %ss; the job was "
                     "cancelled: %s"
                     % (job, queue["node"], args.get("ready_timeout", 120), tail(job_log)),
@@ -317,7 +317,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                     "the node is slow" % job_log,
                 )
         elif time.monotonic() > queue_deadline:
-            raise Fail(
+            raise HelperError(
                 "job %s still %s after %ss in %s (reason: %s); it was cancelled"
                 % (
                     job,
@@ -333,9 +333,10 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
 
 
 def check_placement(job, placed):
-    """Fail at once on an address that cannot work from here: no waiting on what cannot change."""
+    """A HelperError at once on an address that cannot work from here: no waiting on what
+    cannot change."""
     if "fault" in placed:
-        raise Fail(
+        raise HelperError(
             "job %s on %s: %s; the job was cancelled" % (job, placed.get("node"), placed["fault"]),
             "check [slurm] interface: it must name a network interface of the compute nodes",
         )
@@ -346,7 +347,7 @@ def check_placement(job, placed):
 
 def unreachable(job, record, error):
     why = os.strerror(error) if isinstance(error, int) else error
-    return Fail(
+    return HelperError(
         "job %s: Jupyter on node %s listens on %s:%s (%s), which this login node cannot "
         "reach (%s); the job was cancelled"
         % (job, record.get("node"), record["addr"], record["port"], record.get("why"), why),

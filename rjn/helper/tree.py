@@ -16,7 +16,7 @@ import uuid
 
 from .common import (
     RJN_DIR,
-    Fail,
+    HelperError,
     in_parts,
     project_dir,
     read_json,
@@ -197,7 +197,7 @@ def replica(project):
         finally:
             os.unlink(tmp)
         return made
-    raise Fail("cannot read or make %s" % path)
+    raise HelperError("cannot read or make %s" % path)
 
 
 def open_folder(root_fd, rel, make):
@@ -216,7 +216,7 @@ def open_folder(root_fd, rel, make):
                 inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Fail(
+                    raise HelperError(
                         "%s is a link or a file here: nothing is written through it"
                         % "/".join(walked)
                     )
@@ -279,7 +279,7 @@ def place(args):
     project = project_dir(args["dir"])
     name = args["staging"]
     if not name.startswith(STAGING_PREFIX) or "/" in name or name.startswith("."):
-        raise Fail("not a staging folder: %r" % name)
+        raise HelperError("not a staging folder: %r" % name)
     staging = os.path.join(project, RJN_DIR, name)
     placed, kept = {}, {}
     root_fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
@@ -295,7 +295,7 @@ def place(args):
                 continue
             try:
                 folder = open_folder(root_fd, rel, make=True)
-            except Fail as exc:
+            except HelperError as exc:
                 kept[rel] = exc.message
                 continue
             try:
@@ -453,7 +453,7 @@ def move_to_trash(project, files):
         for rel, want in sorted(files.items()):
             try:
                 folder = open_folder(root_fd, rel, make=False)
-            except (Fail, OSError):
+            except (HelperError, OSError):
                 continue
             try:
                 base = rel.rsplit("/", 1)[-1]

@@ -230,6 +230,10 @@ class Connection:
         """host:path for rsync."""
         return f"{self.host}:{path}"
 
+    def rsync_sources(self, paths: Sequence[str]) -> list[str]:
+        """Several remote sources for one rsync: host:first :second ..."""
+        return [self.rsync_target(paths[0]), *(f":{path}" for path in paths[1:])]
+
     @cached_property
     def resolved(self) -> dict[str, str]:
         """What ~/.ssh/config makes of the host (`ssh -G`): hostname, user, port, controlpath."""

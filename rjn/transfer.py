@@ -231,7 +231,7 @@ def pull(
             # Each results folder by its own path, slash-ended: one that is a link on the
             # remote (to scratch space, as is common on clusters) is followed into.
             sources = [f"{remote_dir}/./{folder.strip('/')}/" for folder in results]
-            argv += ["--relative", remote.rsync_target(sources[0]), *(f":{s}" for s in sources[1:])]
+            argv += ["--relative", *remote.rsync_sources(sources)]
         else:
             argv += ["--from0", "--files-from=-", remote.rsync_target(f"{remote_dir}/")]
         argv += [f"{staging}/"]

@@ -1,0 +1,75 @@
+"""This machine as the remote, without ssh: the helper's actions run in this process on a local
+folder (the same code, arguments and answers, parts and errors as over a connection) and rsync
+copies between local folders. What rides on the helper (the sync engine above all) is then
+tested in milliseconds; the end-to-end tests run the same paths over a real sshd."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rjn.config import RemoteConfig
+from rjn.connection import Connection
+from rjn.helper import main as helper_main
+from rjn.helper_client import HelperClient, Parts, _messages, helper_error
+
+
+class LocalConnection(Connection):
+    """A connection to this machine itself: rsync's remote side is a local path."""
+
+    def __init__(self, state: Path) -> None:
+        super().__init__(RemoteConfig(host="here"), state, state)
+
+    def rsync_target(self, path: str) -> str:
+        return path
+
+    def rsync_sources(self, paths: Sequence[str]) -> list[str]:
+        return list(paths)
+
+    def master_alive(self) -> bool:
+        return True
+
+
+class InProcessHelper(HelperClient):
+    """The helper client whose actions run here, through the helper's own entry point."""
+
+    def __init__(self, state: Path) -> None:
+        super().__init__(LocalConnection(state))
+        self.calls: list[str] = []
+
+    def call(
+        self,
+        action: str,
+        args: dict[str, Any],
+        *,
+        python: str | None = None,
+        on_log: Callable[[str], Any] | None = None,
+        timeout: float | None = None,
+        hold: bool = False,
+        send: bool = False,
+    ) -> dict[str, Any]:
+        self.calls.append(action)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            helper_main.main(["helper", action, json.dumps(args)])
+        answer: dict[str, Any] = {}
+        parts = Parts(self.host)
+
+        def on_message(message: dict[str, Any]) -> None:
+            if "log" in message and on_log:
+                on_log(str(message["log"]))
+            if "part" in message:
+                parts.add(message)
+            answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
+
+        parse = _messages(on_message)
+        for line in out.getvalue().splitlines():
+            parse(line)
+        if "error" in answer:
+            raise helper_error(self.host, answer["error"])
+        joined: dict[str, Any] = parts.joined(answer.get("ok"))
+        return joined

@@ -106,6 +106,8 @@ class JupyterConfig:
     idle_timeout: float = 0
     packages: tuple[str, ...] = ()
     ready_timeout: int = 120
+    # Keep what cells output while no browser is attached, and write it into the notebook.
+    away_outputs: bool = True
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,17 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Away:
+    """Cells of one notebook that finished while no browser was attached: their outputs were
+    written into it (those whose cell is not in the saved notebook could not be)."""
+
+    path: str
+    cells: int
+    last: float  # when the last of them finished (epoch seconds)
+    unplaced: int = 0
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one two-way sync did, and what it left for the user."""
 

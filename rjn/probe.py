@@ -41,6 +41,9 @@ class Probe:
     # The results' files (path -> [mtime_ns, size]) when asked for; None also where only a
     # pull can tell (sync.pull_changed checks the entries).
     results: dict[str, Any] | None = None
+    # Cells that finished while no browser was attached, when asked for: (path, finished,
+    # placed), checked.
+    away: tuple[tuple[str, float, bool], ...] = ()
 
 
 def look(
@@ -51,12 +54,14 @@ def look(
     tree: dict[str, Any] | None = None,
     machine: bool = False,
     results: Sequence[str] | None = None,
+    away: bool = False,
     timeout: float = 60,
 ) -> Probe:
     """Ask the helper once. `env_hash` is the environment wanted (else it is not current);
     `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state;
-    `results` (the results folders) lists their files."""
-    args: dict[str, Any] = {"dir": remote_dir, "machine": machine, **(tree or {})}
+    `results` (the results folders) lists their files; `away` the cells that finished while
+    no browser was attached."""
+    args: dict[str, Any] = {"dir": remote_dir, "machine": machine, "away": away, **(tree or {})}
     if results is not None:
         args["results"] = list(results)
     if env_hash:
@@ -80,4 +85,18 @@ def parse(host: str, seen: protocol.ProbeAnswer) -> Probe:
         tree=seen.tree,
         machine=seen.machine,
         results=seen.results,
+        away=_away(seen.away or []),
     )
+
+
+def _away(entries: list[Any]) -> tuple[tuple[str, float, bool], ...]:
+    """The remote's log of cells kept while away, as untrusted input: entries that are not
+    what they must be are left out (it is a note for the user, nothing acts on it)."""
+    found = []
+    for entry in entries[-1000:]:
+        if not isinstance(entry, dict):
+            continue
+        path, finished, placed = entry.get("path"), entry.get("finished"), entry.get("placed")
+        if isinstance(path, str) and 0 < len(path) < 4096 and isinstance(finished, (int, float)):
+            found.append((path, float(finished), placed is True))
+    return tuple(found)

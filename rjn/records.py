@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rjn.model import Outcome, Pulled
+from rjn.model import Away, Outcome, Pulled
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Opened:
     requirements_generated: bool
     unreadable: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    away: tuple[Away, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Status:
     machine: dict[str, Any] | None = None
     # What the local trash (.rjn/trash/) holds, in bytes.
     trash_bytes: int = 0
+    away: tuple[Away, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def start(
             "listen": jupyter.listen,
             "idle_timeout": jupyter.idle_timeout,
             "ready_timeout": jupyter.ready_timeout,
+            "away": jupyter.away_outputs,
             "slurm": slurm,
         },
         python=venv_python(remote_dir),

@@ -18,7 +18,7 @@ from rich.markup import escape as escape_markup
 
 from rjn import places
 from rjn.errors import RjnError
-from rjn.model import TRASH, Outcome, Pulled, Ready
+from rjn.model import TRASH, Away, Outcome, Pulled, Ready
 from rjn.records import Closed, Listed, Opened, Status, Synced
 
 if TYPE_CHECKING:
@@ -151,6 +151,8 @@ def show_opened(result: Opened) -> None:
         err.print(f"  reused: {', '.join(reused)}")
     for note in result.notes:
         err.print(f"  [yellow]note:[/] {escape(note)}")
+    for line in away_lines(result.away):
+        err.print(f"  {line}")
     err.print(f"[bold]{escape(result.project)}[/] is open on {escape(result.host)}:")
     out.print(escape(result.tokened_url))
 
@@ -187,8 +189,24 @@ def show_status(result: Status) -> None:
         out.print(f"  {line}")
     if result.trash_bytes:
         out.print(f"  trash       {_size(result.trash_bytes)} in .rjn/trash/ (kept 30 days, 2 GiB)")
+    for line in away_lines(result.away):
+        out.print(f"  {line}")
     for problem in result.problems:
         out.print(f"  [yellow]![/] {escape(problem)}")
+
+
+def away_lines(away: tuple[Away, ...]) -> list[str]:
+    """"3 cells finished in analysis.ipynb while you were away (last 12:41)", per notebook."""
+    lines = []
+    for notebook in away:
+        cells = "1 cell" if notebook.cells == 1 else f"{notebook.cells} cells"
+        last = time.strftime("%H:%M", time.localtime(notebook.last))
+        line = f"{cells} finished in {escape_name(notebook.path)} while you were away (last {last})"
+        if notebook.unplaced:
+            line += (f"; the outputs of {notebook.unplaced} could not be written (the cell is not"
+                     " in the saved notebook)")  # fmt: skip
+        lines.append(line)
+    return lines
 
 
 def _machine_lines(machine: dict[str, Any]) -> list[str]:

@@ -47,10 +47,15 @@ DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopbac
 URL = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([\w-]+)")
 
 
-def api(port: int, path: str, token: str | None, method: str = "GET") -> tuple[int, dict]:
+def api(
+    port: int, path: str, token: str | None, method: str = "GET", body: dict | None = None
+) -> tuple[int, dict]:
     headers = {"Authorization": f"token {token}"} if token else {}
+    data = json.dumps(body).encode() if body is not None else None
+    if data:
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers=headers, method=method
+        f"http://127.0.0.1:{port}{path}", headers=headers, method=method, data=data
     )
     try:
         with DIRECT.open(request, timeout=10) as response:

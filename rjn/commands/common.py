@@ -4,6 +4,7 @@ there (connect, look, sync, install)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from rjn import env, places, probe, requirements, state, transfer, twoway
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.helper_client import HelperClient
+from rjn.model import Away
 from rjn.requirements import Requirements
 
 
@@ -50,6 +52,27 @@ def connect(remote: Connection, report: Reporter) -> bool:
         return False if up else remote.connect()
 
 
+def away_news(config: Config, entries: tuple[tuple[str, float, bool], ...]) -> tuple[Away, ...]:
+    """The cells that finished while no browser was attached and were not told of yet, per
+    notebook; told now (the newest time is remembered)."""
+    marker = state.project_file(config.root, config.remote_name, ".away")
+    try:
+        seen = float(json.loads(marker.read_text())["seen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        seen = 0.0
+    news = [entry for entry in entries if entry[1] > seen]
+    if not news:
+        return ()
+    places.write_private(marker, json.dumps({"seen": max(when for _, when, _ in news)}))
+    by_path: dict[str, list[tuple[float, bool]]] = {}
+    for path, when, placed in news:
+        by_path.setdefault(path, []).append((when, placed))
+    return tuple(
+        Away(path, len(cells), max(w for w, _ in cells), sum(not p for _, p in cells))
+        for path, cells in sorted(by_path.items())
+    )
+
+
 def reach(config: Config) -> HelperClient:
     """rjn's helper on the project's host, over its connection (the master is shared by every
     project on that host; `.connection` is it)."""
@@ -84,7 +107,7 @@ def prepare(config: Config, report: Reporter, previous: state.ProjectState | Non
     with ThreadPoolExecutor(max_workers=1) as pool:
         here = twoway.scan_here(config, pool)  # while the remote looks at its side
         with report.step("Checking the remote"):
-            info = probe.look(helper, config.remote_dir, env_hash=wanted,
+            info = probe.look(helper, config.remote_dir, env_hash=wanted, away=True,
                               tree=twoway.scan_args(config), timeout=300)  # fmt: skip
         remote_dir = info.dir
         with report.step(f"Syncing with {remote.host}:{remote_dir}"):

@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rjn import server, state, tunnel
-from rjn.commands.common import Reporter, connect, prepare, reach
+from rjn.commands.common import Reporter, away_news, connect, prepare, reach
 from rjn.config import Config
 from rjn.errors import RjnError
 from rjn.records import Opened
@@ -94,6 +94,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
         requirements_generated=reqs.generated,
         unreadable=reqs.skipped_files,
         notes=tuple(notes),
+        away=away_news(config, ready.probe.away),
     )
 
 

@@ -6,9 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rjn import probe, state, tunnel, twoway
-from rjn.commands.common import reach
+from rjn.commands.common import away_news, reach
 from rjn.config import Config
 from rjn.helper import tree as helper_tree
+from rjn.model import Away
 from rjn.records import Status
 
 
@@ -28,11 +29,12 @@ def status(config: Config) -> Status:
     pid = saved.server_pid
     job = probe.Job()
     machine: dict[str, Any] | None = None
+    away: tuple[Away, ...] = ()
     with ThreadPoolExecutor(max_workers=1) as pool:
         # One exec answers the rest (the server, a job's state and time left, the machine);
         # it goes while the tunnel is checked.
         asked = (
-            pool.submit(probe.look, helper, config.remote_dir, machine=True, timeout=30)
+            pool.submit(probe.look, helper, config.remote_dir, machine=True, away=True, timeout=30)
             if master
             else None
         )
@@ -47,6 +49,7 @@ def status(config: Config) -> Status:
         if asked:
             info = asked.result()
             machine, job = info.machine, info.job
+            away = away_news(config, info.away)
             alive = info.server is not None
             pid = info.server.pid if info.server else None
     problems = []
@@ -89,4 +92,5 @@ def status(config: Config) -> Status:
         remote_name=config.remote_name,
         machine=machine,
         trash_bytes=trash,
+        away=away,
     )

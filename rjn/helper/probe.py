@@ -2,11 +2,12 @@
 the listings sync asks for."""
 
 import contextlib
+import json
 import os
 import shutil
 import sys
 
-from .common import project_dir, venv_python
+from .common import RJN_DIR, project_dir, venv_python
 from .env import env_record
 from .protocol import ProbeAnswer
 from .server import server_state
@@ -41,6 +42,16 @@ def machine(project):
     return found
 
 
+def away(project):
+    """The log of cells whose outputs were kept while no browser was attached (away.py)."""
+    try:
+        with open(os.path.join(project, RJN_DIR, "away.json")) as handle:
+            cells = json.load(handle).get("cells")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return cells if isinstance(cells, list) else []
+
+
 def probe(args):
     """Everything `rjn open` needs to decide what to skip, in one round trip."""
     project = project_dir(args["dir"])
@@ -56,6 +67,7 @@ def probe(args):
         disk_free=usage.free,
         has_rsync=shutil.which("rsync") is not None,
         machine=machine(project) if args.get("machine") else None,
+        away=away(project) if args.get("away") else None,
         # The tree and the results, when asked: sync decides in the same round trip.
         **listings(project, args),
     ).to_json()

@@ -86,6 +86,9 @@ class ProbeAnswer(Record):
     # path -> [mtime_ns, size] of the results' files, when asked for; None where only a pull
     # can tell (a link there, too many files)
     results: dict | None = None
+    # Cells that finished while no browser was attached (away.py's log), when asked for:
+    # [{"path", "cell", "finished", "placed"}]
+    away: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ again by its record, stopped through its API."""
 import contextlib
 import json
 import os
+import pkgutil
 import secrets
 import socket
 import subprocess
@@ -112,6 +113,8 @@ def start(args):
     env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
     env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+    if args.get("away", True):
+        keep_away_outputs(folder, env)
     if args.get("slurm") is not None:
         return slurm_start(project, args, argv, folder, env)
     # The token travels in the environment, never in argv, and Jupyter logs it masked.
@@ -170,6 +173,28 @@ def start(args):
     raise HelperError(
         "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
         "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
+    )
+
+
+# Loads away.py, copied beside the project's records, into the server (not its kernels).
+AWAY_CONFIG = """\
+import sys
+sys.path.insert(0, %s)
+c.ServerApp.jpserver_extensions.update({"rjn_away": True})
+c.ServerApp.kernel_websocket_connection_class = "rjn_away.KeepingConnection"
+"""
+
+
+def keep_away_outputs(folder, env):
+    """Have the server keep what cells output while no browser is attached (away.py): its
+    module and a config that loads it, in a folder of the server's config path."""
+    config_dir = private(os.path.join(folder, "jupyter-config"))
+    source = pkgutil.get_data(__package__, "away.py")
+    write_private(os.path.join(config_dir, "rjn_away.py"), source.decode("utf-8"))
+    write_private(os.path.join(config_dir, "jupyter_server_config.py"),
+                  AWAY_CONFIG % json.dumps(config_dir))  # fmt: skip
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+        p for p in (config_dir, env.get("JUPYTER_CONFIG_PATH")) if p
     )
 
 

@@ -802,3 +802,24 @@ def test_each_remote_python_has_its_own_serving_helper(tmp_path: Path, monkeypat
     other = HelperClient(make_remote(tmp_path, python="/opt/py/bin/python3"))
     assert plain.connection.control_path == other.connection.control_path  # one connection
     assert plain._serving_socket() != other._serving_socket()  # two helpers
+
+
+def test_the_server_is_given_the_away_extension_beside_its_records(tmp_path: Path) -> None:
+    import ast
+
+    from rjn.helper import server
+
+    env = {"JUPYTER_CONFIG_PATH": "/theirs"}
+    server.keep_away_outputs(str(tmp_path), env)
+    folder = tmp_path / "jupyter-config"
+    assert env["JUPYTER_CONFIG_PATH"] == f"{folder}{os.pathsep}/theirs"  # theirs still read
+    assert (folder / "rjn_away.py").read_text() == (
+        Path(server.__file__).with_name("away.py").read_text()
+    )
+    config = (folder / "jupyter_server_config.py").read_text()
+    ast.parse(config)
+    assert f"sys.path.insert(0, {json.dumps(str(folder))})" in config
+    assert '"rjn_away.KeepingConnection"' in config
+    assert (folder.stat().st_mode & 0o777) == 0o700  # a Python file the server runs: ours alone
+    assert not cfg.parse({"remote": {"host": "h"}, "jupyter": {"away_outputs": False}},
+                         tmp_path / "remote.toml").jupyter.away_outputs  # fmt: skip

@@ -74,6 +74,9 @@ class RemoteConfig:
     installer: Literal["uv", "pip"] = "uv"
     # Seconds; unset, ssh's own setting applies (your ~/.ssh/config's ConnectTimeout), else 20.
     connect_timeout: int | None = None
+    # How files travel: rsync (3.1 or newer here), rjn's own transfer over the connection, or
+    # "auto": rsync where this machine's can serve, else rjn's own.
+    transfer: Literal["auto", "rsync", "rjn"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -328,7 +328,7 @@ class Connection:
         self,
         command: Sequence[str],
         *,
-        input: str | bytes | None = None,
+        input: str | bytes | Iterable[bytes] | None = None,
         timeout: float | None = None,
         on_out: Callable[[str], Any] | None = None,
         on_err: Callable[[str], Any] | None = None,

@@ -5,10 +5,11 @@ connection, one typed method per action, each answer read back as the untrusted
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,9 +211,13 @@ class HelperClient:
         timeout: float | None = None,
         hold: bool = False,
         send: bool = False,
+        on_data: Callable[[dict[str, Any]], Any] | None = None,
+        stream: Iterable[bytes] = (),
     ) -> dict[str, Any]:
         """Run one action of rjn's remote helper in one exec; return its JSON answer (the
-        typed methods below read it as its record: use them).
+        typed methods below read it as its record: use them). `on_data` is handed the
+        action's other messages as they come (files it sends); `stream` follows its arguments
+        on stdin (files it takes in).
 
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.python
@@ -226,6 +231,8 @@ class HelperClient:
                 parts.add(message)
             kinds = ("ok", "error", "need", "old_python")
             answer.update({k: v for k, v in message.items() if k in kinds})
+            if on_data and not message.keys() & {*kinds, "log", "part"}:
+                on_data(message)
 
         def settled() -> dict[str, Any] | None:
             """The helper's answer, once it came: its ok, or its error raised."""
@@ -264,11 +271,13 @@ class HelperClient:
             if code == 255 and not self.connection.master_alive():
                 raise self.connection.lost(err)
         else:
-            # Parse as lines arrive only when someone is watching the log; else at the end.
+            # Parse as lines arrive only when someone is watching; else at the end.
+            watched = on_log or on_data
+            given = itertools.chain([payload], stream) if stream else payload
             result = self.connection.run(
-                command, input=payload, timeout=timeout, on_out=parse if on_log else None
+                command, input=given, timeout=timeout, on_out=parse if watched else None
             )
-            if not on_log:
+            if not watched:
                 for line in result.out.splitlines():
                     parse(line)
             code, err = result.code, result.err
@@ -276,11 +285,11 @@ class HelperClient:
             # The host no longer keeps this helper (a cleaned cache): send it, once.
             self._helper_lost()
             return self.call(action, args, python=python, on_log=on_log, timeout=timeout,
-                              hold=hold, send=True)  # fmt: skip
+                             hold=hold, send=True, on_data=on_data, stream=stream)  # fmt: skip
         if code == OLD_PYTHON and "old_python" in answer:
             newer = self._newer_python(python, str(answer["old_python"])[:20])
             return self.call(action, args, python=newer, on_log=on_log, timeout=timeout,
-                              hold=hold, send=send)  # fmt: skip
+                             hold=hold, send=send, on_data=on_data, stream=stream)  # fmt: skip
         if "ok" in answer or "error" in answer:
             self._helper_kept(size)
         if (done := settled()) is not None:
@@ -337,6 +346,17 @@ class HelperClient:
         """Start a run that goes on without the connection."""
         answer = self.call("run", {**args, "detach": True}, python=python, timeout=60)
         return self._read(protocol.Detached, "run", answer)
+
+    def send_files(
+        self, args: dict[str, Any], on_file: Callable[[dict[str, Any]], Any]
+    ) -> dict[str, Any]:
+        """rjn's own transfer, out of the remote: each file's messages (helper/files.py) go to
+        `on_file` as they come; the answer counts them."""
+        return self.call("send", args, on_data=on_file)
+
+    def receive_files(self, args: dict[str, Any], stream: Iterable[bytes]) -> dict[str, Any]:
+        """rjn's own transfer, into the remote's staging: `stream` is the files' frames."""
+        return self.call("receive", args, stream=stream)
 
     def _read(self, record: type[R], what: str, answer: object) -> R:
         return read(self.host, record, what, answer)

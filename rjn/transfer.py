@@ -1,17 +1,23 @@
-"""The transport: files over the connection with rsync, and what comes home placed inside the
-project (never through a link or outside it)."""
+"""The transport: files over the connection, with rsync where this machine's can serve (3.1 or
+newer), else with rjn's own transfer (helper/files.py: the helper reads and writes, the bytes
+stream over the same connection, compressed, checked by hash); either way into staging, and
+what comes home placed inside the project (never through a link or outside it)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import stat
+import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +26,10 @@ from typing import Any
 from rjn import places, proc, state
 from rjn.config import Config, guarded
 from rjn.connection import Connection
-from rjn.errors import ConnectionFailed, RemoteError, RjnError
+from rjn.errors import ConfigError, ConnectionFailed, RemoteError, RjnError
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
+from rjn.helper_client import HelperClient
 from rjn.model import Pulled
 
 _PERCENT = re.compile(r"\s(\d{1,3})%\s")
@@ -195,7 +202,7 @@ def _stamp(info: os.stat_result) -> list[int]:
 
 
 def pull(
-    remote: Connection,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     files: list[str] | None = None,
@@ -211,6 +218,16 @@ def pull(
     """
     root = config.root
     results = config.sync.results
+    budget = config.sync.max_pull_size if max_bytes is None else max_bytes
+    if uses_own(helper, config):
+        names = None if files is None else [checked_name(f, results) for f in files]
+        with _staging(root) as staging:
+            here = _results_here(config) if names is None else {}
+            over = _fetch(helper, config, remote_dir, staging, names=names, skip=here,
+                          within=results, max_bytes=budget)  # fmt: skip
+            too_big = [Pulled(n, 0, refused="larger than [sync] max_file_size") for n in over]
+            return too_big + _place(config, staging)
+    remote = helper.connection
     listing = None
     if files is not None:
         listing = _files_from(checked_name(f, results) for f in files)
@@ -239,8 +256,7 @@ def pull(
         # results folder does not exist there yet.
         moved = _rsync(remote, argv, progress, input=listing,
                        ok_codes=(0, 23, 24) if files else (0, 24),
-                       missing_ok=files is None, writes_here=True,
-                       max_bytes=config.sync.max_pull_size if max_bytes is None else max_bytes,
+                       missing_ok=files is None, writes_here=True, max_bytes=budget,
                        )  # fmt: skip
         too_big = [
             Pulled(name, 0, refused="larger than [sync] max_file_size")
@@ -250,7 +266,7 @@ def pull(
 
 
 def pull_changed(
-    remote: Connection,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     listing: object,
@@ -260,7 +276,7 @@ def pull_changed(
     it would bring nothing: every file there is here with its size and time, or is a version
     already kept beside a local edit. Then rsync's round trips are saved."""
     if listing is None or _would_bring(config, listing):
-        return pull(remote, config, remote_dir, progress=progress)
+        return pull(helper, config, remote_dir, progress=progress)
     return []
 
 
@@ -302,7 +318,7 @@ def _would_bring(config: Config, listing: object) -> bool:
 
 
 def pull_decided(
-    remote: Connection,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     expected: dict[str, tuple[int, int] | None],
@@ -311,7 +327,15 @@ def pull_decided(
     """Bring project files home that two-way sync decided to pull. `expected` is each file's
     local (mtime_ns, size) when the decision was made (None: absent); a file changed since is
     kept, and the remote version lands beside it."""
-    listing = _files_from(checked_name(name, None) for name in sorted(expected))
+    names = [checked_name(name, None) for name in sorted(expected)]
+    if uses_own(helper, config):
+        with _staging(config.root) as staging:
+            over = _fetch(helper, config, remote_dir, staging, names=names, skip={},
+                          within=None, max_bytes=config.sync.max_pull_size)  # fmt: skip
+            too_big = [Pulled(n, 0, refused="larger than [sync] max_file_size") for n in over]
+            return too_big + _place(config, staging, expected)
+    remote = helper.connection
+    listing = _files_from(names)
     with _staging(config.root) as staging:
         argv = [
             "rsync", "--from0", "--files-from=-", "--links", "--times", "--compress",
@@ -332,7 +356,7 @@ def pull_decided(
 
 
 def stage(
-    remote: Connection,
+    helper: HelperClient,
     config: Config,
     remote_dir: str,
     names: Iterable[str],
@@ -343,6 +367,10 @@ def stage(
     remote still holds what the plan saw. rsync never writes in the project itself; its delta
     transfer still works from the remote's current version (--copy-dest)."""
     staging = f"{staging_prefix()}{secrets.token_hex(6)}"
+    if uses_own(helper, config):
+        _send(helper, config, remote_dir, staging, sorted(names), progress)
+        return staging
+    remote = helper.connection
     argv = [
         "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
         "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
@@ -533,3 +561,256 @@ def _conflict_name(folder: int, name: str, label: str) -> str:
         if _lstat_at(folder, candidate) is None:
             return candidate
     raise RemoteError(f"cannot find a free name beside {name}")
+
+
+# -- which transfer: this machine's rsync where it can serve, else rjn's own ---------------------
+
+
+@dataclass(frozen=True)
+class LocalRsync:
+    """This machine's rsync, as its version string says (checked once per binary)."""
+
+    path: str | None
+    version: str
+    capable: bool  # 3.1 or newer: --info=progress2, --files-from with --from0, --protect-args
+
+
+_VERSION = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)")
+
+
+def local_rsync() -> LocalRsync:
+    """This machine's rsync: macOS ships 2.6.9 (to 15.3) or openrsync (15.4 on), Windows none;
+    neither knows what rjn asks of rsync. Remembered per binary (path and time)."""
+    path = shutil.which("rsync")
+    if path is None:
+        return LocalRsync(None, "", False)
+    memo = places.state_dir() / "rsync.json"
+    stamp = os.stat(path).st_mtime_ns
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        seen = json.loads(memo.read_text())
+        if (seen["path"], seen["stamp"]) == (path, stamp):
+            return LocalRsync(path, str(seen["version"]), bool(seen["capable"]))
+    said = proc.run([path, "--version"], timeout=10)
+    first = (said.out.strip().splitlines() or [""])[0][:200]
+    found = _VERSION.search(first)
+    capable = (found is not None and (int(found[1]), int(found[2])) >= (3, 1)
+               and "openrsync" not in said.out and "compatible" not in first)  # fmt: skip
+    places.write_private(memo, json.dumps({"path": path, "stamp": stamp, "version": first,
+                                           "capable": capable}))  # fmt: skip
+    return LocalRsync(path, first, capable)
+
+
+def uses_own(helper: HelperClient, config: Config) -> bool:
+    """Whether files travel through rjn's own transfer: [remote] transfer says, or ("auto")
+    this machine's rsync cannot serve; then the user hears it, once for that rsync."""
+    if config.remote.transfer == "rjn":
+        return True
+    found = local_rsync()
+    if config.remote.transfer == "rsync" and not found.capable:
+        raise ConfigError(
+            f'{config.path}: [remote] transfer = "rsync", but '
+            + (f"this machine's rsync ({found.version}) lacks what rjn needs" if found.path
+               else "this machine has no rsync"),
+            hint='install rsync 3.1 or newer (macOS: brew install rsync), or set transfer = "auto"',
+        )  # fmt: skip
+    if config.remote.transfer == "rsync":
+        return False
+    if found.capable:
+        return False
+    said = (f"this machine's rsync ({found.version or found.path}) lacks what rjn needs"
+            if found.path else "this machine has no rsync")  # fmt: skip
+    note = (f"{said}: files travel through rjn's own transfer (rsync 3.1+ is faster for large "
+            "edits: `brew install rsync` on a Mac)")  # fmt: skip
+    told = places.state_dir() / "own-transfer-told"
+    with contextlib.suppress(OSError):
+        if told.read_text() == note:
+            return True
+    if note not in helper.notes:
+        helper.notes.append(note)
+        places.write_private(told, note)
+    return True
+
+
+# -- rjn's own transfer ----------------------------------------------------------------------------
+
+CHUNK = 1 << 20
+
+
+def _results_here(config: Config) -> dict[str, list[int]]:
+    """The results' files here, [mtime_ns, size] each: the same there is not sent again."""
+    found: dict[str, list[int]] = {}
+    for folder in config.sync.results:
+        base = config.root / folder.strip("/")
+        for where, _, names in os.walk(base):
+            for name in names:
+                path = Path(where) / name
+                with contextlib.suppress(OSError):
+                    info = path.lstat()
+                    if stat.S_ISREG(info.st_mode):
+                        rel = path.relative_to(config.root).as_posix()
+                        found[rel] = [info.st_mtime_ns, info.st_size]
+    return found
+
+
+def _fetch(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    staging: Path,
+    *,
+    names: list[str] | None,
+    skip: dict[str, list[int]],
+    within: Sequence[str] | None,
+    max_bytes: int,
+) -> list[str]:
+    """Files from the remote into `staging` (named ones, or the results folders whole) by rjn's
+    own transfer; the names of those over [sync] max_file_size."""
+    args = {"dir": remote_dir, "names": names, "skip": skip, "max_bytes": max_bytes,
+            "folders": None if names is not None else list(config.sync.results),
+            "max_size": config.sync.max_file_size,
+            "follow_links": config.sync.follow_symlinks}  # fmt: skip
+    arrivals = _Arrivals(staging, within, config.sync.max_file_size)
+    try:
+        answer = helper.send_files(args, arrivals.take)
+    finally:
+        arrivals.close()
+    if arrivals.failed:
+        raise arrivals.failed
+    if answer.get("over_budget"):
+        raise RemoteError(
+            f"{helper.host}: the pull would bring {answer['over_budget']:,} bytes, over [sync] "
+            f"max_pull_size ({max_bytes:,}); nothing was placed",
+            hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
+            "remove what should not come home from the results folders",
+        )
+    return arrivals.over
+
+
+class _Arrivals:
+    """The files of rjn's own transfer, written into a staging folder as their messages come:
+    every name and message checked as the untrusted input it is, nothing written through a
+    link, each file checked against its hash (one that does not match is not kept). Called
+    from the transfer's reader: it never raises there (`failed` says what went wrong)."""
+
+    def __init__(self, staging: Path, within: Sequence[str] | None, max_size: int) -> None:
+        self.staging, self.within, self.max_size = staging, within, max_size
+        self.over: list[str] = []
+        self.failed: RjnError | None = None
+        self._rel: str | None = None
+        self._handle: Any = None
+        self._digest: Any = None
+        self._size = 0
+
+    def take(self, message: dict[str, Any]) -> None:
+        if self.failed:
+            return
+        try:
+            self._take(message)
+        except RjnError as error:
+            self.failed = error
+        except (OSError, ValueError, TypeError, zlib.error) as error:
+            self.failed = Refused(f"the remote sent a file rjn cannot write ({error})")
+
+    def _take(self, message: dict[str, Any]) -> None:
+        if "data" in message:
+            rel = checked_name(message["data"], self.within)
+            if rel != self._rel:
+                self._open(rel)
+            inflate = zlib.decompressobj()
+            block = inflate.decompress(base64.b64decode(message["chunk"]), CHUNK)
+            if inflate.unconsumed_tail or not inflate.eof:
+                raise Refused(f"{rel}: the remote sent a malformed chunk")
+            self._size += len(block)
+            if self._size > self.max_size:
+                raise Refused(f"{rel}: the remote sent more than [sync] max_file_size")
+            self._digest.update(block)
+            self._handle.write(block)
+        elif "file" in message:
+            rel = checked_name(message["file"], self.within)
+            if rel != self._rel:
+                self._open(rel)  # an empty file: no data came
+            mtime, digest = message.get("mtime_ns"), message.get("sha256")
+            self._handle.close()
+            path = self.staging / rel
+            if type(mtime) is not int or digest != self._digest.hexdigest():
+                path.unlink()  # damaged on the way: it does not arrive
+            else:
+                os.utime(path, ns=(mtime, mtime))
+            self._rel = self._handle = None
+        elif "link" in message:
+            rel = checked_name(message["link"], self.within)
+            target = message.get("target")
+            if not isinstance(target, str) or "\0" in target:
+                raise Refused(f"{rel}: the remote sent a malformed link")
+            os.symlink(target, self._place_for(rel))  # placing judges where it points
+        elif "over" in message:
+            self.over.append(checked_name(message["over"], self.within))
+
+    def _place_for(self, rel: str) -> Path:
+        """Where `rel` goes in staging: its folders made there, none of them a link."""
+        folder = self.staging
+        for part in rel.split("/")[:-1]:
+            folder = folder / part
+            try:
+                info = folder.lstat()
+            except FileNotFoundError:
+                folder.mkdir(mode=0o700)
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                raise Refused(f"{rel}: the remote sent it beneath a link or a file")
+        return folder / rel.rpartition("/")[2]
+
+    def _open(self, rel: str) -> None:
+        if self._handle is not None:
+            raise Refused(f"{self._rel}: the remote did not finish it")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        self._handle = os.fdopen(os.open(self._place_for(rel), flags, 0o600), "wb")
+        self._rel, self._digest, self._size = rel, hashlib.sha256(), 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            (self.staging / (self._rel or "")).unlink(missing_ok=True)  # cut short: not kept
+            self._handle = self._rel = None
+
+
+def _send(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    staging: str,
+    names: list[str],
+    progress: Progress | None,
+) -> None:
+    """Project files into the remote's staging folder by rjn's own transfer: each as frames
+    of compressed bytes, then its hash; one that vanished or could not be read gets a hash
+    nothing matches, so it does not arrive (placing says so)."""
+    entries = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            info = (config.root / name).lstat()
+            if stat.S_ISREG(info.st_mode):
+                entries.append((name, info))
+    total = sum(info.st_size for _, info in entries) or 1
+
+    def frames() -> Iterator[bytes]:
+        done = 0
+        for name, _ in entries:
+            digest = hashlib.sha256()
+            try:
+                fd = os.open(config.root / name, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as handle:
+                    while block := handle.read(CHUNK):
+                        digest.update(block)
+                        packed = zlib.compress(block, 1)
+                        yield struct.pack(">I", len(packed)) + packed
+                        done += len(block)
+                        if progress:
+                            progress(min(99, done * 100 // total))
+                sealed = digest.digest()
+            except OSError:
+                sealed = bytes(32)
+            yield struct.pack(">I", 0) + sealed
+
+    files = [[name, info.st_mode, info.st_mtime_ns] for name, info in entries]
+    helper.receive_files({"dir": remote_dir, "staging": staging, "files": files}, frames())

@@ -598,7 +598,7 @@ def _apply(
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
     for item in (
-        transfer.pull_decided(helper.connection, config, remote_dir, wanted, progress)
+        transfer.pull_decided(helper, config, remote_dir, wanted, progress)
         if wanted
         else ()
     ):
@@ -647,7 +647,7 @@ def _push(
         return [], []
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
     sent = {rel: local_tree[rel] if local_tree else _local_entry(config, rel) for rel in names}
-    staging = transfer.stage(helper.connection, config, remote_dir, names, progress)
+    staging = transfer.stage(helper, config, remote_dir, names, progress)
     answer = helper.place({"dir": remote_dir, "staging": staging, "files": wants})
     for rel, stamp in answer.placed.items():
         if rel in sent and isinstance(stamp, list) and len(stamp) == 2:

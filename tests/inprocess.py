@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,13 @@ class InProcessHelper(HelperClient):
         timeout: float | None = None,
         hold: bool = False,
         send: bool = False,
+        on_data: Callable[[dict[str, Any]], Any] | None = None,
+        stream: Iterable[bytes] = (),
     ) -> dict[str, Any]:
         self.calls.append(action)
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        given = io.TextIOWrapper(io.BytesIO(b"".join(stream)))  # what follows the arguments
+        with contextlib.redirect_stdout(out), _stdin(given):
             helper_main.main(["helper", action, json.dumps(args)])
         answer: dict[str, Any] = {}
         parts = Parts(self.host)
@@ -65,6 +69,8 @@ class InProcessHelper(HelperClient):
             if "part" in message:
                 parts.add(message)
             answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
+            if on_data and not message.keys() & {"ok", "error", "log", "part"}:
+                on_data(message)
 
         parse = _messages(on_message)
         for line in out.getvalue().splitlines():
@@ -73,3 +79,12 @@ class InProcessHelper(HelperClient):
             raise helper_error(self.host, answer["error"])
         joined: dict[str, Any] = parts.joined(answer.get("ok"))
         return joined
+
+
+@contextlib.contextmanager
+def _stdin(given: io.TextIOWrapper) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, given
+    try:
+        yield
+    finally:
+        sys.stdin = saved

@@ -4,7 +4,10 @@ sshd in test_sync_engine.py and test_twoway.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +32,17 @@ class Pair:
         return twoway.run(self.helper, self.config, str(self.there), **options)
 
 
-@pytest.fixture
-def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+# Both transfers pass the same passes: rsync, and rjn's own (helper/files.py).
+@pytest.fixture(params=["rsync", "rjn"])
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> Iterator[Pair]:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
-    (here / "remote.toml").write_text(f'[remote]\nhost = "here"\ndir = "{there}"\n')
+    (here / "remote.toml").write_text(
+        f'[remote]\nhost = "here"\ndir = "{there}"\ntransfer = "{request.param}"\n'
+    )
     (here / "train.py").write_text("print('v1')\n")
     (here / "data").mkdir()
     (here / "data" / "a.csv").write_text("x\n1\n")
@@ -101,6 +107,58 @@ def test_a_purged_remote_folder_deletes_nothing_here(pair: Pair) -> None:
 def test_the_helper_is_asked_through_its_typed_actions(pair: Pair) -> None:
     pair.sync()
     assert {"scan", "place"} <= set(pair.helper.calls)
+    own = pair.config.remote.transfer == "rjn"
+    assert ("receive" in pair.helper.calls) is own  # the push's bytes went through the helper
+    bump(pair.there / "train.py", "print('there')\n")
+    pair.sync()
+    assert ("send" in pair.helper.calls) is own
     (pair.here / "train.py").unlink()
     pair.sync()
     assert pair.helper.calls[-1] == "trash" and not (pair.there / "train.py").exists()
+
+
+# -- rjn's own transfer, as the untrusted input it reads ------------------------------------------
+
+
+def arrivals(tmp_path: Path) -> Any:
+    from rjn.transfer import _Arrivals
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    return _Arrivals(staging, None, max_size=1 << 20), staging
+
+
+def chunk(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data)).decode()
+
+
+def test_own_transfer_keeps_a_file_only_if_its_hash_matches(tmp_path: Path) -> None:
+    took, staging = arrivals(tmp_path)
+    good = hashlib.sha256(b"abc").hexdigest()
+    for message in ({"data": "a/x.txt", "chunk": chunk(b"abc")},
+                    {"file": "a/x.txt", "mtime_ns": 5, "sha256": good},
+                    {"data": "a/y.txt", "chunk": chunk(b"abc")},
+                    {"file": "a/y.txt", "mtime_ns": 5, "sha256": "0" * 64}):  # fmt: skip
+        took.take(message)
+    assert took.failed is None
+    assert (staging / "a" / "x.txt").read_bytes() == b"abc"
+    assert (staging / "a" / "x.txt").stat().st_mtime_ns == 5
+    assert not (staging / "a" / "y.txt").exists()  # damaged on the way: not kept
+
+
+@pytest.mark.parametrize(("messages", "said"), [
+    ([{"link": "out", "target": "/etc"}, {"data": "out/passwd", "chunk": chunk(b"x")}],
+     "beneath a link"),
+    ([{"data": "../escape", "chunk": chunk(b"x")}], "escape"),
+    ([{"data": "big", "chunk": chunk(b"x" * (2 << 20))}], "malformed chunk"),
+    ([{"data": "a", "chunk": "not base64!"}], "cannot write"),
+], ids=["beneath-a-link", "dot-dot", "a-bomb", "garbage"])  # fmt: skip
+def test_own_transfer_refuses_what_would_leave_staging(
+    tmp_path: Path, messages: list[dict[str, str]], said: str
+) -> None:
+    took, _ = arrivals(tmp_path)
+    for message in messages:
+        took.take(message)  # never raises: it is called from the transfer's reader
+    took.close()
+    assert took.failed is not None and said in took.failed.message, took.failed
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "escape").exists()

@@ -6,6 +6,7 @@ import sys
 
 from .common import HelperError, emit
 from .env import ensure_env
+from .files import receive, send
 from .probe import probe
 from .protocol import Failure
 from .runs import logs, run
@@ -19,6 +20,8 @@ ACTIONS = {
     "scan": scan,
     "trash": trash,
     "place": place,
+    "send": send,
+    "receive": receive,
     "env": ensure_env,
     "start": start,
     "stop": stop,

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rjn import places, proc
+from rjn import places, portable, proc
 from rjn.connection import Connection
 from rjn.errors import RemoteError, Timeout
 from rjn.helper import protocol
@@ -155,8 +155,8 @@ class HelperClient:
         """The answer's lines from the serving helper (one round trip, no new remote process),
         or None where it cannot answer: not started, or gone with its connection."""
         path = self._serving_socket()
-        if not path.exists():
-            return None
+        if not portable.UNIX_SOCKETS or not path.exists():
+            return None  # (a faster path, never a needed one)
         chunks, size = [], 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
@@ -177,6 +177,8 @@ class HelperClient:
         """Start this connection's serving helper (an ssh session of the master, which ends
         with it) and forward a local socket to its own: one exec round trip, once. If it
         cannot be done, commands go on by exec, as they always could."""
+        if not portable.UNIX_SOCKETS:
+            return
         path = self._serving_socket()
         refused = path.with_suffix(".refused")
         if refused.exists() and time.time() - refused.stat().st_mtime < 600:

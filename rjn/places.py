@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import stat
@@ -11,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from rjn import portable
 from rjn.errors import RjnError
 from rjn.waits import wait_until
 
@@ -43,7 +43,8 @@ def runtime_dir() -> Path:
     if run:
         candidates.append(Path(run) / "rjn")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    candidates += [Path(cache) / "rjn" / "s", Path(tempfile.gettempdir()) / f"rjn-{os.getuid()}"]
+    shared = Path(tempfile.gettempdir()) / f"rjn-{portable.user_tag()}"
+    candidates += [Path(cache) / "rjn" / "s", shared]
     # ssh names a master's socket by a 40-character hash and writes it under a longer name first.
     fits = [path for path in candidates if len(os.fsencode(path)) + 60 < 104]
     return private_dir(fits[0] if fits else candidates[-1])
@@ -58,7 +59,7 @@ def private_dir(path: Path) -> Path:
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | portable.DIRECTORY | portable.NOFOLLOW)
     except OSError as exc:
         raise RjnError(
             f"{path} is not a folder of yours (a link or a file is there: {exc.strerror}); "
@@ -68,7 +69,7 @@ def private_dir(path: Path) -> Path:
         ) from None
     try:
         info = os.fstat(fd)
-        if info.st_uid != os.getuid():
+        if not portable.mine(info):
             raise RjnError(
                 f"{path} belongs to another user (uid {info.st_uid}); rjn does not use it",
                 hint="remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a folder of your own",
@@ -113,11 +114,7 @@ def file_lock(path: Path, timeout: float, busy: str) -> Iterator[None]:
     with open(path, "a") as handle:
 
         def take() -> bool:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
+            return portable.lock(handle)
 
         wait_until(
             take,
@@ -129,4 +126,4 @@ def file_lock(path: Path, timeout: float, busy: str) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            portable.unlock(handle)

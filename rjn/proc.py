@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rjn import portable
 from rjn.errors import RjnError, Timeout
 
 # Every exit status is data for the caller, signals included.
@@ -271,8 +272,8 @@ def leave_running(argv: Sequence[str], *, stdin: Path, out: Path) -> Callable[[]
     _require(argv[0])
     with open(stdin, "rb") as given, open(out, "wb") as written:
         started = subprocess.Popen(list(argv), stdin=given, stdout=written,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   close_fds=True)  # fmt: skip
+                                   stderr=subprocess.STDOUT, close_fds=True,
+                                   **portable.detached())  # fmt: skip
     return lambda: started.poll() is None
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rjn import places, proc, state
+from rjn import places, portable, proc, state
 from rjn.config import Config, guarded
 from rjn.connection import Connection
 from rjn.errors import ConfigError, ConnectionFailed, RemoteError, RjnError
@@ -763,7 +763,7 @@ class _Arrivals:
     def _open(self, rel: str) -> None:
         if self._handle is not None:
             raise Refused(f"{self._rel}: the remote did not finish it")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | portable.NOFOLLOW
         self._handle = os.fdopen(os.open(self._place_for(rel), flags, 0o600), "wb")
         self._rel, self._digest, self._size = rel, hashlib.sha256(), 0
 
@@ -798,7 +798,7 @@ def _send(
         for name, _ in entries:
             digest = hashlib.sha256()
             try:
-                fd = os.open(config.root / name, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(config.root / name, os.O_RDONLY | portable.NOFOLLOW)
                 with os.fdopen(fd, "rb") as handle:
                     while block := handle.read(CHUNK):
                         digest.update(block)

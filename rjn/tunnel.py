@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import socket
 from pathlib import Path
 
+from rjn import portable
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import RjnError
@@ -38,29 +38,11 @@ def answer_status(port: int, token: str, timeout: float = 3.0) -> int | None:
 
 def held_by(port: int, pid: int) -> bool | None:
     """Whether process `pid` (our ssh master) is what listens on 127.0.0.1:port; None where
-    this machine cannot tell (no /proc: macOS, BSD).
+    this machine cannot tell (portable.listens: /proc, lsof or netstat).
 
     The token goes only to a listener that is ours: another local user could listen on a
     port our tunnel used to hold, and collect whatever is sent there."""
-    try:
-        table = Path("/proc/net/tcp").read_text()
-    except OSError:
-        return None
-    wanted = f"0100007F:{port:04X}"
-    listeners = {
-        f"socket:[{fields[9]}]"
-        for fields in (line.split() for line in table.splitlines()[1:])
-        if len(fields) > 9 and fields[1] == wanted and fields[3] == "0A"  # LISTEN
-    }
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if os.readlink(fd) in listeners:
-                return True
-    return False
+    return portable.listens(port, pid)
 
 
 def ours(remote: Connection, port: int, pid: int | None = None) -> bool:

@@ -105,6 +105,16 @@ def test_status_reports_what_is_up(first_open, project: Path, host) -> None:
     assert status["server_pid"] in host.processes()
 
 
+def test_status_and_sync_on_a_macs_routes(first_open, project: Path) -> None:
+    """No /proc (lsof tells whose the tunnel's port is), no unix sockets (no serving helper):
+    the answers are the same."""
+    forced = {"RJN_ROUTES": "lsof,no-unix-sockets"}
+    status = json.loads(run_rjn("status", "--json", cwd=project, env=forced).stdout)
+    assert status["master"] and status["tunnel"] and status["server"] and not status["problems"]
+    synced = run_rjn("sync", cwd=project, env=forced)
+    assert synced.returncode == 0, synced.stderr
+
+
 def test_push_never_overwrites_newer_remote_work(
     first_open, project: Path, short_tmp: Path
 ) -> None:

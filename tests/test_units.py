@@ -823,3 +823,51 @@ def test_the_server_is_given_the_away_extension_beside_its_records(tmp_path: Pat
     assert (folder.stat().st_mode & 0o777) == 0o700  # a Python file the server runs: ours alone
     assert not cfg.parse({"remote": {"host": "h"}, "jupyter": {"away_outputs": False}},
                          tmp_path / "remote.toml").jupyter.away_outputs  # fmt: skip
+
+
+# -- the portable routes (rjn/portable.py), run here where they can be ---------------------------
+
+
+@pytest.mark.parametrize("route", ["proc", "lsof"])
+def test_whose_listener_a_port_is_each_route_tells(route: str) -> None:
+    import socket
+
+    from rjn import portable
+
+    ask = {"proc": portable._from_proc, "lsof": portable._from_lsof}[route]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert ask(port, os.getpid()) is True
+        assert ask(port, os.getppid()) is False  # another process: not ours
+    assert ask(port, os.getpid()) is False  # closed: nobody
+
+
+def test_windows_netstat_names_the_listening_process() -> None:
+    from rjn.portable import listening_pid
+
+    said = (
+        "\r\nActive Connections\r\n\r\n  Proto  Local Address          Foreign Address        "
+        "State           PID\r\n  TCP    0.0.0.0:135            0.0.0.0:0              "
+        "LISTENING       948\r\n  TCP    127.0.0.1:20443        0.0.0.0:0              "
+        "LISTENING       5120\r\n  TCP    127.0.0.1:20444        127.0.0.1:50000        "
+        "ESTABLISHED     77\r\n"
+    )
+    assert listening_pid(said, 20443) == 5120
+    assert listening_pid(said, 20444) is None and listening_pid(said, 135) is None
+
+
+def test_the_forced_routes_are_taken(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from rjn import portable; import os, socket; s = socket.socket(); "
+        "s.bind(('127.0.0.1', 0)); s.listen(); port = s.getsockname()[1]; "
+        "print(portable.UNIX_SOCKETS, portable.listens(port, os.getpid()))"
+    )
+    forced = {**os.environ, "RJN_ROUTES": "lsof,no-unix-sockets"}
+    said = subprocess.run([sys.executable, "-c", code], env=forced, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert said.stdout.split() == ["False", "True"]

@@ -77,6 +77,9 @@ class RemoteConfig:
     # How files travel: rsync (3.1 or newer here), rjn's own transfer over the connection, or
     # "auto": rsync where this machine's can serve, else rjn's own.
     transfer: Literal["auto", "rsync", "rjn"] = "auto"
+    # One connection per host: an OpenSSH ControlMaster, or ("single") one ssh session held
+    # by an rjn process, for clients that cannot multiplex; "auto": single on Windows.
+    multiplex: Literal["auto", "controlmaster", "single"] = "auto"
 
 
 @dataclass(frozen=True)

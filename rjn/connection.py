@@ -130,6 +130,10 @@ def master_pid_at(control_path: str) -> int | None:
 class Connection:
     """A remote host reached through one OpenSSH ControlMaster."""
 
+    # rsync can ride it (-e ssh over the master); a serving helper can be forwarded to.
+    CARRIES_RSYNC = True
+    SERVES = True
+
     def __init__(self, config: RemoteConfig, control_dir: Path, log_dir: Path) -> None:
         self.config = config
         self.host = config.host
@@ -313,7 +317,7 @@ class Connection:
     def responsive(self, timeout: float) -> bool:
         """Whether the remote answers a no-op through the master within `timeout` seconds."""
         try:
-            return proc.run(self.ssh_argv("-T", command=["true"]), timeout=timeout).ok
+            return self.run(["true"], timeout=timeout).ok
         except RjnError:
             return False
 
@@ -347,7 +351,7 @@ class Connection:
 
     def start(
         self, command: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]
-    ) -> proc.Background:
+    ) -> proc.Process:
         """Start a remote command whose stdin stays open (until closed, or the link goes)."""
         return proc.start(self.ssh_argv("-T", command=command), stdin=stdin, on_out=on_out)
 

@@ -155,7 +155,7 @@ class HelperClient:
         """The answer's lines from the serving helper (one round trip, no new remote process),
         or None where it cannot answer: not started, or gone with its connection."""
         path = self._serving_socket()
-        if not portable.UNIX_SOCKETS or not path.exists():
+        if not (portable.UNIX_SOCKETS and self.connection.SERVES) or not path.exists():
             return None  # (a faster path, never a needed one)
         chunks, size = [], 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -177,7 +177,7 @@ class HelperClient:
         """Start this connection's serving helper (an ssh session of the master, which ends
         with it) and forward a local socket to its own: one exec round trip, once. If it
         cannot be done, commands go on by exec, as they always could."""
-        if not portable.UNIX_SOCKETS:
+        if not (portable.UNIX_SOCKETS and self.connection.SERVES):
             return
         path = self._serving_socket()
         refused = path.with_suffix(".refused")
@@ -440,7 +440,7 @@ class HelperClient:
         *,
         python: str,
         on_message: Callable[[dict[str, Any]], Any],
-    ) -> proc.Background:
+    ) -> proc.Process:
         """Start a long-running helper action; its JSON messages go to `on_message`.
 
         It stops when we close its stdin (or the connection drops).

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rjn import portable
 from rjn.errors import RjnError, Timeout
@@ -277,6 +277,25 @@ def leave_running(argv: Sequence[str], *, stdin: Path, out: Path) -> Callable[[]
     return lambda: started.poll() is None
 
 
+def start_held(argv: Sequence[str], *, log: Path, timeout: float) -> str:
+    """Start a process that stays (single mode's holder) and return the first line it prints
+    ("" if it ends or says nothing in time). It starts in our process group, so that the ssh
+    it runs can ask at the terminal (a password, a 2FA code); it leaves the terminal itself
+    once logged in."""
+    with open(os.devnull, "rb") as nothing, open(log, "ab") as err:
+        started = subprocess.Popen(list(argv), stdin=nothing, stdout=subprocess.PIPE, stderr=err)
+    out = started.stdout
+    assert out
+    said: list[bytes] = []
+    reader = threading.Thread(target=lambda: said.append(out.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not said:
+        started.kill()
+    out.close()
+    return said[0].decode(errors="replace").strip() if said else ""
+
+
 def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:
     """Run argv attached to this terminal (interactive shells, streamed runs); return its code."""
     import sh
@@ -288,6 +307,23 @@ def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:
         code: int = exc.exit_code
         return code
     return 0
+
+
+class Process(Protocol):
+    """A command that runs on while we talk to it: a Background here, or one carried by
+    single mode's holder (hold.Running)."""
+
+    @property
+    def code(self) -> int | None: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+    def alive(self) -> bool: ...
+
+    def wait(self, timeout: float | None, drain: float = 10) -> int | None: ...
+
+    def close(self, timeout: float = 10) -> int | None: ...
 
 
 class Background:

@@ -603,8 +603,8 @@ def local_rsync() -> LocalRsync:
 def uses_own(helper: HelperClient, config: Config) -> bool:
     """Whether files travel through rjn's own transfer: [remote] transfer says, or ("auto")
     this machine's rsync cannot serve; then the user hears it, once for that rsync."""
-    if config.remote.transfer == "rjn":
-        return True
+    if config.remote.transfer == "rjn" or not helper.connection.CARRIES_RSYNC:
+        return True  # (single mode: rsync would log in again by itself)
     found = local_rsync()
     if config.remote.transfer == "rsync" and not found.capable:
         raise ConfigError(

@@ -51,7 +51,8 @@ def test_a_failing_remote_command_fails_the_session(project: Path) -> None:
     assert "Session remote failed" in result.stderr
 
 
-def test_the_default_pytest_says_how_to_install_it(project: Path) -> None:
-    result = nox(project)  # the project's environment has no pytest
+def test_a_tool_the_environment_lacks_says_how_to_add_it(project: Path) -> None:
+    result = nox(project, "no-such-tool", "-q")  # as pytest where the project names none
     assert result.returncode != 0
-    assert "cannot run pytest" in result.stderr and "[jupyter] packages" in result.stderr
+    assert "cannot run no-such-tool" in result.stderr
+    assert 'packages = ["no-such-tool"]' in result.stderr

@@ -107,13 +107,18 @@ def test_the_password_prompt_shows_and_the_master_asks_once(password_host, short
     first.type(password)
     assert first.finish() == 0, first.screen
     # The line that said what ssh was asking for stays above the outcome.
-    asked = first.screen.split("… Connecting".encode())[1].split("✓ Connecting".encode())[0]
+    asked = between(first.screen, b"Connecting to rjn-test", "✓".encode())
     assert b"password:" in asked and ERASE_LINE_ABOVE not in asked
     assert b"Syncing with" in first.screen and password.encode() not in first.screen
 
     again = Terminal(["sync"], project)
     assert again.finish() == 0, again.screen
     assert b"password" not in again.screen.lower()
+
+
+def between(screen: bytes, start: bytes, end: bytes) -> bytes:
+    """What the terminal showed after the first `start`, up to the next `end`."""
+    return screen.split(start, 1)[1].split(end, 1)[0]
 
 
 # What rjn writes to take back the line above (cursor up, erase the line).
@@ -127,10 +132,10 @@ def test_a_login_that_asked_nothing_leaves_no_stray_line(host, make_project, sho
     terminal = Terminal(["sync"], project, XDG_RUNTIME_DIR=str(fresh))
     try:
         assert terminal.finish() == 0, terminal.screen
-        said = terminal.screen.split("… Connecting".encode())
-        assert len(said) == 2, terminal.screen  # it was said while ssh might ask
-        # Nobody was asked anything: the outcome took the line's place.
-        assert ERASE_LINE_ABOVE in said[1].split("✓ Connecting".encode())[0]
+        # It was said while ssh might ask; nobody was asked anything: the outcome took the
+        # line's place.
+        assert "…".encode() in terminal.screen.split(b"Connecting to rjn-test")[0]
+        assert ERASE_LINE_ABOVE in between(terminal.screen, b"Connecting to rjn-test", "✓".encode())
     finally:
         closing = Terminal(["close", "--server"], project, XDG_RUNTIME_DIR=str(fresh))
         closing.finish()

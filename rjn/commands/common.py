@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rjn import env, places, probe, requirements, state, transfer, twoway
+from rjn import env, places, portable, probe, requirements, state, transfer, twoway
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.helper_client import HelperClient
@@ -76,9 +76,14 @@ def away_news(config: Config, entries: tuple[tuple[str, float, bool], ...]) -> t
 def reach(config: Config) -> HelperClient:
     """rjn's helper on the project's host, over its connection (the master is shared by every
     project on that host; `.connection` is it)."""
-    connection = Connection(config.remote, control_dir=places.runtime_dir(),
-                            log_dir=places.state_dir())  # fmt: skip
-    return HelperClient(connection)
+    how = config.remote.multiplex
+    if how == "single" or (how == "auto" and portable.WINDOWS):
+        from rjn.hold import SingleConnection
+
+        kind: type[Connection] = SingleConnection
+    else:
+        kind = Connection
+    return HelperClient(kind(config.remote, places.runtime_dir(), places.state_dir()))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ def list_open(show_token: bool = False) -> list[Listed]:
     records = [s for s in state.all_projects() if s.local_port]
 
     def check(saved: state.ProjectState) -> Listed:
-        pid = master_pid_at(saved.control_path)
+        pid = master_pid_at(saved.control_path) or _holder_pid(saved.control_path)
         port = saved.local_port or 0
         held = pid is not None and tunnel.held_by(port, pid) is not False
         up = held and tunnel.answer_status(port, saved.token or "") == 200
@@ -40,3 +40,11 @@ def list_open(show_token: bool = False) -> list[Listed]:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(check, records))
+
+
+def _holder_pid(control_path: str) -> int | None:
+    """Single mode: the process that holds the host's session."""
+    from rjn.hold import held, hold_file
+
+    found = held(hold_file(control_path)) if hold_file(control_path).exists() else None
+    return found.pid if found else None

@@ -206,9 +206,10 @@ def stop_on_hangup(pid, folder, answered):
     def wait():
         wait_for_hangup()
         if not answered.is_set():
-            stop_pid(pid, grace=3.0)
+            # The record first: the main thread may end the process once the server is gone.
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, "server.json"))
+            stop_pid(pid, grace=3.0)
             os._exit(3)
 
     threading.Thread(target=wait, daemon=True).start()

@@ -66,6 +66,30 @@ def spread(what: str, values: list[float]) -> None:
     print(f"  {what:<44} p50 {percentile(ms, 0.5):7.1f} ms   p99 {percentile(ms, 0.99):7.1f} ms")
 
 
+CORE = (
+    ("open, warm (all reused), median of 5", ("open", "--no-browser", "--no-watch")),
+    ("status, median of 5", ("status",)),
+    ("sync, nothing changed, median of 5", ("sync",)),
+    ("run -- python -c pass, median of 5", ("run", "--", "python", "-c", "pass")),
+)
+
+
+def single_mode(host: TestHost, base: Path, login: float) -> None:
+    """The core timings again with [remote] multiplex = "single" (one ssh session held by
+    rjn, as where the ssh client cannot multiplex), on a project of its own."""
+    solo = base / "solo"
+    solo.mkdir()
+    toml = host.remote_toml(base / "solo-remote", 'multiplex = "single"\n')
+    (solo / "remote.toml").write_text(toml)
+    (solo / "analysis.py").write_text("import yaml\n")
+    print("single mode (one ssh session held by rjn, no ControlMaster):")
+    row("open, cold (install, start Jupyter)", rjn("open", "--no-browser", "--no-watch",
+                                                   cwd=solo), login)  # fmt: skip
+    for what, args in CORE:
+        row(what, statistics.median(rjn(*args, cwd=solo) for _ in range(5)), login)
+    rjn("close", "--server", cwd=solo)
+
+
 def start_up(base: Path) -> None:
     """Each command's start-up (imports and parsing, up to reading remote.toml: where none is,
     it stops there) over `python -c pass`, best of 7 each."""
@@ -109,17 +133,13 @@ def main() -> None:
         print(f"remote: {where}; bare `ssh host true` (new connection): {login:.2f} s")
         row("open, cold (install, start Jupyter)", rjn("open", "--no-browser", "--no-watch",
                                                        cwd=project), login)  # fmt: skip
-        for what, args in (
-            ("open, warm (all reused), median of 5", ("open", "--no-browser", "--no-watch")),
-            ("status, median of 5", ("status",)),
-            ("sync, nothing changed, median of 5", ("sync",)),
-            ("run -- python -c pass, median of 5", ("run", "--", "python", "-c", "pass")),
-        ):
+        for what, args in CORE:
             row(what, statistics.median(rjn(*args, cwd=project) for _ in range(5)), login)
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "rjn", "--help"], capture_output=True, check=True)
         row("--help", time.perf_counter() - started, login)
         start_up(base)
+        single_mode(host, base, login)
 
         watcher = subprocess.Popen(
             [sys.executable, "-m", "rjn", "watch"], cwd=project, stdin=subprocess.DEVNULL,

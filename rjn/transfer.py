@@ -465,7 +465,7 @@ def _place(
     version lands beside it."""
     index: dict[str, Any] = _load_index(config) if expected is None else {}
     placed: list[Pulled] = []
-    root_fd = os.open(config.root, os.O_RDONLY | os.O_DIRECTORY)
+    root_fd = helper_tree.open_root(str(config.root))
     try:
         for rel in _staged(staging):
             staged = staging / rel
@@ -496,17 +496,18 @@ def _place(
             try:
                 placed += _place_one(index, rel, staged, info, folder, config.remote_name)
             finally:
-                os.close(folder)
+                helper_tree.close_folder(folder)
     finally:
-        os.close(root_fd)
+        helper_tree.close_folder(root_fd)
     if expected is None and any(p.refused is None for p in placed):
         places.write_private(_index_path(config), json.dumps(index))
     return placed
 
 
-def _open_folder(root_fd: int, rel: str) -> int:
-    """A descriptor of the folder that will hold `rel`, made where missing; a component that is
-    a link, or not a folder, refuses (it is never followed). The helper's walk, run here."""
+def _open_folder(root_fd: Any, rel: str) -> Any:
+    """The folder that will hold `rel` (a descriptor, or a checked path where the platform has
+    none), made where missing; a component that is a link, or not a folder, refuses (it is
+    never followed). The helper's walk, run here."""
     try:
         return helper_tree.open_folder(root_fd, rel, make=True)
     except HelperError as failed:
@@ -521,17 +522,18 @@ def _place_one(
     rel: str,
     staged: Path,
     info: os.stat_result,
-    folder: int,
+    folder: Any,
     remote_name: str | None,
 ) -> list[Pulled]:
-    """Move one staged file into `folder` (a descriptor): in place, or beside a local edit."""
+    """Move one staged file into `folder` (see _open_folder): in place, or beside a local
+    edit."""
     name = rel.rsplit("/", 1)[-1]
     remote_stamp = _stamp(info)
     record = index.get(rel, {})
     local = _lstat_at(folder, name)
     if local is not None and stat.S_ISDIR(local.st_mode):
         try:
-            os.rmdir(name, dir_fd=folder)  # an empty folder gives way (a folder became a file)
+            helper_tree.rmdir_at(folder, name)  # an empty folder gives way (it became a file)
         except OSError:
             return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
         local = None
@@ -540,18 +542,18 @@ def _place_one(
         if record.get("remote") == remote_stamp:
             return []  # this remote version is already kept beside the local edit
         keep = _conflict_name(folder, name, remote_name or "remote")
-        os.replace(staged, keep, dst_dir_fd=folder)
+        helper_tree.move_in(staged, folder, keep)
         index[rel] = {**record, "remote": remote_stamp}
         copy = "/".join([*rel.split("/")[:-1], keep])
         return [Pulled(rel, info.st_size, copy)]
     # rename() replaces a link itself, never what it points at.
-    os.replace(staged, name, dst_dir_fd=folder)
+    helper_tree.move_in(staged, folder, name)
     placed = _lstat_at(folder, name)
     index[rel] = {"local": _stamp(placed) if placed else None, "remote": remote_stamp}
     return [Pulled(rel, info.st_size)]
 
 
-def _conflict_name(folder: int, name: str, label: str) -> str:
+def _conflict_name(folder: Any, name: str, label: str) -> str:
     """`fig.png` -> `fig.remote-20261123-101500.png` (`fig.cluster-...` from the remote named
     cluster, so that two remotes' versions are told apart): never an existing file's name."""
     when = time.strftime("%Y%m%d-%H%M%S")

@@ -32,16 +32,21 @@ class Pair:
         return twoway.run(self.helper, self.config, str(self.there), **options)
 
 
-# Both transfers pass the same passes: rsync, and rjn's own (helper/files.py).
-@pytest.fixture(params=["rsync", "rjn"])
+# Both transfers pass the same passes: rsync, and rjn's own (helper/files.py); and rjn's own
+# with folders as checked paths instead of descriptors (Windows' route, portable.py).
+@pytest.fixture(params=["rsync", "rjn", "rjn-by-path"])
 def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> Iterator[Pair]:
+    from rjn.helper import tree
+
+    monkeypatch.setattr(tree, "BY_PATH", request.param == "rjn-by-path")
+    how = request.param.split("-")[0]
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
     (here / "remote.toml").write_text(
-        f'[remote]\nhost = "here"\ndir = "{there}"\ntransfer = "{request.param}"\n'
+        f'[remote]\nhost = "here"\ndir = "{there}"\ntransfer = "{how}"\n'
     )
     (here / "train.py").write_text("print('v1')\n")
     (here / "data").mkdir()
@@ -162,3 +167,25 @@ def test_own_transfer_refuses_what_would_leave_staging(
     took.close()
     assert took.failed is not None and said in took.failed.message, took.failed
     assert not (tmp_path / "etc").exists() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("by_path", [False, True], ids=["descriptors", "paths"])
+def test_placing_never_writes_through_a_link_in_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_path: bool
+) -> None:
+    from rjn import transfer
+    from rjn.helper import tree
+
+    monkeypatch.setattr(tree, "BY_PATH", by_path)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    root, outside = tmp_path / "project", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "remote.toml").write_text('[remote]\nhost = "h"\n')
+    (root / "results").symlink_to(outside)  # planted: results/ leads out of the project
+    staging = root / ".rjn-incoming-1-x"
+    (staging / "results").mkdir(parents=True)
+    (staging / "results" / "fig.png").write_bytes(b"png")
+    [pulled] = transfer._place(cfg.load(root / "remote.toml"), staging)
+    assert pulled.refused and "link" in pulled.refused
+    assert not (outside / "fig.png").exists()

@@ -200,10 +200,55 @@ def replica(project):
     raise HelperError("cannot read or make %s" % path)
 
 
+# Folders are walked by descriptor (openat and friends), never through a link. Where the
+# platform has no descriptor-relative calls (Windows' Python), a folder is its path instead,
+# each component looked at (lstat) on the way: the same refusals, with a window between the
+# look and the use that descriptors close. RJN_ROUTES=no-dir-fd takes that route anywhere.
+BY_PATH = (
+    os.name == "nt"
+    or os.open not in os.supports_dir_fd
+    or "no-dir-fd" in os.environ.get("RJN_ROUTES", "").split(",")
+)
+
+
+def open_root(path):
+    """The project's folder, as a handle the calls below take."""
+    return path if BY_PATH else os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def close_folder(folder):
+    if not BY_PATH:
+        os.close(folder)
+
+
+def _at(folder, name):
+    """(path, dir_fd) for a call on `name` in `folder`."""
+    return (os.path.join(folder, name), None) if BY_PATH else (name, folder)
+
+
+def rmdir_at(folder, name):
+    path, fd = _at(folder, name)
+    os.rmdir(path, dir_fd=fd)
+
+
+def move_in(src, folder, name):
+    """Move the file at path `src` to `name` in `folder` (replacing what is there)."""
+    path, fd = _at(folder, name)
+    os.replace(src, path, dst_dir_fd=fd)
+
+
+def move_out(folder, name, target):
+    """Move `name` in `folder` to the path `target`."""
+    path, fd = _at(folder, name)
+    os.replace(path, target, src_dir_fd=fd)
+
+
 def open_folder(root_fd, rel, make):
-    """A descriptor of the folder that holds `rel`, walked from `root_fd` one component at a
-    time and never through a link (made where missing, with `make`). A component that is a
-    link or a file fails, naming it."""
+    """The folder that holds `rel` (a handle: see open_root), walked from the root one
+    component at a time and never through a link (made where missing, with `make`). A
+    component that is a link or a file fails, naming it."""
+    if BY_PATH:
+        return _walk_path(root_fd, rel, make)
     fd = os.dup(root_fd)
     walked = []
     try:
@@ -229,9 +274,26 @@ def open_folder(root_fd, rel, make):
     return fd
 
 
+def _walk_path(root, rel, make):
+    folder, walked = root, []
+    for part in rel.split("/")[:-1]:
+        walked.append(part)
+        folder = os.path.join(folder, part)
+        if make:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o777)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode):
+            raise HelperError(
+                "%s is a link or a file here: nothing is written through it" % "/".join(walked)
+            )
+    return folder
+
+
 def lstat_at(folder, name):
+    path, fd = _at(folder, name)
     try:
-        return os.stat(name, dir_fd=folder, follow_symlinks=False)
+        return os.stat(path, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
@@ -247,8 +309,9 @@ def still(folder, name, want):
         return False
     if [now.st_size, now.st_mtime_ns] != list(want[:2]):
         return False
+    path, fd = _at(folder, name)
     try:
-        return file_hash(name, dir_fd=folder) == want[2]
+        return file_hash(path, dir_fd=fd) == want[2]
     except OSError:
         return False
 
@@ -261,7 +324,7 @@ def replace_checked(folder, name, want, put):
     now = lstat_at(folder, name)
     if now is not None and stat.S_ISDIR(now.st_mode):
         try:
-            os.rmdir(name, dir_fd=folder)
+            rmdir_at(folder, name)
         except OSError:
             return "a folder of that name is here, and not empty"
     put(folder, name)
@@ -282,7 +345,7 @@ def place(args):
         raise HelperError("not a staging folder: %r" % name)
     staging = os.path.join(project, RJN_DIR, name)
     placed, kept = {}, {}
-    root_fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
+    root_fd = open_root(project)
     try:
         for rel, want in sorted(args["files"].items()):
             src = os.path.join(staging, rel)
@@ -300,18 +363,16 @@ def place(args):
                 continue
             try:
                 base = rel.rsplit("/", 1)[-1]
-                why = replace_checked(
-                    folder, base, want, lambda f, n, src=src: os.rename(src, n, dst_dir_fd=f)
-                )
+                why = replace_checked(folder, base, want, lambda f, n, src=src: move_in(src, f, n))
                 if why:
                     kept[rel] = why
                 else:
                     after = lstat_at(folder, base)
                     placed[rel] = [after.st_size, after.st_mtime_ns] if after else None
             finally:
-                os.close(folder)
+                close_folder(folder)
     finally:
-        os.close(root_fd)
+        close_folder(root_fd)
         shutil.rmtree(staging, ignore_errors=True)
     return Placed(in_parts(placed, "placed"), in_parts(kept, "kept")).to_json()
 
@@ -448,7 +509,7 @@ def move_to_trash(project, files):
     through a link; the names moved."""
     when = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    root_fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
+    root_fd = open_root(project)
     try:
         for rel, want in sorted(files.items()):
             try:
@@ -461,12 +522,12 @@ def move_to_trash(project, files):
                     continue
                 target = os.path.join(rjn_dir(project), "trash", when, rel)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.rename(base, target, src_dir_fd=folder)
+                move_out(folder, base, target)
                 moved.append(rel)
             finally:
-                os.close(folder)
+                close_folder(folder)
     finally:
-        os.close(root_fd)
+        close_folder(root_fd)
     return moved
 
 

@@ -209,8 +209,13 @@ class Holder:
             channel = self.open(EXEC, command.encode(), back)
             while not ended.is_set():
                 got = read_frame(reader.read)
-                if got is None:  # the command went away: stop what it ran
-                    self.write(channel, KILL)
+                if got is None:
+                    # The command went away (Ctrl-C, killed): its stdin ends, as with ssh, so
+                    # what it ran stops cleanly (the helper's actions watch for that); only
+                    # what lingers is killed.
+                    self.write(channel, EOF)
+                    if not ended.wait(15):
+                        self.write(channel, KILL)
                     break
                 self.write(channel, got[1], got[2])
             ended.wait(30)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +70,24 @@ def test_sync_run_and_status_ride_that_one_login(
     assert ran.returncode == 3 and ran.stdout.strip() == "ran", ran.stderr
     assert run_rjn("status", cwd=project).returncode == 0
     assert logins(host) == before  # every command rode the held session
+
+
+def test_ctrl_c_stops_the_remote_command(project: Path, short_tmp: Path) -> None:
+    marker = f"solo-sleeper-{time.time_ns()}"
+    code = f"import time, pathlib; pathlib.Path('{marker}').touch(); time.sleep(300)"
+    running = subprocess.Popen(
+        [sys.executable, "-m", "rjn", "run", "--", "python", "-c", code],
+        cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for((short_tmp / "remote" / "solo" / marker).exists, timeout=120, what="the run")
+    running.send_signal(signal.SIGINT)
+    assert running.wait(timeout=30) == 130
+
+    def gone() -> bool:
+        ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+        return marker not in ps
+
+    wait_for(gone, timeout=20, what="the remote command to stop")
 
 
 def test_the_watch_brings_results_home(project: Path, short_tmp: Path) -> None:

@@ -386,7 +386,7 @@ def run(
     Ctrl-C stops it remotely.
     """
     from rjn import ui
-    from rjn.commands.run import notebook_command
+    from rjn.commands.run import checked_notebook
     from rjn.commands.run import run as run_remotely
 
     project = _config()
@@ -394,10 +394,11 @@ def run(
     if notebook:
         if argv:
             raise RjnError("give either a command or --notebook, not both")
-        argv = notebook_command(project, notebook)
-    if not argv:
+        checked_notebook(project, notebook)  # said before anything connects
+    elif not argv:
         raise RjnError("nothing to run", hint="rjn run -- python train.py")
-    result = run_remotely(project, argv, ui.Steps(), ui.print_output, detach=detach)
+    result = run_remotely(project, argv, ui.Steps(), ui.print_output, detach=detach,
+                          notebook=notebook)  # fmt: skip
     if result.run_id:
         ui.err.print(f"started run {result.run_id}; follow it with `rjn logs -f`")
     for pulled in result.pulled:

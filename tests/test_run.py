@@ -56,6 +56,22 @@ def test_a_notebook_runs_headless_and_its_executed_copy_comes_home(project: Path
     assert code_cells[0]["execution_count"] == 1
 
 
+def test_a_notebook_in_a_folder_runs_there(project: Path) -> None:
+    """nbconvert runs the kernel in the notebook's folder: its sockets are found all the same."""
+    cell = {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None,
+            "outputs": [], "source": "import os; print(os.path.basename(os.getcwd()))"}  # fmt: skip
+    notebook = {"cells": [cell], "metadata": {"kernelspec": {"name": "python3",
+                "display_name": "Python 3", "language": "python"}}, "nbformat": 4,
+                "nbformat_minor": 5}  # fmt: skip
+    (project / "notebooks").mkdir(exist_ok=True)
+    (project / "notebooks" / "where.ipynb").write_text(json.dumps(notebook))
+    result = run_rjn("run", "--notebook", "notebooks/where.ipynb", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "without encryption" not in result.stderr
+    executed = json.loads((project / "results" / "where.executed.ipynb").read_text())
+    assert "".join(executed["cells"][0]["outputs"][0]["text"]).strip() == "notebooks"
+
+
 def test_a_missing_command_is_a_clear_error(project: Path) -> None:
     result = run_rjn("run", "--", "no-such-command-xyz", cwd=project)
     # rjn's own failure: 255, never a code the command could have meant (4 here)

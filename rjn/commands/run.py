@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Any
 
 from rjn import probe, server, state, twoway
@@ -21,9 +22,11 @@ def run(
     report: Reporter,
     on_output: Callable[[str, str], Any],
     detach: bool = False,
+    notebook: str | None = None,
 ) -> Ran:
-    """Push, ensure the environment, run `command` in the remote project with output streamed
-    live as (stream, line), then pull the results. Ctrl-C interrupts the remote command."""
+    """Push, ensure the environment, run `command` (or execute `notebook`, a project path)
+    in the remote project with output streamed live as (stream, line), then pull the
+    results. Ctrl-C interrupts the remote command."""
     root = config.root
     with state.locked(root, config.remote_name):
         previous = state.load(root, config.remote_name)
@@ -39,6 +42,8 @@ def run(
                     env_hash=ready.env_hash,
                 )
             )
+    if notebook:
+        command = notebook_command(config, notebook, ready.remote_dir)
     if detach:
         python = server.venv_python(ready.remote_dir)
         started = ready.helper.run_detached(
@@ -109,23 +114,36 @@ def stream_run(
         running.close()
 
 
-def notebook_command(config: Config, notebook: str) -> list[str]:
-    """nbconvert argv that executes a notebook into a copy in the first results folder."""
+def checked_notebook(config: Config, notebook: str) -> str:
+    """The notebook's path in the project, or an error that says it is not one."""
     path = (config.root / notebook).resolve()
     if not path.is_relative_to(config.root) or path.suffix != ".ipynb" or not path.is_file():
         raise RjnError(
             f"{notebook}: not a notebook in this project",
             hint="give a path to an .ipynb file inside the project folder",
         )
-    rel = path.relative_to(config.root).as_posix()
+    return path.relative_to(config.root).as_posix()
+
+
+# A unix socket's path holds 107 bytes: the kernel's are <prefix>-<n>.
+IPC_PREFIX_MAX = 90
+
+
+def notebook_command(config: Config, notebook: str, remote_dir: str) -> list[str]:
+    """nbconvert argv that executes a notebook into a copy in the first results folder."""
+    rel = checked_notebook(config, notebook)
     out_dir = config.sync.results[0] if config.sync.results else "results"
-    return [
+    argv = [
         "jupyter", "nbconvert", "--to", "notebook", "--execute", rel,
-        "--output-dir", out_dir, "--output", f"{path.stem}.executed",
-        # The kernel on unix sockets beside its connection file (private), not TCP ports any
-        # user of the host can reach (ipykernel warns of those at every run).
-        "--KernelManager.transport=ipc",
+        "--output-dir", out_dir, "--output", f"{PurePosixPath(rel).stem}.executed",
     ]  # fmt: skip
+    # The kernel on unix sockets in the project's private .rjn/, not TCP ports any user of
+    # the host can reach (ipykernel warns of those at every run). The prefix is absolute: the
+    # kernel runs in the notebook's folder, nbconvert in the project's.
+    prefix = f"{remote_dir}/.rjn/kernel"
+    if len(prefix.encode()) <= IPC_PREFIX_MAX:
+        argv += ["--KernelManager.transport=ipc", f"--KernelManager.ip={prefix}"]
+    return argv
 
 
 def logs(

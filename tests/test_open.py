@@ -194,11 +194,11 @@ def test_an_edit_of_the_same_size_within_a_second_is_pushed(make_project, short_
 
 
 def test_ctrl_c_while_jupyter_starts_leaves_no_server_running(make_project, short_tmp) -> None:
-    project = make_project("kappa")
+    project = make_project("interrupted")
     # Pushed and installed first, so that the interrupt lands while Jupyter starts.
     prepared = run_rjn("run", "--", "true", cwd=project)
     assert prepared.returncode == 0, prepared.stderr
-    record = short_tmp / "remote" / "kappa" / ".rjn" / "server.json"
+    record = short_tmp / "remote" / "interrupted" / ".rjn" / "server.json"
     opening = subprocess.Popen(
         [sys.executable, "-m", "rjn", "open", "--no-browser", "--no-watch"], cwd=project,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

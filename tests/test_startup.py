@@ -40,9 +40,10 @@ def test_start_up_loads_only_what_is_on_the_list(command: str, tmp_path: Path) -
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     loaded = set(json.loads(done.stdout.splitlines()[-1]))
     packages = {name.split(".")[0] for name in loaded} - set(sys.stdlib_module_names)
-    # Private site hooks (an editable install's finder, setuptools' distutils shim) are not
-    # what a command loads.
-    packages = {name for name in packages if not name.startswith("_")}
+    # Site hooks (an editable install's finder, setuptools' distutils shim, a distribution's
+    # sitecustomize) are not what a command loads.
+    hooks = {"sitecustomize", "usercustomize"}
+    packages = {name for name in packages if not name.startswith("_") and name not in hooks}
     assert packages <= ALLOWED, sorted(packages - ALLOWED)
     heavy = [name for name in HEAVY if name in loaded]
     if command == "requirements":  # what that command is for

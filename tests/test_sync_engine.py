@@ -17,14 +17,16 @@ import pytest
 from helpers import run_rjn, wait_for
 
 
-@pytest.fixture(scope="module")
-def project(opened_project: Callable[..., Path]) -> Path:
-    return opened_project("engine")
+# Each case with both transfers: rsync, and rjn's own (where this machine's rsync cannot serve).
+@pytest.fixture(scope="module", params=["rsync", "rjn"])
+def project(opened_project: Callable[..., Path], request: pytest.FixtureRequest) -> Path:
+    name = "engine" if request.param == "rsync" else "engine-own"
+    return opened_project(name, remote_extra=f'transfer = "{request.param}"\n')
 
 
 @pytest.fixture(scope="module")
 def remote(project: Path, short_tmp: Path) -> Path:
-    return short_tmp / "remote" / "engine"
+    return short_tmp / "remote" / project.name
 
 
 def synced(project: Path, *args: str) -> str:

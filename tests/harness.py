@@ -219,6 +219,9 @@ class Harness:
         here = {k: v for k, v in files_of(self.local).items() if kept(k)}
         there = {k: v for k, v in files_of(self.remote).items() if kept(k)}
         conflicted = set(tree["conflicts"])
-        assert {k: v for k, v in here.items() if k not in conflicted} == {
-            k: v for k, v in there.items() if k not in conflicted
-        }, (self.seed, self.log[-20:])
+        mine = {k: v for k, v in here.items() if k not in conflicted}
+        theirs = {k: v for k, v in there.items() if k not in conflicted}
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        assert mine == theirs, (self.seed, differ, {k: (mine.get(k), theirs.get(k))
+                                                    for k in differ[:5]}, tree,
+                                self.log[-20:])  # fmt: skip

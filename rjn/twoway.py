@@ -348,8 +348,12 @@ def run(
         def free(tree: Mapping[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in tree.items() if k not in held}
 
-        plan = decide(free(here["files"]), free(there.files), free(agreed), here["others"],
-                      there.others)  # fmt: skip
+        # A conflicted name is out of the plan, but where it still holds a file, that file
+        # blocks its name as a link would: nothing may go beneath it (a folder made of it on
+        # the other side is a clash, said, not a push refused at every pass).
+        plan = decide(free(here["files"]), free(there.files), free(agreed),
+                      [*here["others"], *(held & here["files"].keys())],
+                      [*there.others, *(held & there.files.keys())])  # fmt: skip
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
         outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, record,
                          direction, progress)  # fmt: skip

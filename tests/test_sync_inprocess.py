@@ -189,3 +189,20 @@ def test_placing_never_writes_through_a_link_in_the_project(
     [pulled] = transfer._place(cfg.load(root / "remote.toml"), staging)
     assert pulled.refused and "link" in pulled.refused
     assert not (outside / "fig.png").exists()
+
+
+def test_a_conflicted_file_that_became_a_folder_here_is_a_clash_not_a_loop(pair: Pair) -> None:
+    """Found by the soak: the conflicted name still holds a file there, so nothing may go
+    beneath it; each pass tried, and was refused ("raced"), for ever."""
+    pair.sync()
+    bump(pair.there / "train.py", "print('theirs')\n")
+    bump(pair.here / "train.py", "print('ours')\n")
+    assert "train.py" in pair.sync().conflicts
+    (pair.here / "train.py").unlink()
+    (pair.here / "train.py").mkdir()
+    (pair.here / "train.py" / "y").write_text("inside\n")
+    pair.sync()
+    again = pair.sync()
+    assert not again.raced and "train.py" in again.clashes
+    assert (pair.there / "train.py").read_text() == "print('theirs')\n"  # nothing lost there
+    assert (pair.here / "train.py" / "y").read_text() == "inside\n"

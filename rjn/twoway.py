@@ -135,9 +135,10 @@ def _change(entry: Sequence[Any] | None, base: str | None) -> str:
 
 
 def _clashes(files: set[str], blockers: set[str]) -> set[str]:
-    """Names on one side that would be a file and a folder at once, or that a link holds."""
+    """Names on one side that would be a file and a folder at once, or that a link holds, or
+    that would be a file where something that stays (a link, a kept file) needs a folder."""
     folders = _folders(files)
-    found = {rel for rel in files if rel in folders}
+    found = {rel for rel in files if rel in folders or rel in _folders(blockers)}
     found |= {rel for rel in blockers if rel in folders or rel in files}
     return found
 
@@ -348,11 +349,13 @@ def run(
         def free(tree: Mapping[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in tree.items() if k not in held}
 
-        # A conflicted name is out of the plan, but where it still holds a file, that file
-        # blocks its name as a link would: nothing may go beneath it (a folder made of it on
-        # the other side is a clash, said, not a push refused at every pass).
+        # A conflicted name is out of the plan, but where it still holds a file (and here,
+        # where its copy lies), that file blocks its name as a link would: nothing may go
+        # beneath it, nor replace its folder (a clash, said, not a move refused at every pass).
+        lying = [copy for copy in copies if (config.root / copy).exists()]
+        kept_here = [*(held & here["files"].keys()), *lying]
         plan = decide(free(here["files"]), free(there.files), free(agreed),
-                      [*here["others"], *(held & here["files"].keys())],
+                      [*here["others"], *kept_here],
                       [*there.others, *(held & there.files.keys())])  # fmt: skip
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
         outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, record,

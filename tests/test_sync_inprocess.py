@@ -206,3 +206,29 @@ def test_a_conflicted_file_that_became_a_folder_here_is_a_clash_not_a_loop(pair:
     assert not again.raced and "train.py" in again.clashes
     assert (pair.there / "train.py").read_text() == "print('theirs')\n"  # nothing lost there
     assert (pair.here / "train.py" / "y").read_text() == "inside\n"
+
+
+def test_a_file_there_where_a_conflict_copy_lies_here_is_a_clash(pair: Pair) -> None:
+    """Found by the soak: the copy of a conflict beside its file, in folder d, here; d made a
+    file there. Pulling it over the folder was refused at every pass."""
+    (pair.here / "d").mkdir()
+    (pair.here / "d" / "x").write_text("v1\n")
+    pair.sync()
+    bump(pair.there / "d" / "x", "theirs\n")
+    bump(pair.here / "d" / "x", "ours\n")
+    [copy] = pair.sync().conflicts.values()
+    (pair.here / "d" / "x").unlink()  # the copy stays
+    for path in sorted(pair.there.joinpath("d").rglob("*"), reverse=True):
+        path.unlink()
+    (pair.there / "d").rmdir()
+    (pair.there / "d").write_text("a file now\n")
+    pair.sync()
+    again = pair.sync()
+    assert not again.pulled and "d" in again.clashes
+    assert (pair.here / copy).read_text() == "theirs\n"  # nothing lost here
+    assert (pair.there / "d").read_text() == "a file now\n"
+
+
+def test_a_link_here_where_a_folder_was_made_a_file_there_is_a_clash() -> None:
+    plan = twoway.decide({}, {"d": [1, 1, "h"]}, {}, local_others=["d/link"])
+    assert plan.clash == ("d",) and not plan.pull

@@ -106,7 +106,7 @@ def start_up(base: Path) -> None:
 
     python = best("-c", "pass")
     worst = max((best("-m", "rjn", command), command)
-                for command in ("open", "status", "sync", "run", "close", "ls"))  # fmt: skip
+                for command in ("open", "status", "sync", "run", "close"))  # fmt: skip
     print(f"  {'start-up over python -c pass, slowest: ' + worst[1]:<44} "
           f"{(worst[0] - python) * 1000:7.0f} ms")
 

@@ -18,7 +18,6 @@ import secrets
 import shlex
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -31,35 +30,24 @@ from typing import Any
 from rjn import proc
 from rjn.connection import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, Connection
 from rjn.errors import ConfigError, Timeout
+from rjn.helper.mux import (  # the wire format, one definition for both ends
+    DATA,
+    EOF,
+    ERR,
+    EXEC,
+    EXIT,
+    FAIL,
+    KILL,
+    OUT,
+    READY,
+    SOCKET,
+    frame,
+    read_frame,
+)
 
-EXEC, SOCKET, DATA, EOF, OUT, ERR, EXIT, KILL, READY, FAIL = range(1, 11)
-HEAD = struct.Struct(">IBI")
 CHUNK = 1 << 16
 # With no forward and no command for this long, the holder ends (the next command logs in).
 IDLE = 600.0
-
-
-def _exactly(reader: Callable[[int], bytes], count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        block = reader(count - len(data))
-        if not block:
-            return None
-        data += block
-    return data
-
-
-def read_frame(reader: Callable[[int], bytes]) -> tuple[int, int, bytes] | None:
-    head = _exactly(reader, HEAD.size)
-    if head is None:
-        return None
-    channel, kind, length = HEAD.unpack(head)
-    payload = _exactly(reader, length) if length else b""
-    return None if payload is None else (channel, kind, payload)
-
-
-def frame(channel: int, kind: int, payload: bytes = b"") -> bytes:
-    return HEAD.pack(channel, kind, len(payload)) + payload
 
 
 # -- the holder ------------------------------------------------------------------------------------
@@ -105,7 +93,7 @@ class Holder:
         self.ssh = subprocess.Popen(self.spec["argv"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log)  # fmt: skip
         assert self.ssh.stdout
-        reader = self.ssh.stdout.read
+        reader = self.ssh.stdout
         first = read_frame(reader)
         if first is None or first[1] != READY:
             print("failed", flush=True)
@@ -208,7 +196,7 @@ class Holder:
         try:
             channel = self.open(EXEC, command.encode(), back)
             while not ended.is_set():
-                got = read_frame(reader.read)
+                got = read_frame(reader)
                 if got is None:
                     # The command went away (Ctrl-C, killed): its stdin ends, as with ssh, so
                     # what it ran stops cleanly (the helper's actions watch for that); only
@@ -345,7 +333,7 @@ class Running:
     def _read(self) -> None:
         reader = self.conn.makefile("rb")
         try:
-            while (got := read_frame(reader.read)) is not None:
+            while (got := read_frame(reader)) is not None:
                 _, kind, payload = got
                 if kind == OUT:
                     self._out(payload)

@@ -6,6 +6,7 @@ command, transfer and the Jupyter tunnel.
 A frame is a 9-byte header (channel: 4 bytes, kind: 1, length: 4, big-endian) and that many
 bytes. Sent by itself (`python3 -c`, not from the helper's zipapp): standard library, Python
 3.6 and later. Ends, with everything it runs, when its stdin ends (the connection went).
+rjn/hold.py speaks the same frames: it imports them from here (one definition of the wire).
 """
 
 import os
@@ -20,14 +21,28 @@ EXEC, SOCKET, DATA, EOF, OUT, ERR, EXIT, KILL, READY, FAIL = range(1, 11)
 HEAD = struct.Struct(">IBI")
 CHUNK = 1 << 16
 
-out = sys.stdout.buffer
+out = None  # stdout, once main() runs (the holder imports the frames alone)
 out_lock = threading.Lock()
 channels = {}  # type: dict
 
 
+def frame(channel, kind, payload=b""):
+    return HEAD.pack(channel, kind, len(payload)) + payload
+
+
+def read_frame(stream):
+    """(channel, kind, payload) of the next frame, or None where the stream ends."""
+    head = exactly(stream, HEAD.size)
+    if head is None:
+        return None
+    channel, kind, length = HEAD.unpack(head)
+    payload = exactly(stream, length) if length else b""
+    return None if payload is None else (channel, kind, payload)
+
+
 def send(channel, kind, payload=b""):
     with out_lock:
-        out.write(HEAD.pack(channel, kind, len(payload)) + payload)
+        out.write(frame(channel, kind, payload))
         out.flush()
 
 
@@ -123,17 +138,16 @@ def exactly(stream, count):
 
 
 def main():
+    global out
+    out = sys.stdout.buffer
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     stream = sys.stdin.buffer
     send(0, READY)
     while True:
-        head = exactly(stream, HEAD.size)
-        if head is None:
+        got = read_frame(stream)
+        if got is None:
             break
-        channel, kind, length = HEAD.unpack(head)
-        payload = exactly(stream, length) if length else b""
-        if payload is None:
-            break
+        channel, kind, payload = got
         if kind == EXEC:
             run(channel, payload.decode("utf-8", "replace"))
         elif kind == SOCKET:

@@ -292,20 +292,9 @@ class Connection:
         self.log_path.write_text("")
         interactive = sys.stdin.isatty()
         argv = [
-            "ssh", *self.options(),
-            "-o", "ControlMaster=yes",
-            "-o", "ControlPersist=yes",
-            "-o", f"ConnectTimeout={timeout}",
-            # A link that stalls (wifi gone, laptop lid, a dead NAT entry) drops no connection:
-            # only missing answers tell. Asked every second, four missed answers end the
-            # master, and with it every command and tunnel on it, so that a stall is said
-            # within about 5 s and a fresh connection can take over (see watch.follow).
-            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
-            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
-            # Without a terminal nobody can answer a prompt: fail at once instead of hanging.
-            "-o", f"BatchMode={'no' if interactive else 'yes'}",
-            "-E", str(self.log_path),
-            "-N", "-f", "--", self.host,
+            "ssh", *self.options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
+            *self.session_options(timeout, interactive),
+            "-E", str(self.log_path), "-N", "-f", "--", self.host,
         ]  # fmt: skip
         code = proc.spawn_detached(
             argv, log=self.log_path, timeout=timeout + (600 if interactive else 30)
@@ -313,6 +302,22 @@ class Connection:
         if code != 0 or not self.master_alive():
             raise self.explain(self.log_path.read_text(errors="replace"))
         return True
+
+    @staticmethod
+    def session_options(timeout: int, interactive: bool) -> list[str]:
+        """ssh options of the one session that carries a host's work (a master, or single
+        mode's held session)."""
+        return [
+            "-o", f"ConnectTimeout={timeout}",
+            # A link that stalls (wifi gone, laptop lid, a dead NAT entry) drops no connection:
+            # only missing answers tell. Asked every second, four missed answers end the
+            # session, and with it every command and tunnel on it, so that a stall is said
+            # within about 5 s and a fresh connection can take over (see watch.follow).
+            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
+            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
+            # Without a terminal nobody can answer a prompt: fail at once instead of hanging.
+            "-o", f"BatchMode={'no' if interactive else 'yes'}",
+        ]  # fmt: skip
 
     def responsive(self, timeout: float) -> bool:
         """Whether the remote answers a no-op through the master within `timeout` seconds."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rjn import proc
-from rjn.connection import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, Connection
+from rjn.connection import Connection
 from rjn.errors import ConfigError, Timeout
 from rjn.helper.mux import (  # the wire format, one definition for both ends
     DATA,
@@ -403,10 +403,7 @@ class SingleConnection(Connection):
         mux = resources.files("rjn.helper").joinpath("mux.py").read_text()
         ssh = [
             "ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *self.options(),
-            "-o", f"ConnectTimeout={timeout}",
-            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
-            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
-            "-o", f"BatchMode={'no' if interactive else 'yes'}",
+            *self.session_options(timeout, interactive),
             "-T", "--", self.host, shlex.join([python, "-c", mux]),
         ]  # fmt: skip
         spec = {"argv": ssh, "control": str(self.hold_path), "log": str(self.log_path)}

@@ -17,9 +17,9 @@ import sys
 import zlib
 
 from .common import HelperError, emit, private, project_dir, rjn_dir
+from .tree import staging_path
 
 CHUNK = 1 << 20
-STAGING_PREFIX = "incoming-"
 
 
 def _plain(rel):
@@ -105,10 +105,8 @@ def receive(args):
     then its 32-byte SHA-256. A file whose content does not match its hash is dropped (and
     so does not arrive: placing says so)."""
     project = project_dir(args["dir"])
-    staging = args["staging"]
-    if not (staging.startswith(STAGING_PREFIX) and _plain(staging) and "/" not in staging):
-        raise HelperError("not a staging folder: %r" % staging[:100])
-    base = private(os.path.join(rjn_dir(project), staging))
+    rjn_dir(project)  # .rjn/ itself checked: a real folder of ours, never a link
+    base = private(staging_path(project, args["staging"]))
     stream = sys.stdin.buffer
     received, damaged = [], []
     for name, mode, mtime_ns in args["files"]:

@@ -334,16 +334,20 @@ def replace_checked(folder, name, want, put):
 STAGING_PREFIX = "incoming-"
 
 
+def staging_path(project, name):
+    """A push's staging folder in .rjn/, by a name the caller gave: one of ours, or refused."""
+    if not name.startswith(STAGING_PREFIX) or "/" in name or name.startswith("."):
+        raise HelperError("not a staging folder: %r" % name[:100])
+    return os.path.join(project, RJN_DIR, name)
+
+
 def place(args):
     """Move what a push left in a staging folder (in .rjn/) into the project, each file only
     if its place still holds what the plan was made from (`files`: {rel: None (absent) or
     [size, mtime_ns, sha256]}). A file changed since is left as it is, and said: the caller
     keeps its own version and decides again. The staging folder goes, whatever is left."""
     project = project_dir(args["dir"])
-    name = args["staging"]
-    if not name.startswith(STAGING_PREFIX) or "/" in name or name.startswith("."):
-        raise HelperError("not a staging folder: %r" % name)
-    staging = os.path.join(project, RJN_DIR, name)
+    staging = staging_path(project, args["staging"])
     placed, kept = {}, {}
     root_fd = open_root(project)
     try:

@@ -223,27 +223,7 @@ class HelperClient:
 
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.python
-        answer: dict[str, Any] = {}
-        parts = Parts(self.host)
-
-        def on_message(message: dict[str, Any]) -> None:
-            if "log" in message and on_log:
-                on_log(str(message["log"]))
-            if "part" in message:
-                parts.add(message)
-            kinds = ("ok", "error", "need", "old_python")
-            answer.update({k: v for k, v in message.items() if k in kinds})
-            if on_data and not message.keys() & {*kinds, "log", "part"}:
-                on_data(message)
-
-        def settled() -> dict[str, Any] | None:
-            """The helper's answer, once it came: its ok, or its error raised."""
-            if "error" in answer:
-                raise helper_error(self.host, answer["error"])
-            ok: dict[str, Any] | None = answer.get("ok")
-            return parts.joined(ok) if ok is not None else None
-
-        parse = _messages(on_message)
+        answer = Answer(self.host, on_log, on_data)
         if action in self.SERVED and python == self.python and not hold and not send:
             served = self._served(action, args, timeout or 300)
             if served is None:
@@ -252,17 +232,17 @@ class HelperClient:
                 self._start_serving()
                 served = self._served(action, args, timeout or 300)
             for line in served or ():
-                parse(line)
-            if (done := settled()) is not None:
+                answer.line(line)
+            if (done := answer.settled()) is not None:
                 return done
-            parts = Parts(self.host)  # asked again by exec: from the start
+            answer = Answer(self.host, on_log, on_data)  # asked again by exec: from the start
         payload, size = self._helper_payload(send)
         command, rest = _agent_command(python, action, args, size)
         payload += rest
         if hold:
             # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
             # link), the helper sees it close and can undo what it started.
-            running = self.connection.start(command, stdin=payload, on_out=parse)
+            running = self.connection.start(command, stdin=payload, on_out=answer.line)
             try:
                 code, err = running.wait(timeout), running.stderr
             finally:
@@ -277,24 +257,24 @@ class HelperClient:
             watched = on_log or on_data
             given = itertools.chain([payload], stream) if stream else payload
             result = self.connection.run(
-                command, input=given, timeout=timeout, on_out=parse if watched else None
+                command, input=given, timeout=timeout, on_out=answer.line if watched else None
             )
             if not watched:
                 for line in result.out.splitlines():
-                    parse(line)
+                    answer.line(line)
             code, err = result.code, result.err
-        if code == NEED_HELPER and "need" in answer and not size:
+        if code == NEED_HELPER and "need" in answer.fields and not size:
             # The host no longer keeps this helper (a cleaned cache): send it, once.
             self._helper_lost()
             return self.call(action, args, python=python, on_log=on_log, timeout=timeout,
                              hold=hold, send=True, on_data=on_data, stream=stream)  # fmt: skip
-        if code == OLD_PYTHON and "old_python" in answer:
-            newer = self._newer_python(python, str(answer["old_python"])[:20])
+        if code == OLD_PYTHON and "old_python" in answer.fields:
+            newer = self._newer_python(python, str(answer.fields["old_python"])[:20])
             return self.call(action, args, python=newer, on_log=on_log, timeout=timeout,
                              hold=hold, send=send, on_data=on_data, stream=stream)  # fmt: skip
-        if "ok" in answer or "error" in answer:
+        if "ok" in answer.fields or "error" in answer.fields:
             self._helper_kept(size)
-        if (done := settled()) is not None:
+        if (done := answer.settled()) is not None:
             return done
         if code == 127:
             cannot = next((ln for ln in err.splitlines() if "error while loading" in ln), "")
@@ -517,6 +497,40 @@ MESSAGE_MAX = 4 * 1024 * 1024
 # listing may name: what a project of a million files needs, and a bound on memory.
 ANSWER_MAX = 1024**3
 LISTED_MAX = 2_000_000
+
+
+class Answer:
+    """One call's messages, taken line by line as the untrusted input they are: logs and data
+    handed on as they come, parts gathered, and the answer: its ok, or its error raised."""
+
+    KINDS = ("ok", "error", "need", "old_python")
+
+    def __init__(
+        self,
+        host: str,
+        on_log: Callable[[str], Any] | None = None,
+        on_data: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.host, self.on_log, self.on_data = host, on_log, on_data
+        self.fields: dict[str, Any] = {}
+        self.parts = Parts(host)
+        self.line = _messages(self._take)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        if "log" in message and self.on_log:
+            self.on_log(str(message["log"]))
+        if "part" in message:
+            self.parts.add(message)
+        self.fields.update({k: v for k, v in message.items() if k in self.KINDS})
+        if self.on_data and not message.keys() & {*self.KINDS, "log", "part"}:
+            self.on_data(message)
+
+    def settled(self) -> dict[str, Any] | None:
+        """The helper's answer, once it came: its ok, or its error raised."""
+        if "error" in self.fields:
+            raise helper_error(self.host, self.fields["error"])
+        ok: dict[str, Any] | None = self.fields.get("ok")
+        return self.parts.joined(ok) if ok is not None else None
 
 
 class Parts:

@@ -16,7 +16,7 @@ from typing import Any
 from rjn.config import RemoteConfig
 from rjn.connection import Connection
 from rjn.helper import main as helper_main
-from rjn.helper_client import HelperClient, Parts, _messages, helper_error
+from rjn.helper_client import Answer, HelperClient
 
 
 class LocalConnection(Connection):
@@ -60,25 +60,10 @@ class InProcessHelper(HelperClient):
         given = io.TextIOWrapper(io.BytesIO(b"".join(stream)))  # what follows the arguments
         with contextlib.redirect_stdout(out), _stdin(given):
             helper_main.main(["helper", action, json.dumps(args)])
-        answer: dict[str, Any] = {}
-        parts = Parts(self.host)
-
-        def on_message(message: dict[str, Any]) -> None:
-            if "log" in message and on_log:
-                on_log(str(message["log"]))
-            if "part" in message:
-                parts.add(message)
-            answer.update({k: v for k, v in message.items() if k in ("ok", "error")})
-            if on_data and not message.keys() & {"ok", "error", "log", "part"}:
-                on_data(message)
-
-        parse = _messages(on_message)
+        answer = Answer(self.host, on_log, on_data)  # read as over a connection
         for line in out.getvalue().splitlines():
-            parse(line)
-        if "error" in answer:
-            raise helper_error(self.host, answer["error"])
-        joined: dict[str, Any] = parts.joined(answer.get("ok"))
-        return joined
+            answer.line(line)
+        return answer.settled() or {}
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
-from rjn.helper_client import HelperClient
+from rjn.helper_client import HelperClient, read
 from rjn.model import Outcome
 
 # A file's state on one side: [size, mtime_ns, sha256].
@@ -270,14 +270,6 @@ def _whole(config: Config, listing: protocol.TreeListing) -> protocol.TreeListin
     return dataclasses.replace(listing, files=files)
 
 
-def _listing(raw: dict[str, Any] | None) -> protocol.TreeListing | None:
-    """A listing that came with another answer (a probe's, a run's), checked."""
-    try:
-        return protocol.TreeListing.parse(raw) if raw is not None else None
-    except protocol.Malformed as bad:
-        raise transfer.Refused(f"the remote sent a malformed file listing ({bad.field})") from None
-
-
 def _bare(listing: protocol.TreeListing) -> str:
     """A listing's digest without its files (what a no-change pass compares)."""
     return _digest(dataclasses.replace(listing, files={}).to_json())
@@ -312,7 +304,9 @@ def run(
     with _lock(config):
         transfer.clean_staging(config.root)
         scanned = here_scan.result() if here_scan else None
-        given = _listing(remote_tree)
+        # A listing that came with another answer (a probe's, a run's), read as scan's is.
+        given = (read(helper.host, protocol.TreeListing, "file listing", remote_tree)
+                 if remote_tree is not None else None)  # fmt: skip
         if _unchanged(config, given, scanned):
             return Outcome()
         record = load(config)

@@ -36,20 +36,18 @@ def answer_status(port: int, token: str, timeout: float = 3.0) -> int | None:
     return None
 
 
-def held_by(port: int, pid: int) -> bool | None:
-    """Whether process `pid` (our ssh master) is what listens on 127.0.0.1:port; None where
-    this machine cannot tell (portable.listens: /proc, lsof or netstat).
+def held(port: int, pid: int | None) -> bool:
+    """Whether our ssh (process `pid`, if it is up) is what listens on 127.0.0.1:port; where
+    this machine cannot tell (portable.listens: /proc, lsof or netstat), whether it is up.
 
     The token goes only to a listener that is ours: another local user could listen on a
     port our tunnel used to hold, and collect whatever is sent there."""
-    return portable.listens(port, pid)
+    return pid is not None and portable.listens(port, pid) is not False
 
 
 def ours(remote: Connection, port: int, pid: int | None = None) -> bool:
-    """Whether our master (`pid`, if the caller knows it) holds the port; where that cannot
-    be told, whether the master is up."""
-    pid = pid or remote.master_pid()
-    return pid is not None and held_by(port, pid) is not False
+    """held() by our master (`pid`, if the caller knows it)."""
+    return held(port, pid or remote.master_pid())
 
 
 def is_free(port: int) -> bool:

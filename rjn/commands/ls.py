@@ -19,7 +19,7 @@ def list_open(show_token: bool = False) -> list[Listed]:
     def check(saved: state.ProjectState) -> Listed:
         pid = master_pid_at(saved.control_path) or _holder_pid(saved.control_path)
         port = saved.local_port or 0
-        held = pid is not None and tunnel.held_by(port, pid) is not False
+        held = tunnel.held(port, pid)
         up = held and tunnel.answer_status(port, saved.token or "") == 200
         root = Path(saved.root)
         return Listed(

@@ -143,6 +143,12 @@ class HelperClient:
     # Read-only actions: an answer lost on the way can be asked for again by exec.
     SERVED = ("probe", "scan")
 
+    @property
+    def _serves(self) -> bool:
+        """Whether a serving helper can be had here: a faster path, never a needed one (unix
+        sockets on this machine, a connection that forwards to one)."""
+        return portable.UNIX_SOCKETS and self.connection.SERVES
+
     def _serving_socket(self) -> Path:
         """The local end of the forward to this connection's serving helper, of this rjn and
         this [remote] python (its answers, the environment's check above all, are that
@@ -154,9 +160,11 @@ class HelperClient:
     def _served(self, action: str, args: dict[str, Any], timeout: float) -> list[str] | None:
         """The answer's lines from the serving helper (one round trip, no new remote process),
         or None where it cannot answer: not started, or gone with its connection."""
+        if not self._serves:
+            return None
         path = self._serving_socket()
-        if not (portable.UNIX_SOCKETS and self.connection.SERVES) or not path.exists():
-            return None  # (a faster path, never a needed one)
+        if not path.exists():
+            return None
         chunks, size = [], 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
@@ -177,7 +185,7 @@ class HelperClient:
         """Start this connection's serving helper (an ssh session of the master, which ends
         with it) and forward a local socket to its own: one exec round trip, once. If it
         cannot be done, commands go on by exec, as they always could."""
-        if not (portable.UNIX_SOCKETS and self.connection.SERVES):
+        if not self._serves:
             return
         path = self._serving_socket()
         refused = path.with_suffix(".refused")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -580,9 +581,11 @@ class LocalRsync:
 _VERSION = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)")
 
 
+@functools.cache
 def local_rsync() -> LocalRsync:
     """This machine's rsync: macOS ships 2.6.9 (to 15.3) or openrsync (15.4 on), Windows none;
-    neither knows what rjn asks of rsync. Remembered per binary (path and time)."""
+    neither knows what rjn asks of rsync. Remembered per binary (path and time), and asked
+    once per process (a watch asks at every batch it pulls)."""
     path = shutil.which("rsync")
     if path is None:
         return LocalRsync(None, "", False)

@@ -674,16 +674,18 @@ def _fetch(
             "folders": None if names is not None else list(config.sync.results),
             "max_size": config.sync.max_file_size,
             "follow_links": config.sync.follow_symlinks}  # fmt: skip
-    arrivals = _Arrivals(staging, within, config.sync.max_file_size)
+    arrivals = _Arrivals(staging, within, config.sync.max_file_size, max_bytes)
     try:
         answer = helper.send_files(args, arrivals.take)
     finally:
         arrivals.close()
     if arrivals.failed:
         raise arrivals.failed
-    if answer.get("over_budget"):
+    # Said by the helper before it sends, or seen here (a remote that does not keep to it).
+    over = arrivals.over_budget or answer.get("over_budget")
+    if over:
         raise RemoteError(
-            f"{helper.host}: the pull would bring {answer['over_budget']:,} bytes, over [sync] "
+            f"{helper.host}: the pull would bring {over:,} bytes, over [sync] "
             f"max_pull_size ({max_bytes:,}); nothing was placed",
             hint="raise [sync] max_pull_size in remote.toml if that much is expected, or "
             "remove what should not come home from the results folders",
@@ -697,8 +699,11 @@ class _Arrivals:
     link, each file checked against its hash (one that does not match is not kept). Called
     from the transfer's reader: it never raises there (`failed` says what went wrong)."""
 
-    def __init__(self, staging: Path, within: Sequence[str] | None, max_size: int) -> None:
+    def __init__(
+        self, staging: Path, within: Sequence[str] | None, max_size: int, max_total: int
+    ) -> None:
         self.staging, self.within, self.max_size = staging, within, max_size
+        self.max_total, self.total, self.over_budget = max_total, 0, 0
         self.over: list[str] = []
         self.failed: RjnError | None = None
         self._rel: str | None = None
@@ -707,8 +712,8 @@ class _Arrivals:
         self._size = 0
 
     def take(self, message: dict[str, Any]) -> None:
-        if self.failed:
-            return
+        if self.failed or self.over_budget:
+            return  # what still comes is read and dropped
         try:
             self._take(message)
         except RjnError as error:
@@ -726,8 +731,12 @@ class _Arrivals:
             if inflate.unconsumed_tail or not inflate.eof:
                 raise Refused(f"{rel}: the remote sent a malformed chunk")
             self._size += len(block)
+            self.total += len(block)
             if self._size > self.max_size:
                 raise Refused(f"{rel}: the remote sent more than [sync] max_file_size")
+            if self.total > self.max_total:
+                self.over_budget = self.total
+                return
             self._digest.update(block)
             self._handle.write(block)
         elif "file" in message:

@@ -130,7 +130,7 @@ def arrivals(tmp_path: Path) -> Any:
 
     staging = tmp_path / "staging"
     staging.mkdir()
-    return _Arrivals(staging, None, max_size=1 << 20), staging
+    return _Arrivals(staging, None, max_size=1 << 20, max_total=3 << 20), staging
 
 
 def chunk(data: bytes) -> str:
@@ -232,3 +232,14 @@ def test_a_file_there_where_a_conflict_copy_lies_here_is_a_clash(pair: Pair) -> 
 def test_a_link_here_where_a_folder_was_made_a_file_there_is_a_clash() -> None:
     plan = twoway.decide({}, {"d": [1, 1, "h"]}, {}, local_others=["d/link"])
     assert plan.clash == ("d",) and not plan.pull
+
+
+def test_own_transfer_keeps_to_the_total_cap_whatever_the_remote_says(tmp_path: Path) -> None:
+    took, _ = arrivals(tmp_path)
+    block = chunk(b"x" * (1 << 20))
+    for n in range(5):  # each file under max_file_size, together over the cap
+        took.take({"data": f"f{n}", "chunk": block})
+        took.take({"file": f"f{n}", "mtime_ns": 1, "sha256": "0" * 64})
+    took.close()
+    assert took.over_budget > 3 << 20 and took.failed is None
+    assert not (tmp_path / "staging" / "f3").exists()  # nothing written past the cap

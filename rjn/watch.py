@@ -179,10 +179,14 @@ def watch(
         watcher.close()
 
 
-# Waits between reconnection attempts, in seconds; the last one repeats. Each attempt is a
-# fresh connection with a short connect timeout, so a link that comes back is found within
-# about a second (TCP's own backoff on the old connection is never waited for).
-BACKOFF = (0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 5)
+# Reconnection attempts start this often while a link is down (a slow or timed-out attempt is
+# followed at once): each is a fresh connection with a short connect timeout, so a link that
+# comes back is found within a second or two, however long it was gone (TCP's own backoff on
+# the old connection is never waited for). After RETRY_FAST_FOR seconds of outage, less often,
+# to spare a laptop left offline.
+RETRY_EVERY = 1.0
+RETRY_EVERY_LATER = 5.0
+RETRY_FAST_FOR = 600.0
 RECONNECT_TIMEOUT = 3
 # A wall clock that ran this much further than the monotonic one means the laptop slept.
 CLOCK_JUMP = 20.0
@@ -204,10 +208,11 @@ def follow(
     port, so an open browser tab works again. The remote server is left as it is.
     """
     remote = helper.connection
-    failures = 0
+    failures, down_since, timeout = 0, 0.0, None
     while not stop():
+        began = time.monotonic()
         try:
-            remote.connect(timeout=RECONNECT_TIMEOUT if failures else None)
+            remote.connect(timeout=timeout)
             reconnected = failures > 0
             if reconnected:
                 on_link(f"reconnected to {remote.host}")
@@ -230,20 +235,27 @@ def follow(
                     saved.local_port = port
                     with state.locked(config.root, config.remote_name):
                         state.save(saved)
-            failures = 0
+            failures, timeout = 0, None
             watch(
                 helper, config, saved.remote_dir, on_ready, on_pulled,
                 config.sync.watch, stop, health=link_check(remote), catch_up=reconnected,
             )  # fmt: skip
             return
         except ConnectionFailed as lost:
-            delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+            now = time.monotonic()
+            if not failures:
+                down_since = now
             failures += 1
             if failures == 1:
                 on_link(f"{lost.message}; reconnecting (Ctrl-C stops)")
             elif failures % 20 == 0:  # say it now and then, not at every attempt
                 on_link(f"still reconnecting ({failures} attempts): {lost.message}")
-            deadline = time.monotonic() + delay
+            # The server answered but slowly (a long ProxyJump chain, a satellite link): a
+            # short timeout would never let it finish, so the next attempt gets the full one.
+            slow = "banner exchange" in lost.message
+            timeout = None if slow else min(RECONNECT_TIMEOUT, remote.connect_timeout)
+            pace = RETRY_EVERY if now - down_since < RETRY_FAST_FOR else RETRY_EVERY_LATER
+            deadline = max(began + pace, now + 0.1)
             while time.monotonic() < deadline and not stop():
                 time.sleep(0.1)
 

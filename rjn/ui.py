@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
+import functools
 import json
+import os
 import re
 import shlex
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
-from rich.markup import escape as escape_markup
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rjn import places
 from rjn.errors import RjnError
@@ -22,21 +20,103 @@ from rjn.model import TRASH, Away, Outcome, Pulled, Ready
 from rjn.records import Closed, Listed, Opened, Status, Synced
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# rich's console markup: a tag is `[style]` or `[/]`, and `\[` keeps a bracket literal.
+_TAG = re.compile(r"(\\*)\[([a-z#/@][^[]*?)]")
+_STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34"}
+
+
+class Printer:
+    """Lines in rich's markup (the same strings a live progress display takes), written to
+    stdout or stderr: styled on a terminal, plain elsewhere. rich's console would cost every
+    command some 25 ms of imports before it printed a line: it is loaded for live progress
+    alone."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self.stderr = stderr
+
+    @property
+    def file(self) -> TextIO:
+        # Looked up at each write: a live display swaps sys.stderr for a proxy that prints
+        # above it.
+        return sys.stderr if self.stderr else sys.stdout
+
+    @property
+    def is_terminal(self) -> bool:
+        isatty = getattr(self.file, "isatty", None)
+        return bool(isatty and isatty())
+
+    def print(self, markup: str = "") -> None:
+        styled = self.is_terminal and _colors()
+        self.file.write(render(markup, styled) + "\n")
+        self.file.flush()
+
+
+@functools.cache
+def _colors() -> bool:
+    """Whether a terminal gets colors: NO_COLOR and TERM=dumb say no, FORCE_COLOR yes."""
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if sys.platform == "win32" and not (os.environ.get("WT_SESSION") or os.environ.get("TERM")):
+        return False  # Windows' classic console shows ANSI codes as text (Windows Terminal: not)
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def render(markup: str, styled: bool) -> str:
+    """Markup as text, with ANSI styles if `styled`; unknown styles are dropped."""
+    parts: list[str] = []
+    stack: list[str] = []
+    position = 0
+    for match in _TAG.finditer(markup):
+        escapes, tag = match.groups()
+        parts.append(markup[position : match.start()])
+        position = match.end()
+        backslashes, escaped = divmod(len(escapes), 2)
+        parts.append("\\" * backslashes)
+        if escaped:
+            parts.append(f"[{tag}]")
+            continue
+        if tag.startswith("/"):
+            if stack:
+                stack.pop()
+        else:
+            stack.append(";".join(_STYLES[word] for word in tag.split() if word in _STYLES))
+        if styled:
+            parts.append("\x1b[0m" + "".join(f"\x1b[{codes}m" for codes in stack if codes))
+    parts.append(markup[position:])
+    if styled and stack:
+        parts.append("\x1b[0m")
+    return "".join(parts)
+
+
+out = Printer()
+err = Printer(stderr=True)
+
+
+@functools.cache
+def _live_console() -> Console:
+    """The rich console a live progress display draws on (stderr)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
 
 # C0 and C1 controls but tab and newline, and the marks that reorder text: a remote that sends
 # ESC or OSC sequences (a clipboard write, a window title, cursor moves) or a reversed name
 # must not drive the terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What rich.markup.escape() escapes: a `[` that would open a tag, with the backslashes before it.
+_OPENS_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
 
 def escape(text: str) -> str:
-    """Text for the terminal from anywhere (the remote above all): rich's markup escaped and
-    control characters shown as `\\x1b` and the like. A run's own output is not this (raw)."""
-    return escape_markup(_CONTROL.sub(_visible, text))
+    """Text for the terminal from anywhere (the remote above all): markup escaped (as
+    rich.markup.escape does) and control characters shown as `\\x1b` and the like. A run's
+    own output is not this (raw)."""
+    text = _OPENS_TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", _CONTROL.sub(_visible, text))
+    return text + "\\" if text.endswith("\\") and not text.endswith("\\\\") else text
 
 
 def escape_name(name: str) -> str:
@@ -76,7 +156,7 @@ class Steps:
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
             TimeElapsedColumn(),
-            console=err,
+            console=_live_console(),
             transient=True,
         )
         self._bar, self._task = bar, bar.add_task(title, total=None)
@@ -125,7 +205,8 @@ def print_json(value: Any) -> None:
             dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
             for v in value
         ]
-    out.print_json(json.dumps(data, default=str))
+    # ASCII: a name the remote sent cannot carry a raw control character to the terminal.
+    sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
 
 
 def show_opened(result: Opened) -> None:
@@ -400,6 +481,9 @@ def print_output(stream: str, line: str) -> None:
 
 def open_browser(tokened_url: str) -> bool:
     """Open the browser through a private redirect file, so the token is in no process's argv."""
+    import html
+    import webbrowser
+
     page = places.state_dir() / "open.html"
     target = html.escape(tokened_url, quote=True)
     places.write_private(
@@ -407,8 +491,6 @@ def open_browser(tokened_url: str) -> bool:
         f'<!doctype html><meta http-equiv="refresh" content="0;url={target}">'
         f'<a href="{target}">Open Jupyter</a>',
     )
-    import webbrowser
-
     return webbrowser.open(page.as_uri())
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-# Packages the start-up of any command may load: the CLI (typer, click and theirs), rich for
-# the display, and rjn.
-ALLOWED = {"rjn", "typer", "click", "rich", "shellingham", "annotated_doc", "typing_extensions"}
+# Packages the start-up of any command may load: the CLI (typer, click and theirs) and rjn.
+ALLOWED = {"rjn", "typer", "click", "shellingham", "annotated_doc", "typing_extensions"}
 # Modules that cost a command's start-up more than they give it, each loaded only where used:
-# pydantic (typer 0.26+), sh's asyncio, urllib's ssl/email/http, the zipapp's zipfile, rich's
-# progress bars (a step shows them), and the libraries of one command each.
+# pydantic (typer 0.26+), sh's asyncio, urllib's ssl/email/http, the zipapp's zipfile, rich
+# (a step's live display loads it; lines are printed without it), the stdlib's html (the
+# browser's redirect page), and the libraries of one command each.
 HEAVY = ["pydantic", "sh", "asyncio", "ssl", "email", "http", "urllib.request", "zipfile",
-         "rich.progress", "webbrowser", "nbdime", "watchdog", "pipreqs", "tomlkit"]  # fmt: skip
+         "rich", "html", "webbrowser", "nbdime", "watchdog", "pipreqs", "tomlkit"]  # fmt: skip
 COMMANDS = ["open", "status", "sync", "watch", "close", "ls", "run", "shell", "logs", "init",
             "requirements", "--help"]  # fmt: skip
 

@@ -2,9 +2,11 @@
 
 Use cases and rendering are imported when a command runs: `rjn --help` loads neither (nor
 what they load: rich's progress, sh, pipreqs).
-"""
 
-from __future__ import annotations
+Annotations here are not postponed (no `from __future__ import annotations`): typer reads every
+command's parameters at each call, and would otherwise eval each annotation's string again,
+3 ms of every command's start-up.
+"""
 
 import functools
 import os
@@ -138,7 +140,7 @@ def command(
     return register
 
 
-def _config() -> config.Config:
+def _config() -> "config.Config":
     from rjn import config
 
     given = _globals
@@ -191,7 +193,7 @@ def open_(
         _watch(project)
 
 
-def _watch(project: config.Config) -> None:
+def _watch(project: "config.Config") -> None:
     from rjn import ui
     from rjn.commands.sync import watch_results
 

@@ -9,11 +9,12 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 from rjn.errors import ConfigError
+from rjn.helper.record import record
 
 CONFIG_NAME = "remote.toml"
 
@@ -56,7 +57,7 @@ def guarded(rel: str) -> bool:
     return parts[-1] in GUARDED_NAMES or not GUARDED_FOLDERS.isdisjoint(parts[:-1])
 
 
-@dataclass(frozen=True)
+@record
 class RemoteConfig:
     """Where the remote is and how to reach it."""
 
@@ -82,7 +83,7 @@ class RemoteConfig:
     multiplex: Literal["auto", "controlmaster", "single"] = "auto"
 
 
-@dataclass(frozen=True)
+@record
 class SyncConfig:
     """What goes to the remote and what comes back."""
 
@@ -102,7 +103,7 @@ class SyncConfig:
     max_burst: int = 1000
 
 
-@dataclass(frozen=True)
+@record
 class JupyterConfig:
     """How the remote Jupyter server runs."""
 
@@ -116,7 +117,7 @@ class JupyterConfig:
     away_outputs: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class RequirementsConfig:
     """How requirements.txt is made."""
 
@@ -127,7 +128,7 @@ class RequirementsConfig:
     map: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class SlurmConfig:
     """Run Jupyter on a compute node as a SLURM batch job (the table's presence turns it on)."""
 
@@ -149,7 +150,7 @@ class SlurmConfig:
     interface: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     """A project's whole configuration."""
 

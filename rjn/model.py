@@ -3,13 +3,15 @@ data, importing nothing of the house, so that the records and the display need n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from rjn.helper.record import record
 
 # Where deleted files go, on either side (in the project's .rjn/, with a .gitignore here).
 TRASH = ".rjn/trash"
 
 
-@dataclass(frozen=True)
+@record
 class Pulled:
     """One file that came home (or was refused): where it went, whether it was kept beside a
     local edit, and why it was refused."""
@@ -21,7 +23,7 @@ class Pulled:
     trashed: bool = False  # deleted on the remote: moved to the local trash folder
 
 
-@dataclass(frozen=True)
+@record
 class Ready:
     """The watcher is running: how it sees changes and why."""
 
@@ -30,7 +32,7 @@ class Ready:
     reason: str
 
 
-@dataclass(frozen=True)
+@record
 class Away:
     """Cells of one notebook that finished while no browser was attached: their outputs were
     written into it (those whose cell is not in the saved notebook could not be)."""
@@ -41,7 +43,7 @@ class Away:
     unplaced: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class Outcome:
     """What one two-way sync did, and what it left for the user."""
 

@@ -137,12 +137,13 @@ def _from_netstat(port: int, pid: int) -> bool | None:
     return listening_pid(said.out, port) == pid if said.ok else None
 
 
-_NETSTAT = re.compile(r"^\s*TCP\s+127\.0\.0\.1:(\d+)\s+\S+\s+LISTENING\s+(\d+)\s*$", re.MULTILINE)
+# Windows only: compiled (and cached by `re`) when first used.
+_NETSTAT = r"(?m)^\s*TCP\s+127\.0\.0\.1:(\d+)\s+\S+\s+LISTENING\s+(\d+)\s*$"
 
 
 def listening_pid(netstat: str, port: int) -> int | None:
     """The process that listens on 127.0.0.1:port, as Windows' `netstat -ano` says."""
-    for found in _NETSTAT.finditer(netstat):
+    for found in re.finditer(_NETSTAT, netstat):
         if int(found.group(1)) == port:
             return int(found.group(2))
     return None

@@ -7,16 +7,16 @@ untrusted input it is (a field of the wrong type is an error, never a crash furt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rjn.errors import RemoteError
 from rjn.helper import protocol
+from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 from rjn.server import Server, checked_state
 
 
-@dataclass(frozen=True)
+@record
 class Job:
     """A SLURM job behind the project's server, as squeue (or sacct, once it ended) says."""
 
@@ -26,7 +26,7 @@ class Job:
     time_left: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Probe:
     """The remote project as it is now."""
 

@@ -13,12 +13,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from rjn import portable
 from rjn.errors import RjnError, Timeout
+from rjn.helper.record import record
 
 # Every exit status is data for the caller, signals included.
 _ALL_CODES = list(range(-64, 256))
@@ -28,7 +28,7 @@ _LINE_END = re.compile(r"[\r\n]+")
 MAX_LINE = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record
 class Completed:
     """A finished command: exit code and what it printed."""
 

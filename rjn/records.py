@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from rjn.helper.record import record
 from rjn.model import Away, Outcome, Pulled
 
 
-@dataclass(frozen=True)
+@record
 class Opened:
     """What `rjn open` did and where the server is."""
 
@@ -29,7 +30,7 @@ class Opened:
     away: tuple[Away, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Status:
     """What is true now, checked, not remembered."""
 
@@ -58,7 +59,7 @@ class Status:
     away: tuple[Away, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Closed:
     """What `rjn close` stopped."""
 
@@ -68,7 +69,7 @@ class Closed:
     master_released: bool
 
 
-@dataclass(frozen=True)
+@record
 class Listed:
     """One open project, as `rjn ls` shows it: remembered, and checked now."""
 
@@ -87,7 +88,7 @@ class Listed:
     last_pulled: str | None
 
 
-@dataclass(frozen=True)
+@record
 class Synced:
     """What `rjn sync` moved: results home, and the project both ways."""
 
@@ -98,7 +99,7 @@ class Synced:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Ran:
     """How a remote run ended, and the results it brought home."""
 

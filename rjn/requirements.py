@@ -13,12 +13,11 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
+from rjn.helper.record import record
 from rjn.helper.tree import is_environment
 from rjn.places import write_atomic
 
@@ -55,7 +54,7 @@ SKIP_DIRS = {
 } | {"build", "dist"}
 
 
-@dataclass(frozen=True)
+@record
 class Requirements:
     """The outcome: the file, its lines, and whether rjn wrote it."""
 
@@ -143,6 +142,8 @@ def local_modules(root: Path, files: list[Path]) -> set[str]:
 def _pipreqs_data(name: str) -> Path:
     """A data file of pipreqs' (its lists of stdlib and module -> package names), found
     without importing pipreqs' module (which pulls in requests and more)."""
+    from importlib import resources  # only where requirements are written: 1 ms of start-up
+
     return Path(str(resources.files("pipreqs") / name))
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from rjn.config import Config
 from rjn.errors import RemoteError
 from rjn.helper import common, protocol
+from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 
 
-@dataclass(frozen=True)
+@record
 class Server:
     """A Jupyter server as the remote helper reports it."""
 

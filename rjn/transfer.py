@@ -20,7 +20,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,22 @@ from rjn.connection import Connection
 from rjn.errors import ConfigError, ConnectionFailed, RemoteError, RjnError
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
+from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 from rjn.model import Pulled
 
-_PERCENT = re.compile(r"\s(\d{1,3})%\s")
-_FILES = re.compile(r"Number of regular files transferred:\s*([\d,]+)")
-_BYTES = re.compile(r"Total transferred file size:\s*([\d,]+)")
-_MOVED = re.compile(r"^\s*([\d,]+)\s+\d{1,3}%")
-_OVER_MAX = re.compile(r"^(.*) is over max-size$", re.MULTILINE)
+# rsync's output, read by patterns compiled (and cached by `re`) when first used: a command
+# that runs no rsync does not pay for them as it starts.
+_PERCENT = r"\s(\d{1,3})%\s"
+_FILES = r"Number of regular files transferred:\s*([\d,]+)"
+_BYTES = r"Total transferred file size:\s*([\d,]+)"
+_MOVED = r"^\s*([\d,]+)\s+\d{1,3}%"
+_OVER_MAX = r"(?m)^(.*) is over max-size$"
 
 Progress = Callable[[int], Any]
 
 
-@dataclass(frozen=True)
+@record
 class Transfer:
     """What one rsync moved."""
 
@@ -64,10 +66,10 @@ def _rsync(
     moved = [0]
 
     def on_line(line: str) -> None:
-        match = _PERCENT.search(f" {line} ")
+        match = re.search(_PERCENT, f" {line} ")
         if match and progress:
             progress(int(match.group(1)))
-        count = _MOVED.match(line)
+        count = re.match(_MOVED, line)
         if count:
             moved[0] = int(count.group(1).replace(",", ""))
 
@@ -84,12 +86,12 @@ def _rsync(
     tolerated = missing_ok and result.code == 23 and _only_missing(result.err)
     if result.code not in ok_codes and not tolerated:
         raise _rsync_error(remote, result, writes_here)
-    files = _FILES.search(result.out)
-    size = _BYTES.search(result.out)
+    files = re.search(_FILES, result.out)
+    size = re.search(_BYTES, result.out)
     return Transfer(
         files=int(files.group(1).replace(",", "")) if files else 0,
         bytes=int(size.group(1).replace(",", "")) if size else 0,
-        over_max_size=tuple(_OVER_MAX.findall(result.out)),
+        over_max_size=tuple(re.findall(_OVER_MAX, result.out)),
     )
 
 
@@ -569,7 +571,7 @@ def _conflict_name(folder: Any, name: str, label: str) -> str:
 # -- which transfer: this machine's rsync where it can serve, else rjn's own ---------------------
 
 
-@dataclass(frozen=True)
+@record
 class LocalRsync:
     """This machine's rsync, as its version string says (checked once per binary)."""
 
@@ -578,7 +580,7 @@ class LocalRsync:
     capable: bool  # 3.1 or newer: --info=progress2, --files-from with --from0, --protect-args
 
 
-_VERSION = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)")
+_VERSION = r"rsync\s+version\s+v?(\d+)\.(\d+)"
 
 
 @functools.cache
@@ -597,7 +599,7 @@ def local_rsync() -> LocalRsync:
             return LocalRsync(path, str(seen["version"]), bool(seen["capable"]))
     said = proc.run([path, "--version"], timeout=10)
     first = (said.out.strip().splitlines() or [""])[0][:200]
-    found = _VERSION.search(first)
+    found = re.search(_VERSION, first)
     capable = (found is not None and (int(found[1]), int(found[2])) >= (3, 1)
                and "openrsync" not in said.out and "compatible" not in first)  # fmt: skip
     places.write_private(memo, json.dumps({"path": path, "stamp": stamp, "version": first,

@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
+from rjn.helper.record import record
 from rjn.helper_client import HelperClient, read
 from rjn.model import Outcome
 
@@ -55,7 +56,7 @@ def filters(config: Config) -> tuple[list[str], list[str]]:
 # -- decide: the table ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """What one sync will do, path by path (pure: decided from the listings)."""
 
@@ -373,7 +374,7 @@ def run(
                                deletions_held=deletions_held, new_pair=new_pair)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@record
 class HereScan:
     """This side's listing, made while the remote made its own (scan_here)."""
 
@@ -486,7 +487,7 @@ def _limit_deletions(
     return plan, waiting
 
 
-@dataclass(frozen=True)
+@record
 class Listing:
     """A side's tree, checked: files that travel, what blocks names, names skipped."""
 

@@ -7,12 +7,12 @@ import contextlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rjn import env, places, portable, probe, requirements, state, transfer, twoway
 from rjn.config import Config
 from rjn.connection import Connection
+from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 from rjn.model import Away
 from rjn.requirements import Requirements
@@ -86,7 +86,7 @@ def reach(config: Config) -> HelperClient:
     return HelperClient(kind(config.remote, places.runtime_dir(), places.state_dir()))
 
 
-@dataclass(frozen=True)
+@record
 class Prepared:
     """A project made ready on the remote: connected, pushed, its environment current."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
+from .record import record
+
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list,
           "None": type(None)}  # fmt: skip
 
@@ -52,7 +54,7 @@ class Record:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ServerState(Record):
     """The project's Jupyter server as its record and a check now say (`alive`: answering)."""
 
@@ -70,7 +72,7 @@ class ServerState(Record):
     time_left: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ProbeAnswer(Record):
     """One look at the project (the probe action)."""
 
@@ -91,7 +93,7 @@ class ProbeAnswer(Record):
     away: list | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class RunEnd(Record):
     """How a run ended, and what it left (the same listings as the probe's, when asked)."""
 
@@ -100,7 +102,7 @@ class RunEnd(Record):
     results: dict | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class TreeListing(Record):
     """A side's project tree for two-way sync (entries are checked further by the sync). A long
     one's files come first in `part` messages, {path: entry} each, merged into `files`."""
@@ -115,7 +117,7 @@ class TreeListing(Record):
     gone: list | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Placed(Record):
     """What a push's placing did: files moved in ({rel: [size, mtime_ns]}), files kept as
     they were because they changed since the listing ({rel: why})."""
@@ -124,28 +126,28 @@ class Placed(Record):
     kept: dict
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Moved(Record):
     """What trashing moved ({rel: true}); what it left, it left because it changed."""
 
     moved: dict
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Stopped(Record):
     """Whether a server was running (and now is not)."""
 
     stopped: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Detached(Record):
     """A detached run's id (`rjn logs` follows it)."""
 
     run: str
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Ready(Record):
     """The watcher runs: by file events or by polling (`interval`), and why."""
 
@@ -155,7 +157,7 @@ class Ready(Record):
     interval: float | int | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Failure(Record):
     """An expected failure: what went wrong, and what to try."""
 

@@ -1,0 +1,63 @@
+"""The house's record behaves as the frozen dataclass it stands for (rjn/helper/record.py)."""
+
+import dataclasses
+
+import pytest
+
+from rjn.helper.record import record
+
+
+def twins(**options: bool) -> tuple[type, type]:
+    """The same class as a record and as a frozen dataclass."""
+
+    def body() -> dict:
+        return {
+            "__annotations__": {"name": str, "size": int, "note": str, "tags": tuple},
+            "size": 0,
+            "note": dataclasses.field(default="", **options),
+            "tags": (),
+        }
+
+    made = record(type("Made", (), body()))
+    generated = dataclasses.dataclass(frozen=True)(type("Made", (), body()))
+    return made, generated
+
+
+OPTIONS = [{}, {"repr": False}, {"compare": False}, {"hash": False},
+           {"compare": False, "hash": True}]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_a_record_shows_compares_and_hashes_as_a_frozen_dataclass(options: dict) -> None:
+    made, generated = twins(**options)
+    pairs = [(("a", 1, "x", ("t",)), ("a", 1, "x", ("t",))), (("a", 1, "x"), ("a", 1, "y")),
+             (("a", 1), ("a", 2)), (("a",), ("b",))]  # fmt: skip
+    for left, right in pairs:
+        assert repr(made(*left)) == repr(generated(*left))
+        assert (made(*left) == made(*right)) == (generated(*left) == generated(*right))
+        assert (made(*left) != made(*right)) == (generated(*left) != generated(*right))
+        hashed_alike = hash(made(*left)) == hash(made(*right))
+        assert hashed_alike == (hash(generated(*left)) == hash(generated(*right)))
+    assert made("a") != generated("a")  # another class: not equal, as dataclasses say
+    assert made("a") != ("a", 0, "", ())
+
+
+def test_a_record_is_frozen_and_still_a_dataclass() -> None:
+    made, _ = twins()
+    one = made("a", 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.size = 2  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del one.name  # type: ignore[attr-defined]
+    assert dataclasses.replace(one, size=3) == made("a", 3)
+    assert dataclasses.asdict(one) == {"name": "a", "size": 1, "note": "", "tags": ()}
+    assert {one, made("a", 1), made("b")} == {one, made("b")}
+    assert made.__match_args__ == ("name", "size", "note", "tags")
+
+
+def test_a_record_of_one_field_or_none() -> None:
+    one = record(type("One", (), {"__annotations__": {"x": int}}))
+    none = record(type("Empty", (), {}))
+    assert one(1) == one(1) and one(1) != one(2) and hash(one(1)) == hash(one(1))
+    assert repr(one(1)) == "One(x=1)"
+    assert none() == none() and repr(none()) == "Empty()" and hash(none()) == hash(none())

@@ -61,3 +61,25 @@ def test_a_record_of_one_field_or_none() -> None:
     assert one(1) == one(1) and one(1) != one(2) and hash(one(1)) == hash(one(1))
     assert repr(one(1)) == "One(x=1)"
     assert none() == none() and repr(none()) == "Empty()" and hash(none()) == hash(none())
+
+
+def test_a_record_is_made_as_a_frozen_dataclass_is() -> None:
+    made, generated = twins()
+    given = [(("a",), {}), (("a", 2), {"tags": ("t",)}), ((), {"name": "b", "note": "n"})]
+    for args, kwargs in given:
+        made_one, generated_one = made(*args, **kwargs), generated(*args, **kwargs)
+        assert dataclasses.astuple(made_one) == dataclasses.astuple(generated_one)
+    for args, kwargs in [((), {}), (("a", 1, "", (), "extra"), {}), (("a",), {"name": "b"}),
+                         (("a",), {"colour": "red"})]:  # fmt: skip
+        with pytest.raises(TypeError):
+            generated(*args, **kwargs)
+        with pytest.raises(TypeError):
+            made(*args, **kwargs)
+
+
+def test_each_record_gets_its_own_default_from_a_factory() -> None:
+    body = {"__annotations__": {"seen": dict}, "seen": dataclasses.field(default_factory=dict)}
+    made = record(type("Made", (), body))
+    one, two = made(), made()
+    one.seen["x"] = 1
+    assert two.seen == {} and made({"y": 2}).seen == {"y": 2}

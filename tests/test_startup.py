@@ -49,3 +49,23 @@ def test_start_up_loads_only_what_is_on_the_list(command: str, tmp_path: Path) -
     if command == "requirements":  # what that command is for
         heavy = [name for name in heavy if name != "pipreqs"]
     assert not heavy, heavy
+
+
+def test_frozen_records_are_made_the_cheap_way() -> None:
+    # A frozen dataclass compiles six methods as it is defined; `record` compiles one. Every
+    # command defines some forty of them before it starts: one of each kind is a cost.
+    import importlib
+    import pkgutil
+
+    import rjn
+
+    frozen = []
+    for module in pkgutil.walk_packages(rjn.__path__, "rjn."):
+        if module.name in ("rjn.helper.away", "rjn.helper.__main__"):  # jupyter_server's
+            continue
+        for value in vars(importlib.import_module(module.name)).values():
+            params = getattr(value, "__dataclass_params__", None)
+            frozen_dataclass = params is not None and params.frozen
+            if isinstance(value, type) and value.__module__ == module.name and frozen_dataclass:
+                frozen.append(f"{module.name}.{value.__qualname__}")
+    assert not frozen, f"use rjn.helper.record.record for {frozen}"

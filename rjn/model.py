@@ -1,5 +1,6 @@
 """The values use cases hand to the CLI: what moved, what a sync did, how a watch runs. Plain
-data, importing nothing of the house, so that the records and the display need no action module."""
+data, importing nothing of the house but how a record is made (`rjn.helper.record`), so that
+the records and the display need no action module."""
 
 from __future__ import annotations
 

@@ -81,14 +81,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str | bytes) -> None:
     """Atomically replace `path` with `text`, mode 0600 (its folder made private if missing:
     only for rjn's own folders)."""
     private_dir(path.parent)
     write_atomic(path, text)
 
 
-def write_atomic(path: Path, text: str, new_mode: int = 0o600) -> None:
+def write_atomic(path: Path, text: str | bytes, new_mode: int = 0o600) -> None:
     """Atomically replace `path` with `text`: an existing file keeps its mode, a new one gets
     `new_mode` (the folder's mode is never touched: it may be the user's project, shared)."""
     try:
@@ -97,8 +97,8 @@ def write_atomic(path: Path, text: str, new_mode: int = 0o600) -> None:
         mode = new_mode
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
             os.fchmod(handle.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:

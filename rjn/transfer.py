@@ -224,7 +224,7 @@ def pull(
     budget = config.sync.max_pull_size if max_bytes is None else max_bytes
     if uses_own(helper, config):
         names = None if files is None else [checked_name(f, results) for f in files]
-        with _staging(root) as staging:
+        with staging_here(root) as staging:
             here = _results_here(config) if names is None else {}
             over = _fetch(helper, config, remote_dir, staging, names=names, skip=here,
                           within=results, max_bytes=budget)  # fmt: skip
@@ -234,7 +234,7 @@ def pull(
     listing = None
     if files is not None:
         listing = _files_from(checked_name(f, results) for f in files)
-    with _staging(root) as staging:
+    with staging_here(root) as staging:
         argv = [
             "rsync", "--recursive", "--links", "--times", "--compress", "--protect-args",
             "--info=progress2,skip1", "--stats", "--no-inc-recursive",
@@ -332,14 +332,14 @@ def pull_decided(
     kept, and the remote version lands beside it."""
     names = [checked_name(name, None) for name in sorted(expected)]
     if uses_own(helper, config):
-        with _staging(config.root) as staging:
+        with staging_here(config.root) as staging:
             over = _fetch(helper, config, remote_dir, staging, names=names, skip={},
                           within=None, max_bytes=config.sync.max_pull_size)  # fmt: skip
             too_big = [Pulled(n, 0, refused="larger than [sync] max_file_size") for n in over]
             return too_big + _place(config, staging, expected)
     remote = helper.connection
     listing = _files_from(names)
-    with _staging(config.root) as staging:
+    with staging_here(config.root) as staging:
         argv = [
             "rsync", "--from0", "--files-from=-", "--links", "--times", "--compress",
             "--protect-args",
@@ -364,14 +364,17 @@ def stage(
     remote_dir: str,
     names: Iterable[str],
     progress: Progress | None = None,
+    source: Path | None = None,
 ) -> str:
     """Send project files (names from our own scan) into a new staging folder in the remote's
     .rjn/, whose name is returned: the helper's `place` then moves each in only where the
     remote still holds what the plan saw. rsync never writes in the project itself; its delta
-    transfer still works from the remote's current version (--copy-dest)."""
+    transfer still works from the remote's current version (--copy-dest). `source` is a
+    folder to send the named files from instead of the project (a merge's result)."""
     staging = f"{staging_prefix()}{secrets.token_hex(6)}"
+    source = source or config.root
     if uses_own(helper, config):
-        _send(helper, config, remote_dir, staging, sorted(names), progress)
+        _send(helper, source, remote_dir, staging, sorted(names), progress)
         return staging
     remote = helper.connection
     argv = [
@@ -379,7 +382,7 @@ def stage(
         "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
         # Decided by content: sent even when size and time match to the second.
         "--ignore-times", f"--copy-dest={remote_dir}",
-        "-e", remote.rsync_shell(), f"{config.root}/",
+        "-e", remote.rsync_shell(), f"{source}/",
         remote.rsync_target(f"{remote_dir}/.rjn/{staging}/"),
     ]  # fmt: skip
     # 23/24: a file vanished or changed as we sent it; placing says it did not arrive.
@@ -407,7 +410,7 @@ def _files_from(names: Iterable[str]) -> str:
 def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]:
     """Place files that arrived inline ({relpath: (content, mtime_ns)}) as a pull would."""
     root = config.root
-    with _staging(root) as staging:
+    with staging_here(root) as staging:
         for name, (content, mtime_ns) in files.items():
             rel = checked_name(name, config.sync.results)
             if len(content) > config.sync.max_file_size:
@@ -420,7 +423,7 @@ def receive(config: Config, files: dict[str, tuple[bytes, int]]) -> list[Pulled]
 
 
 @contextlib.contextmanager
-def _staging(root: Path) -> Iterator[Path]:
+def staging_here(root: Path) -> Iterator[Path]:
     """A scratch folder in the project (same filesystem: moving out of it is atomic), named
     by our pid, so that one a killed rjn left is known for what it is (clean_staging)."""
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f"{_LOCAL_STAGING}{os.getpid()}-"))
@@ -497,7 +500,8 @@ def _place(
                 seen = expected.get(rel)
                 index[rel] = {"local": list(seen) if seen else None}
             try:
-                placed += _place_one(index, rel, staged, info, folder, config.remote_name)
+                placed += _place_one(index, rel, staged, info, folder, config.remote_name,
+                                     hashed=expected is not None)  # fmt: skip
             finally:
                 helper_tree.close_folder(folder)
     finally:
@@ -527,9 +531,10 @@ def _place_one(
     info: os.stat_result,
     folder: Any,
     remote_name: str | None,
+    hashed: bool = False,
 ) -> list[Pulled]:
     """Move one staged file into `folder` (see _open_folder): in place, or beside a local
-    edit."""
+    edit. `hashed`: say what was placed, hash included (two-way pulls)."""
     name = rel.rsplit("/", 1)[-1]
     remote_stamp = _stamp(info)
     record = index.get(rel, {})
@@ -549,11 +554,38 @@ def _place_one(
         index[rel] = {**record, "remote": remote_stamp}
         copy = "/".join([*rel.split("/")[:-1], keep])
         return [Pulled(rel, info.st_size, copy)]
+    content = None
+    if hashed and stat.S_ISREG(info.st_mode):
+        # Of the staged file, which rename() moves in as it is (its inode, size and time).
+        content = (info.st_size, info.st_mtime_ns, helper_tree.file_hash(str(staged)))
     # rename() replaces a link itself, never what it points at.
     helper_tree.move_in(staged, folder, name)
     placed = _lstat_at(folder, name)
     index[rel] = {"local": _stamp(placed) if placed else None, "remote": remote_stamp}
-    return [Pulled(rel, info.st_size)]
+    return [Pulled(rel, info.st_size, placed=content)]
+
+
+def replace_unchanged(
+    config: Config, staging: Path, rel: str, expected: tuple[int, int]
+) -> tuple[int, int] | None:
+    """Move the staged `rel` over the project's `rel` only if that is still the version
+    `expected` ((mtime_ns, size), what a merge was made from): the (size, mtime_ns) placed, or
+    None where the user saved it again meanwhile (then nothing here changes)."""
+    root_fd = helper_tree.open_root(str(config.root))
+    try:
+        folder = _open_folder(root_fd, rel)
+        try:
+            name = rel.rsplit("/", 1)[-1]
+            local = _lstat_at(folder, name)
+            if local is None or tuple(_stamp(local)) != expected:
+                return None
+            staged = (staging / rel).lstat()
+            helper_tree.move_in(staging / rel, folder, name)
+            return staged.st_size, staged.st_mtime_ns
+        finally:
+            helper_tree.close_folder(folder)
+    finally:
+        helper_tree.close_folder(root_fd)
 
 
 def _conflict_name(folder: Any, name: str, label: str) -> str:
@@ -792,7 +824,7 @@ class _Arrivals:
 
 def _send(
     helper: HelperClient,
-    config: Config,
+    source: Path,
     remote_dir: str,
     staging: str,
     names: list[str],
@@ -804,7 +836,7 @@ def _send(
     entries = []
     for name in names:
         with contextlib.suppress(OSError):
-            info = (config.root / name).lstat()
+            info = (source / name).lstat()
             if stat.S_ISREG(info.st_mode):
                 entries.append((name, info))
     total = sum(info.st_size for _, info in entries) or 1
@@ -814,7 +846,7 @@ def _send(
         for name, _ in entries:
             digest = hashlib.sha256()
             try:
-                fd = os.open(config.root / name, os.O_RDONLY | portable.NOFOLLOW)
+                fd = os.open(source / name, os.O_RDONLY | portable.NOFOLLOW)
                 with os.fdopen(fd, "rb") as handle:
                     while block := handle.read(CHUNK):
                         digest.update(block)

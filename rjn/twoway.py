@@ -3,10 +3,10 @@
 Scan, decide, apply. Per file, rjn remembers the agreed version (size and time on each side,
 and a content hash) for one pair of copies: this folder, and one remote folder known by its
 host, its path and the replica id rjn keeps in its `.rjn/`. Changed on one side since: the
-other side gets it. Changed on both: a conflict; notebooks are merged cell-wise (nbdime) where
-that is clean, else the remote version lands beside the local one. Deleted on one side while
-the other is unchanged: the deletion travels, into a trash folder (`.rjn/trash/`) on the
-other side. No decision compares the clocks of two machines.
+other side gets it. Changed on both: a conflict; notebooks are merged cell by cell
+(nbmerge.py) where that is clean, else the remote version lands beside the local one. Deleted
+on one side while the other is unchanged: the deletion travels, into a trash folder
+(`.rjn/trash/`) on the other side. No decision compares the clocks of two machines.
 
 Every transition is compare and swap: a file is placed, replaced or trashed only if its
 destination still is what the plan was made from (type, size, time, and the hash where those
@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rjn import places, state, transfer
+from rjn import nbmerge, places, state, transfer
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
@@ -595,7 +597,7 @@ def _apply(
                        kept_there=kept_there)  # fmt: skip
     trashed_here = _trash_here(config, {rel: local_tree[rel] for rel in plan.trash_local})
     done.update(dict.fromkeys(trashed_here))
-    pulled, merged = [], []
+    pulled, merges = [], {}
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
@@ -607,22 +609,22 @@ def _apply(
         pulled.append(item)
         if item.refused:
             continue
+        there = remote_tree[item.path]
         if item.conflict_copy is None:
-            done[item.path] = _entry(_local_entry(config, item.path), remote_tree[item.path])
-        elif item.path in plan.conflict and _merge(config, record["files"], item):
-            merged.append(item.path)
+            # Agreed only where what was placed is the version listed there (the remote may
+            # have saved it again between its listing and the pull: then the next pass sees).
+            if item.placed is not None and item.placed[2] == there[2]:
+                done[item.path] = _entry(item.placed, there)
+        elif item.path in plan.conflict and (merge := _merge(config, record["files"], item)):
+            merges[item.path] = merge
         else:
-            record["conflicts"][item.path] = {
-                "copy": item.conflict_copy,
-                "remote": remote_tree[item.path][2],
-            }
-    # A clean merge goes back, placed only over the remote version it was made from.
-    merged_back, raced_merges = _push(helper, config, remote_dir, merged, None, remote_tree,
-                                      done, progress)  # fmt: skip
+            record["conflicts"][item.path] = {"copy": item.conflict_copy, "remote": there[2]}
+    merged_back, raced_merges = _send_merges(helper, config, remote_dir, merges, remote_tree,
+                                             done, progress)  # fmt: skip
     _record(config, record, done)
     return Outcome(
         pushed=tuple(pushed),
-        pulled=tuple(p for p in pulled if p.path not in merged),
+        pulled=tuple(p for p in pulled if p.path not in merges),
         trashed_here=tuple(trashed_here),
         trashed_there=tuple(trashed_there),
         merged=tuple(merged_back),
@@ -638,7 +640,7 @@ def _push(
     config: Config,
     remote_dir: str,
     names: Sequence[str],
-    local_tree: Tree | None,
+    local_tree: Tree,
     remote_tree: Tree,
     done: dict[str, dict[str, Any] | None],
     progress: transfer.Progress | None,
@@ -648,7 +650,7 @@ def _push(
     if not names:
         return [], []
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
-    sent = {rel: local_tree[rel] if local_tree else _local_entry(config, rel) for rel in names}
+    sent = {rel: local_tree[rel] for rel in names}
     staging = transfer.stage(helper, config, remote_dir, names, progress)
     answer = helper.place({"dir": remote_dir, "staging": staging, "files": wants})
     for rel, stamp in answer.placed.items():
@@ -666,12 +668,27 @@ def _record(config: Config, record: dict[str, Any], done: dict[str, dict[str, An
             files.pop(rel, None)
             continue
         files[rel] = entry
-        if rel.endswith(".ipynb"):
-            base = _bases(config) / entry["hash"]
-            if not base.exists():
-                with contextlib.suppress(OSError):
-                    text = (config.root / rel).read_text(encoding="utf-8")
-                    places.write_private(base, text)
+        if rel.endswith(".ipynb") and not (_bases(config) / entry["hash"]).exists():
+            with contextlib.suppress(OSError):
+                _keep_base(config, (config.root / rel).read_bytes(), entry["hash"])
+
+
+def _keep_base(config: Config, content: bytes, expected: str | None = None) -> str:
+    """Keep a notebook's content as the base of a later merge, under its hash; only where it
+    is the version agreed on (`expected`): the file may have been saved again since."""
+    digest = hashlib.sha256(content).hexdigest()
+    if expected is None or digest == expected:
+        places.write_private(_bases(config) / digest, content)
+    return digest
+
+
+def _base(config: Config, digest: str) -> bytes | None:
+    """A kept base, if it is what its name says."""
+    try:
+        content = (_bases(config) / digest).read_bytes()
+    except OSError:
+        return None
+    return content if hashlib.sha256(content).hexdigest() == digest else None
 
 
 def _entry(here: Sequence[Any], there: Sequence[Any]) -> dict[str, Any]:
@@ -682,11 +699,6 @@ def _entry(here: Sequence[Any], there: Sequence[Any]) -> dict[str, Any]:
 def _expected(entry: Sequence[Any] | None) -> tuple[int, int] | None:
     """A scanned local entry as placement compares it: (mtime_ns, size)."""
     return (entry[1], entry[0]) if entry else None
-
-
-def _local_entry(config: Config, rel: str) -> list[Any]:
-    info = (config.root / rel).lstat()
-    return [info.st_size, info.st_mtime_ns, helper_tree.file_hash(str(config.root / rel))]
 
 
 def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
@@ -706,34 +718,78 @@ def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
     return moved
 
 
-def _merge(config: Config, files: dict[str, Any], item: transfer.Pulled) -> bool:
-    """Merge a notebook changed on both sides, cell by cell, from the agreed base; True if
-    the merge was clean (then the local file holds it and the remote copy is gone)."""
+@record
+class Merge:
+    """A notebook merged cell by cell: the result, and the local version it was made from."""
+
+    content: bytes
+    local: tuple[int, int]  # (mtime_ns, size) of the local file merged
+    copy: str  # where the remote version was pulled beside it
+
+
+def _merge(config: Config, files: dict[str, Any], item: transfer.Pulled) -> Merge | None:
+    """Merge a notebook changed on both sides, cell by cell, from the agreed base; None
+    where that is not clean (then both versions are kept)."""
     rel, copy = item.path, item.conflict_copy
     agreed = files.get(rel)
     if not rel.endswith(".ipynb") or not agreed or copy is None:
-        return False
-    base_file = _bases(config) / agreed["hash"]
-    if not base_file.exists():
-        return False
-    local_file, copy_file = config.root / rel, config.root / copy
+        return None
+    base = _base(config, agreed["hash"])
+    if base is None:
+        return None
+    local_file = config.root / rel
     try:
-        import nbdime
-        import nbformat
-
-        read = lambda path: nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)  # noqa: E731
         before = local_file.lstat()
-        merged, decisions = nbdime.merge_notebooks(
-            read(base_file), read(local_file), read(copy_file)
-        )
-    except Exception:  # an unreadable notebook is a conflict to keep, not a crash
-        return False
-    if any(d.conflict for d in decisions):
-        return False
-    if local_file.lstat().st_mtime_ns != before.st_mtime_ns:
-        return False  # edited again while we merged: keep both
-    staged = local_file.with_name(f".{local_file.name}.rjn-merge")
-    staged.write_text(nbformat.writes(merged), encoding="utf-8")
-    os.replace(staged, local_file)
-    copy_file.unlink()
-    return True
+        ours = local_file.read_bytes()
+        theirs = (config.root / copy).read_bytes()
+        if local_file.lstat().st_mtime_ns != before.st_mtime_ns:
+            return None  # saved again while read: the next pass merges that version
+    except OSError:
+        return None
+    merged = nbmerge.merge(base, ours, theirs)
+    if merged is None:
+        return None
+    return Merge(merged, (before.st_mtime_ns, before.st_size), copy)
+
+
+def _send_merges(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    merges: dict[str, Merge],
+    remote_tree: Tree,
+    done: dict[str, dict[str, Any] | None],
+    progress: transfer.Progress | None,
+) -> tuple[list[str], list[str]]:
+    """Place clean merges on both sides, each compare and swap: there only over the remote
+    version merged, here only over the local one. Agreed only where both took it; else
+    nothing is recorded and the next pass merges again from the same base (nothing lost: the
+    remote version merged is in what went there, ours is still here). The remote version's
+    copy beside ours goes, its edits being in the merge."""
+    if not merges:
+        return [], []
+    with transfer.staging_here(config.root) as staging:
+        now = time.time_ns()
+        for rel, merge in merges.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).write_bytes(merge.content)
+            os.utime(staging / rel, ns=(now, now))
+        names = sorted(merges)
+        wants = {rel: list(remote_tree[rel]) for rel in names}
+        sent = transfer.stage(helper, config, remote_dir, names, progress, source=staging)
+        answer = helper.place({"dir": remote_dir, "staging": sent, "files": wants})
+        merged, raced = [], []
+        for rel in names:
+            merge = merges[rel]
+            with contextlib.suppress(OSError):
+                (config.root / merge.copy).unlink()
+            stamp = answer.placed.get(rel)
+            there = stamp if isinstance(stamp, list) and len(stamp) == 2 else None
+            here = there and transfer.replace_unchanged(config, staging, rel, merge.local)
+            if not (here and there):
+                raced.append(rel)  # one side saved it again meanwhile
+                continue
+            merged.append(rel)
+            digest = _keep_base(config, merge.content)
+            done[rel] = _entry([*here, digest], [*there, digest])
+    return merged, raced

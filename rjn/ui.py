@@ -371,6 +371,9 @@ def show_pulled(pulled: Pulled, seconds: float | None = None) -> None:
     elif pulled.trashed:
         err.print(f"[yellow]✗[/] {escape_name(pulled.path)} deleted on the remote: moved to "
                   f"{TRASH}/{took}")  # fmt: skip
+    elif pulled.merged:
+        err.print(f"[green]⇅[/] {escape_name(pulled.path)} changed on both sides: merged cell by "
+                  f"cell{took}")  # fmt: skip
     elif pulled.conflict_copy:
         err.print(
             f"[yellow]↓[/] {escape_name(pulled.path)} changed here too: kept yours, "

@@ -135,6 +135,8 @@ def watch(
                 done = twoway.run(helper, config, remote_dir, direction="pull")
                 for item in done.pulled:
                     on_pulled(item, time.monotonic() - seen)
+                for rel in done.merged:
+                    on_pulled(transfer.Pulled(rel, 0, merged=True), time.monotonic() - seen)
                 for rel in done.trashed_here:
                     on_pulled(transfer.Pulled(rel, 0, trashed=True), time.monotonic() - seen)
             elif "file" in message:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -243,3 +244,99 @@ def test_own_transfer_keeps_to_the_total_cap_whatever_the_remote_says(tmp_path: 
     took.close()
     assert took.over_budget > 3 << 20 and took.failed is None
     assert not (tmp_path / "staging" / "f3").exists()  # nothing written past the cap
+
+
+def test_a_save_here_right_after_a_pull_is_never_taken_for_the_pulled_version(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user saves the file the moment the remote's version is placed: what the record
+    agrees on is what was placed, so the save goes out next, and the remote's is not pulled
+    over it (it was: the record took the save for the remote's version)."""
+    from rjn import transfer
+
+    pair.sync()
+    bump(pair.there / "train.py", "print('there')\n")
+    placed = transfer.pull_decided
+
+    def pull_then_save(*args: Any, **kwargs: Any) -> Any:
+        found = placed(*args, **kwargs)
+        bump(pair.here / "train.py", "print('saved here just after')\n")
+        return found
+
+    monkeypatch.setattr(transfer, "pull_decided", pull_then_save)
+    assert [p.path for p in pair.sync().pulled] == ["train.py"]
+    monkeypatch.setattr(transfer, "pull_decided", placed)
+    bump(pair.there / "data" / "a.csv", "x\n5\n")  # another change there: a pass that pulls
+    done = pair.sync()
+    assert done.pushed == ("train.py",)
+    for side in (pair.here, pair.there):
+        assert (side / "train.py").read_text() == "print('saved here just after')\n"
+
+
+def nb(*sources: str) -> str:
+    cells = [{"cell_type": "code", "id": f"c{n}", "metadata": {}, "execution_count": None,
+              "outputs": [], "source": s} for n, s in enumerate(sources)]  # fmt: skip
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def cells(path: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
+
+
+def test_notebooks_edited_on_both_sides_merge_cell_by_cell(pair: Pair) -> None:
+    bump(pair.here / "nb.ipynb", nb("a", "b", "c"))
+    pair.sync()
+    bump(pair.here / "nb.ipynb", nb("A here", "b", "c"))
+    bump(pair.there / "nb.ipynb", nb("a", "b", "C there"))
+    done = pair.sync()
+    assert done.merged == ("nb.ipynb",) and not done.conflicts
+    for side in (pair.here, pair.there):
+        assert cells(side / "nb.ipynb") == ["A here", "b", "C there"]
+    assert not list(pair.here.glob("nb.*-*.ipynb"))
+    # The merge is the agreed version, and the base of the next one.
+    bump(pair.here / "nb.ipynb", nb("A here", "B here", "C there"))
+    bump(pair.there / "nb.ipynb", nb("A here", "b", "C again"))
+    assert pair.sync().merged == ("nb.ipynb",)
+    assert cells(pair.there / "nb.ipynb") == ["A here", "B here", "C again"]
+
+
+def test_a_save_here_during_a_merge_is_kept_and_merged_next(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user saves the notebook while rjn merges it: the merge does not replace that save
+    (nor does the save go out as the merge); the next pass merges it in."""
+    from rjn import transfer
+
+    bump(pair.here / "nb.ipynb", nb("a", "b", "c"))
+    pair.sync()
+    bump(pair.here / "nb.ipynb", nb("A", "b", "c"))
+    bump(pair.there / "nb.ipynb", nb("a", "b", "C"))
+    staged = transfer.stage
+
+    def stage_then_save(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("source"):  # the merge on its way: the editor saves its buffer
+            bump(pair.here / "nb.ipynb", nb("A", "B", "c"))
+        return staged(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "stage", stage_then_save)
+    done = pair.sync()
+    assert not done.merged and done.raced == ("nb.ipynb",)
+    assert cells(pair.here / "nb.ipynb") == ["A", "B", "c"]  # the save, untouched
+    assert cells(pair.there / "nb.ipynb") == ["A", "b", "C"]  # the merge of what was read
+    monkeypatch.setattr(transfer, "stage", staged)
+    assert pair.sync().merged == ("nb.ipynb",)
+    for side in (pair.here, pair.there):
+        assert cells(side / "nb.ipynb") == ["A", "B", "C"]
+
+
+def test_a_base_that_is_not_what_its_name_says_is_no_base(pair: Pair) -> None:
+    """A merge base kept under its hash is checked before use (an older rjn could keep a later
+    save under an earlier version's hash): a wrong one means no merge, both kept."""
+    bump(pair.here / "nb.ipynb", nb("a", "b"))
+    pair.sync()
+    for base in twoway._bases(pair.config).iterdir():
+        base.write_text(nb("a", "b", "not the agreed version"))
+    bump(pair.here / "nb.ipynb", nb("A", "b"))
+    bump(pair.there / "nb.ipynb", nb("a", "B"))
+    done = pair.sync()
+    assert not done.merged and list(done.conflicts) == ["nb.ipynb"]

@@ -177,3 +177,72 @@ def test_the_watch_merges_a_notebook_edited_on_both_sides_as_sync_does(project, 
         cells = json.loads((side / "both.ipynb").read_text())["cells"]
         assert ["".join(c["source"]) for c in cells] == ["a = 'here'", "b = 'there'"], side
     assert not list(project.glob("both.remote-*.ipynb"))
+
+
+def _save(path: Path, data: bytes, by_rename: bool) -> None:
+    """Save as editors do: a temporary file renamed over (Jupyter, most editors), or in place."""
+    if by_rename:
+        temporary = path.with_name(f".~{path.name}")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    else:
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+            handle.write(data)
+
+
+def _edit_cell(path: Path, index: int, source: str, by_rename: bool) -> None:
+    """Read the notebook as it is now, change one cell, save it (an editor's read-modify-write)."""
+    nb = json.loads(path.read_bytes())
+    nb["cells"][index]["source"] = source
+    _save(path, json.dumps(nb, indent=1).encode(), by_rename)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_live_watch_keeps_every_save_of_both_sides(project, remote, seed: int) -> None:
+    """Both sides save the same notebook (different cells) and the same text file, by rename and
+    in place, while the watch runs: every notebook save survives, merged into one notebook that
+    both sides hold; every text save survives somewhere (the file or a conflict copy)."""
+    import random
+
+    rng = random.Random(seed)
+    name = f"live{seed}.ipynb"
+    (project / name).write_text(json.dumps(notebook(*(f"cell {n}" for n in range(6)))))
+    (project / f"notes{seed}.txt").write_text("agreed\n")
+    synced(project)
+    last = {n: f"cell {n}" for n in range(6)}
+    texts: dict[str, bytes] = {}  # each side's last save of the text file
+    watcher = Watcher(project)
+    try:
+        for round_ in range(8):
+            cell = (0, 2, 4)[round_ % 3]
+            last[cell] = f"there, round {round_}"
+            _edit_cell(remote / name, cell, last[cell], by_rename=rng.random() < 0.5)
+            if rng.random() < 0.5:
+                texts["there"] = f"there {round_}\n".encode()
+                _save(remote / f"notes{seed}.txt", texts["there"], by_rename=rng.random() < 0.5)
+            time.sleep(rng.uniform(0, 1.2))
+            cell = (1, 3, 5)[round_ % 3]
+            last[cell] = f"here, round {round_}"
+            _edit_cell(project / name, cell, last[cell], by_rename=rng.random() < 0.5)
+            if rng.random() < 0.5:
+                texts["here"] = f"here {round_}\n".encode()
+                _save(project / f"notes{seed}.txt", texts["here"], by_rename=rng.random() < 0.5)
+            time.sleep(rng.uniform(0, 0.6))
+        time.sleep(3)  # the last remote save comes home
+    finally:
+        assert watcher.stop() == 0
+    merges = [line for line in watcher.lines if "merged cell by cell" in line]
+    synced(project)
+    synced(project)
+    for side in (project, remote):
+        cells = json.loads((side / name).read_bytes())["cells"]
+        assert ["".join(c["source"]) for c in cells] == [last[n] for n in range(6)], (
+            side, watcher.lines[-30:])  # fmt: skip
+    assert not list(project.glob(f"live{seed}.*-*.ipynb"))  # merged, never a conflict copy
+    assert merges, watcher.lines  # the watch said what it merged
+    # Every text save is somewhere: in the file on either side or in a conflict copy here.
+    kept = {p.read_bytes() for p in project.glob(f"notes{seed}*.txt")}
+    kept |= {p.read_bytes() for p in remote.glob(f"notes{seed}*.txt")}
+    for data in texts.values():  # a side's earlier saves are its own to save over
+        assert data in kept, (data, kept)

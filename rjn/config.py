@@ -42,18 +42,24 @@ DEFAULT_EXCLUDES = (
 
 # Files that make this machine run something without the user opening them: rjn reads
 # remote.toml (ssh options, a ProxyCommand), nox imports noxfile.py to list its sessions, direnv
-# and dotenv load .envrc and .env on entering the folder, pre-commit runs its hooks on commit,
-# editors run .vscode/ tasks and .idea/ settings on opening it. They go out, but a remote change
-# to one never comes home (two-way sync keeps it there, a pull refuses it). (.git/ never travels.)
-GUARDED_NAMES = frozenset({"remote.toml", "noxfile.py", ".envrc", ".env",
-                           ".pre-commit-config.yaml"})  # fmt: skip
-GUARDED_FOLDERS = frozenset({".vscode", ".idea"})
+# and dotenv load .envrc and .env on entering the folder, mise runs its hooks there, pre-commit
+# runs its hooks on commit, editors run .vscode/ tasks and .idea/ settings on opening it. git
+# runs what a repository's config says (core.fsmonitor, hooks) wherever it finds one, and a
+# folder is one to git once it holds a HEAD (its config beside it), or is named by a `.git`
+# file: so neither HEAD nor a `.git` file ever comes home, whatever folder it is in. They go
+# out, but a remote change to one never comes home (two-way sync keeps it there, a pull refuses
+# it). (.git/ never travels.) Names are compared ignoring case: on a Mac's or Windows' disk
+# `NOXFILE.py` is noxfile.py, and elsewhere keeping such a name there loses nothing.
+GUARDED_NAMES = frozenset({"remote.toml", "noxfile.py", ".envrc", ".env", "mise.toml",
+                           ".mise.toml", "mise.local.toml", ".mise.local.toml",
+                           ".pre-commit-config.yaml", "head", ".git"})  # fmt: skip
+GUARDED_FOLDERS = frozenset({".vscode", ".idea", ".mise"})
 
 
 def guarded(rel: str) -> bool:
     """Whether a project path is one whose remote changes never come home (at any depth: a
-    tool run in a subfolder reads that folder's)."""
-    parts = rel.split("/")
+    tool run in a subfolder reads that folder's), its name compared ignoring case."""
+    parts = rel.casefold().split("/")
     return parts[-1] in GUARDED_NAMES or not GUARDED_FOLDERS.isdisjoint(parts[:-1])
 
 

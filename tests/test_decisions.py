@@ -71,6 +71,19 @@ ROWS = {
         {"push": ("remote.toml",)}),
     ".vscode task new there": (
         {}, {".vscode/tasks.json": e("t")}, {}, (), (), {"kept_there": (".vscode/tasks.json",)}),
+    # Compared ignoring case: on a Mac's or Windows' disk these are the files above.
+    "NOXFILE.py new there": (
+        {}, {"NOXFILE.py": e("n")}, {}, (), (), {"kept_there": ("NOXFILE.py",)}),
+    "Remote.toml in a folder there": (
+        {}, {"analysis/Remote.toml": e("n")}, {}, (), (),
+        {"kept_there": ("analysis/Remote.toml",)}),
+    ".VSCode task new there": (
+        {}, {".VSCode/tasks.json": e("t")}, {}, (), (), {"kept_there": (".VSCode/tasks.json",)}),
+    # A planted git repository (its HEAD beside a config naming a command) is not one here.
+    "a git HEAD planted there": (
+        {}, {"tools/HEAD": e("h")}, {}, (), (), {"kept_there": ("tools/HEAD",)}),
+    "a .git file planted there": (
+        {}, {"sub/.git": e("g")}, {}, (), (), {"kept_there": ("sub/.git",)}),
 }  # fmt: skip
 
 

@@ -204,6 +204,43 @@ def test_a_remote_edit_of_remote_toml_never_runs_anything_here(
     assert not pwned.exists()
 
 
+def test_a_planted_repository_or_a_guarded_name_in_other_case_never_comes_home(
+    project: Path, short_tmp: Path, tmp_path: Path
+) -> None:
+    """A git repository planted in a folder (git would run its core.fsmonitor at a prompt's
+    `git status`), and guarded names in another case (a Mac's or Windows' disk ignores it)."""
+    there = short_tmp / "remote" / "steer"
+    pwned = tmp_path / "PWNED"
+    tools = there / "tools"
+    for folder in ("objects/info", "refs/heads"):
+        (tools / folder).mkdir(parents=True)
+        (tools / folder / "keep").write_text("")
+    (tools / "HEAD").write_text("ref: refs/heads/main\n")
+    (tools / "config").write_text(
+        f'[core]\n\trepositoryformatversion = 0\n\tfsmonitor = "touch {pwned}"\n'
+        "\tworktree = .\n"
+    )
+    (there / "sub").mkdir()
+    (there / "sub" / ".git").write_text("gitdir: ../tools\n")
+    (there / "NOXFILE.py").write_text(f"open({str(pwned)!r}, 'w')\n")
+    (there / "analysis").mkdir()
+    (there / "analysis" / "Remote.toml").write_text('[remote]\nhost = "elsewhere"\n')
+    (there / ".VSCode").mkdir()
+    (there / ".VSCode" / "tasks.json").write_text('{"runOn": "folderOpen"}\n')
+    result = run_rjn("sync", cwd=project)
+    assert result.returncode == 0, result.stderr
+    for name in ("tools/HEAD", "sub/.git", "NOXFILE.py", "analysis/Remote.toml",
+                 ".VSCode/tasks.json"):  # fmt: skip
+        assert not (project / name).exists(), name
+        assert f"{name} changed on the remote: left there, not brought home" in result.stderr
+    assert (project / "tools" / "config").exists()  # a file like any other, without its HEAD
+    for folder in (project / "tools", project / "sub"):
+        folder.mkdir(exist_ok=True)  # (sub/ had nothing else: a user may still make it)
+        ceiling = {**os.environ, "GIT_CEILING_DIRECTORIES": str(project.parent)}
+        subprocess.run(["git", "status"], cwd=folder, capture_output=True, timeout=30, env=ceiling)
+    assert not pwned.exists()
+
+
 def test_a_remote_deletion_of_remote_toml_never_deletes_ours(project: Path, short_tmp: Path):
     there = short_tmp / "remote" / "steer" / "remote.toml"
     ours = (project / "remote.toml").read_text()

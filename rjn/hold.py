@@ -3,15 +3,19 @@ multiplex (Windows' OpenSSH has no ControlMaster). The holder runs the user's ow
 config, agent, keys, host key checks, 2FA prompt: one login) with rjn's multiplexer at the
 other end (helper/mux.py), and serves later rjn commands on 127.0.0.1 (a port and a token in
 a file of the user's alone): commands, their input and output, and forwarded ports (the
-Jupyter tunnel). It ends when its ssh does (a stall ends that, as it ends a master), when
+Jupyter tunnel). A port on 127.0.0.1 is anyone's to take once the holder is gone, so each
+connection starts with a mutual proof: each side shows it knows the token by an HMAC of the
+other's fresh nonce, and the token itself never crosses the socket. A listener that cannot
+prove it is not our holder: nothing is sent to it. It ends when its ssh does (a stall ends that, as it ends a master), when
 idle, and on `rjn close`.
 
-`python -m rjn.hold SPEC` is the holder; the rest is its client (connection.SingleConnection).
+`python -m rjn.hold SPEC` is the holder; the rest is its client (SingleConnection, below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import secrets
@@ -48,6 +52,23 @@ from rjn.helper.mux import (  # the wire format, one definition for both ends
 CHUNK = 1 << 16
 # With no forward and no command for this long, the holder ends (the next command logs in).
 IDLE = 600.0
+
+
+# A line of the handshake is short; a longer one is not ours.
+HELLO_MAX = 4096
+
+
+def _proof(token: str, role: str, *nonces: str) -> str:
+    """What only a knower of the token can say about these nonces, as `role`."""
+    message = "\0".join((role, *nonces)).encode()
+    return hmac.new(token.encode(), message, "sha256").hexdigest()
+
+
+def _line(reader: Any, limit: int) -> dict[str, Any]:
+    found = json.loads(reader.readline(limit) or b"{}")
+    if not isinstance(found, dict):
+        raise ValueError("not a JSON object")
+    return found
 
 
 # -- the holder ------------------------------------------------------------------------------------
@@ -90,6 +111,8 @@ class Holder:
         # Ignored before ssh starts, ignored in ssh too: a closing terminal ends neither.
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Asked to end (a logout, a shutdown): end as `rjn close` does, control file removed.
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.ssh = subprocess.Popen(self.spec["argv"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log)  # fmt: skip
         assert self.ssh.stdout
@@ -158,10 +181,15 @@ class Holder:
         with conn:
             reader = conn.makefile("rb")
             try:
-                request = json.loads(reader.readline(1 << 20))
-            except ValueError:
+                theirs = str(_line(reader, HELLO_MAX).get("hello", ""))
+                mine = secrets.token_hex(16)
+                proof = _proof(self.token, "holder", theirs, mine)
+                conn.sendall(json.dumps({"nonce": mine, "proof": proof}).encode() + b"\n")
+                request = _line(reader, 1 << 20)
+            except (OSError, ValueError):
                 return
-            if not secrets.compare_digest(str(request.get("token", "")), self.token):
+            expected = _proof(self.token, "client", mine, theirs)
+            if not theirs or not hmac.compare_digest(str(request.get("proof", "")), expected):
                 return
             self.last = time.monotonic()
             op = request.get("op")
@@ -272,26 +300,53 @@ class Held:
         seen = json.loads(control.read_text())
         self.pid, self.port, self.token = int(seen["pid"]), int(seen["port"]), str(seen["token"])
 
+    def _request(self, op: str, **fields: Any) -> tuple[socket.socket, Any]:
+        """A connection to the holder that proved it is ours, with our request sent."""
+        conn = socket.create_connection(("127.0.0.1", self.port), timeout=15)
+        try:
+            reader = conn.makefile("rb")
+            mine = secrets.token_hex(16)
+            conn.sendall(json.dumps({"hello": mine}).encode() + b"\n")
+            said = _line(reader, HELLO_MAX)
+            theirs = said.get("nonce")
+            if not isinstance(theirs, str) or not hmac.compare_digest(
+                str(said.get("proof", "")), _proof(self.token, "holder", mine, theirs)
+            ):
+                raise Impostor(self.port)
+            proof = _proof(self.token, "client", theirs, mine)
+            conn.sendall(json.dumps({"proof": proof, "op": op, **fields}).encode() + b"\n")
+        except BaseException:
+            conn.close()
+            raise
+        return conn, reader
+
     def ask(self, op: str, **fields: Any) -> dict[str, Any]:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=15) as conn:
-            conn.sendall(json.dumps({"token": self.token, "op": op, **fields}).encode() + b"\n")
-            answer: dict[str, Any] = json.loads(conn.makefile("rb").readline() or b"{}")
-            return answer
+        conn, reader = self._request(op, **fields)
+        with conn:
+            return _line(reader, 1 << 20)
 
     def exec(self, command: str) -> socket.socket:
-        conn = socket.create_connection(("127.0.0.1", self.port), timeout=15)
+        conn, _ = self._request("exec", command=command)
         conn.settimeout(None)
-        line = {"token": self.token, "op": "exec", "command": command}
-        conn.sendall(json.dumps(line).encode() + b"\n")
         return conn
 
 
+class Impostor(ValueError):
+    """What listens on the holder's port cannot prove it knows the token: not our holder (it
+    died, and another program, perhaps another user's, took the port)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"127.0.0.1:{port} is not rjn's holder")
+
+
 def held(control: Path) -> Held | None:
-    """The holder of this host's session, if it runs and answers."""
+    """The holder of this host's session, if it runs, answers and proves it is ours (a
+    control file whose port another program holds now is stale: never trusted; the next
+    holder replaces it)."""
     try:
         found = Held(control)
         return found if found.ask("check").get("pid") == found.pid else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # Impostor among them
         return None
 
 

@@ -128,6 +128,66 @@ def test_a_stall_ends_the_session_and_the_watch_brings_it_back(
     assert len(sessions(host)) == 1, sessions(host)  # the wedged one retired, no leak
 
 
+def test_a_dead_holders_port_taken_by_another_program_is_never_trusted(
+    project: Path, rjn_env: dict[str, str]
+) -> None:
+    """The holder dies without cleaning up (SIGKILL, a crash) and another program (another
+    local account) takes its port, answering the liveness check with the old pid: it is
+    sent no token and no command; rjn holds a new session and the sync succeeds."""
+    import os
+    import socket
+    import threading
+
+    [control] = (Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn").glob("*.hold")
+    seen = json.loads(control.read_text())
+    os.kill(seen["pid"], signal.SIGKILL)
+    wait_for(lambda: subprocess.run(["kill", "-0", str(seen["pid"])]).returncode != 0,
+             what="the holder to die")  # fmt: skip
+    impostor = socket.create_server(("127.0.0.1", seen["port"]))
+    heard: list[bytes] = []
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = impostor.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                reader = conn.makefile("rb")
+                for _ in range(3):  # whatever it is told, it says it is the holder
+                    line = reader.readline(1 << 16)
+                    heard.append(line)
+                    if not line:
+                        break
+                    reply = {"pid": seen["pid"], "nonce": "n", "proof": "p" * 64}
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        (project / "after_impostor.py").write_text("x = 1\n")
+        result = run_rjn("sync", cwd=project)
+        assert result.returncode == 0, result.stderr
+    finally:
+        impostor.close()
+    said = b"".join(heard)
+    assert heard and seen["token"].encode() not in said and b"exec" not in said, said
+    assert b"command" not in said and b"after_impostor" not in said, said
+    now = json.loads(control.read_text())  # a new holder, on a port of its own
+    assert now["pid"] != seen["pid"] and now["token"] != seen["token"]
+
+
+def test_a_holder_asked_to_end_removes_its_control_file(
+    project: Path, rjn_env: dict[str, str]
+) -> None:
+    [control] = (Path(rjn_env["XDG_RUNTIME_DIR"]) / "rjn").glob("*.hold")
+    pid = json.loads(control.read_text())["pid"]
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    wait_for(lambda: not control.exists(), timeout=15, what="the control file to go")
+    result = run_rjn("sync", cwd=project)  # and the next command holds a new session
+    assert result.returncode == 0, result.stderr
+
+
 def test_close_ends_the_held_session(project: Path, host: TestHost) -> None:
     closed = run_rjn("close", "--server", cwd=project)
     assert closed.returncode == 0, closed.stderr

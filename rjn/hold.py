@@ -6,8 +6,8 @@ a file of the user's alone): commands, their input and output, and forwarded por
 Jupyter tunnel). A port on 127.0.0.1 is anyone's to take once the holder is gone, so each
 connection starts with a mutual proof: each side shows it knows the token by an HMAC of the
 other's fresh nonce, and the token itself never crosses the socket. A listener that cannot
-prove it is not our holder: nothing is sent to it. It ends when its ssh does (a stall ends that, as it ends a master), when
-idle, and on `rjn close`.
+prove it is not our holder: nothing is sent to it. It ends when its ssh does (a stall ends
+that, as it ends a master), when idle, on SIGTERM, and on `rjn close`.
 
 `python -m rjn.hold SPEC` is the holder; the rest is its client (SingleConnection, below).
 """

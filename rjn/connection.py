@@ -341,14 +341,17 @@ class Connection:
         timeout: float | None = None,
         on_out: Callable[[str], Any] | None = None,
         on_err: Callable[[str], Any] | None = None,
+        abort_when: Callable[[], bool] | None = None,
     ) -> proc.Completed:
-        """Run a command on the remote; its argv reaches the remote shell quoted, as data."""
+        """Run a command on the remote; its argv reaches the remote shell quoted, as data.
+        It is stopped as soon as `abort_when()` is true (its answer is already known bad)."""
         result = proc.run(
             self.ssh_argv("-T", command=command),
             input=input,
             timeout=timeout,
             on_out=on_out,
             on_err=on_err,
+            abort_when=abort_when,
         )
         if result.code == 255 and not self.master_alive():
             raise self.lost(result.err)

@@ -252,24 +252,21 @@ class HelperClient:
             # link), the helper sees it close and can undo what it started.
             running = self.connection.start(command, stdin=payload, on_out=answer.line)
             try:
-                code, err = running.wait(timeout), running.stderr
+                code = _wait(running, timeout, answer.failed)
+                err = running.stderr
             finally:
                 running.close()
-            if code is None:
+            if code is None and not answer.failed():
                 raise Timeout(f"{self.host}: rjn's remote helper did not finish {action} "
                               f"within {timeout:g}s")  # fmt: skip
             if code == 255 and not self.connection.master_alive():
                 raise self.connection.lost(err)
         else:
-            # Parse as lines arrive only when someone is watching; else at the end.
-            watched = on_log or on_data
+            # Parsed as lines arrive: nothing of a long answer is held twice, and a line that
+            # never ends reaches the parser in pieces (it refuses them).
             given = itertools.chain([payload], stream) if stream else payload
-            result = self.connection.run(
-                command, input=given, timeout=timeout, on_out=answer.line if watched else None
-            )
-            if not watched:
-                for line in result.out.splitlines():
-                    answer.line(line)
+            result = self.connection.run(command, input=given, timeout=timeout,
+                                         on_out=answer.line, abort_when=answer.failed)  # fmt: skip
             code, err = result.code, result.err
         if code == NEED_HELPER and "need" in answer.fields and not size:
             # The host no longer keeps this helper (a cleaned cache): send it, once.
@@ -533,6 +530,10 @@ class Answer:
         if self.on_data and not message.keys() & {*self.KINDS, "log", "part"}:
             self.on_data(message)
 
+    def failed(self) -> bool:
+        """Whether an error came (the helper's, or a malformed line): nothing more is needed."""
+        return "error" in self.fields
+
     def settled(self) -> dict[str, Any] | None:
         """The helper's answer, once it came: its ok, or its error raised."""
         if "error" in self.fields:
@@ -600,6 +601,18 @@ def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]
             handler(_bad(f"{type(message).__name__} instead of an object"))
 
     return line
+
+
+def _wait(running: proc.Process, timeout: float | None, stop: Callable[[], bool]) -> int | None:
+    """Wait for a command's end, its deadline, or `stop()`; its exit code or None."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while not stop():
+        left = deadline - time.monotonic() if deadline else 0.2
+        if left <= 0:
+            return None
+        if (code := running.wait(min(left, 0.2))) is not None:
+            return code
+    return running.code
 
 
 def read(host: str, record: type[R], what: str, answer: object) -> R:

@@ -119,6 +119,8 @@ class Holder:
         reader = self.ssh.stdout
         first = read_frame(reader)
         if first is None or first[1] != READY:
+            log.write(b"rjn: the remote end did not start rjn's multiplexer ([remote] python?)\n")
+            log.flush()
             print("failed", flush=True)
             return 255
         server = socket.create_server(("127.0.0.1", 0))
@@ -361,14 +363,14 @@ class Running:
         on_err: Callable[[str], Any] | None = None,
         keep_open: bool = True,
     ) -> None:
-        from rjn.proc import _splitter  # lines as the rest of rjn splits them
+        from rjn.proc import MAX_OUTPUT, STDERR_TAIL, _Kept, _splitter  # as rjn splits lines
 
         self.conn = conn
         self.code: int | None = None
-        self.err: list[str] = []
-        self.out: list[str] = []
+        self.err = _Kept(STDERR_TAIL, tail=True)
+        self.out = _Kept(MAX_OUTPUT)
         self._out = _splitter(on_out, None) if on_out else _splitter(None, self.out)
-        self._err = _splitter(on_err, self.err) if on_err else _splitter(None, self.err)
+        self._err = _splitter(on_err, self.err)
         self.ended = threading.Event()
         self.send_lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -414,7 +416,7 @@ class Running:
 
     @property
     def stderr(self) -> str:
-        return "".join(self.err)
+        return self.err.text()
 
     def wait(self, timeout: float | None, drain: float = 10) -> int | None:
         return self.code if self.ended.wait(timeout) else None
@@ -489,6 +491,7 @@ class SingleConnection(Connection):
         timeout: float | None = None,
         on_out: Callable[[str], Any] | None = None,
         on_err: Callable[[str], Any] | None = None,
+        abort_when: Callable[[], bool] | None = None,
     ) -> proc.Completed:
         given: Iterable[bytes] = (
             [input.encode()] if isinstance(input, str) else [input] if isinstance(input, bytes)
@@ -496,13 +499,27 @@ class SingleConnection(Connection):
         )  # fmt: skip
         running = Running(self._held().exec(shlex.join(command)), given, on_out, on_err,
                           keep_open=False)  # fmt: skip
-        code = running.wait(timeout)
+        deadline = time.monotonic() + timeout if timeout else None
+        code = None
+        while code is None and not (abort_when and abort_when()):
+            left = deadline - time.monotonic() if deadline else 0.2
+            if left <= 0:
+                break
+            code = running.wait(min(left, 0.2))
         running.close(timeout=1)
-        if code is None:
+        if running.out.over:
+            raise proc.TooMuchOutput(
+                f"'{command[0]}' on {self.host} printed more than {proc.MAX_OUTPUT >> 20} MiB: "
+                "stopped it",
+                hint="a program that floods its output answered instead of rjn's: check "
+                "[remote] python and your shell's startup files there",
+            )
+        if code is None and not (abort_when and abort_when()):
             raise Timeout(f"'{command[0]}' on {self.host} did not finish within {timeout:g}s")
+        code = 255 if code is None else code
         if code == 255 and not self.master_alive():
             raise self.lost(running.stderr)
-        return proc.Completed(tuple(command), code, "".join(running.out), running.stderr)
+        return proc.Completed(tuple(command), code, running.out.text(), running.stderr)
 
     def start(
         self, command: Sequence[str], *, stdin: bytes, on_out: Callable[[str], Any]

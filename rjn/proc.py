@@ -26,6 +26,17 @@ _LINE_END = re.compile(r"[\r\n]+")
 # A line longer than this is handed over in pieces: a remote that never ends its line must
 # not grow our memory without bound (whoever parses lines rejects the oversized piece).
 MAX_LINE = 16 * 1024 * 1024
+# What a command may print that is kept whole for its caller (its `out`): more, and it is
+# stopped with an error (a remote that floods must not grow our memory). Of its stderr only
+# the last STDERR_TAIL characters are kept: what callers show is the end of it.
+MAX_OUTPUT = 64 * 1024 * 1024
+STDERR_TAIL = 256 * 1024
+
+
+class TooMuchOutput(RjnError):
+    """A command printed more than rjn keeps (MAX_OUTPUT): it was stopped."""
+
+    exit_code = 4
 
 
 @record
@@ -70,28 +81,7 @@ def run(
     Plain pipes, not sh: its machinery costs 4 ms a call and 20 ms of imports, which the
     many short ssh calls (and every command's start-up) should not pay.
     """
-    if on_out or on_err or not isinstance(input, (str, bytes, type(None))):
-        return _streamed(argv, input, timeout, cwd, env, on_out, on_err, abort_when)
-    _require(argv[0])
-    data = input.encode() if isinstance(input, str) else input
-    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=cwd, env=env)  # fmt: skip
-    deadline = time.monotonic() + timeout if timeout else None
-    expired = False
-    while True:
-        try:  # communicate() may be called again after a timeout without losing output
-            out, err = proc.communicate(data, timeout=_step(deadline, abort_when))
-            break
-        except subprocess.TimeoutExpired:
-            expired = bool(deadline and time.monotonic() >= deadline)
-            if expired or (abort_when and abort_when()):
-                proc.kill()
-                out, err = proc.communicate()
-                break
-    if expired:
-        raise Timeout(f"'{os.path.basename(argv[0])}' did not finish within {timeout:g}s")
-    return Completed(tuple(argv), proc.returncode, out.decode(errors="replace"),
-                     err.decode(errors="replace"))  # fmt: skip
+    return _streamed(argv, input, timeout, cwd, env, on_out, on_err, abort_when)
 
 
 def _step(deadline: float | None, abort_when: Callable[[], bool] | None) -> float | None:
@@ -111,16 +101,18 @@ def _streamed(
     on_err: Callable[[str], Any] | None,
     abort_when: Callable[[], bool] | None,
 ) -> Completed:
-    """run() with callbacks: plain pipes read in whatever chunks they hold (sh reads an
-    unbuffered stream one byte at a time: rsync's progress for 100,000 files took it 40 s)."""
+    """run(): plain pipes read in whatever chunks they hold (sh reads an unbuffered stream
+    one byte at a time: rsync's progress for 100,000 files took it 40 s)."""
     _require(argv[0])
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=cwd, env=env)  # fmt: skip
-    out_lines: list[str] = []
-    err_lines: list[str] = []
+    # Lines handed to a callback are its to keep: of those only the tail stays (rsync's
+    # summary); a stream kept for the caller is kept whole, up to MAX_OUTPUT.
+    kept = _Kept(STDERR_TAIL, tail=True) if on_out else _Kept(MAX_OUTPUT)
+    kept_err = _Kept(STDERR_TAIL, tail=True)
     readers = [
-        threading.Thread(target=_pump, args=(proc.stdout, _splitter(on_out, out_lines))),
-        threading.Thread(target=_pump, args=(proc.stderr, _splitter(on_err, err_lines))),
+        threading.Thread(target=_pump, args=(proc.stdout, _splitter(on_out, kept))),
+        threading.Thread(target=_pump, args=(proc.stderr, _splitter(on_err, kept_err))),
     ]
     for reader in readers:
         reader.daemon = True
@@ -139,9 +131,11 @@ def _streamed(
     threading.Thread(target=feed, daemon=True).start()
     deadline = time.monotonic() + timeout if timeout else None
     expired = False
+    flooded = False
     while proc.poll() is None:
         expired = bool(deadline and time.monotonic() > deadline)
-        if expired or (abort_when and abort_when()):
+        flooded = kept.over
+        if expired or flooded or (abort_when and abort_when()):
             proc.kill()
             proc.wait()
             break
@@ -149,9 +143,17 @@ def _streamed(
             proc.wait(timeout=0.2)
     for reader in readers:
         reader.join(timeout=10)
+    name = os.path.basename(argv[0])
     if expired:
-        raise Timeout(f"'{os.path.basename(argv[0])}' did not finish within {timeout:g}s")
-    return Completed(tuple(argv), proc.returncode, "".join(out_lines), "".join(err_lines))
+        raise Timeout(f"'{name}' did not finish within {timeout:g}s")
+    if flooded or kept.over:
+        raise TooMuchOutput(
+            f"'{name}' printed more than {MAX_OUTPUT >> 20} MiB: stopped it"
+            + (f" ({' '.join(argv[-1:])[:80]!r})" if name == "ssh" else ""),
+            hint="on a remote, a program that floods its output answered instead of rjn's: "
+            "check [remote] python and your shell's startup files there",
+        )
+    return Completed(tuple(argv), proc.returncode, kept.text(), kept_err.text())
 
 
 def _finish(
@@ -199,11 +201,38 @@ def _finish(
     return command
 
 
+class _Kept:
+    """What is kept of a stream for its caller: all of it up to `limit` characters (then
+    `over`, and no more is kept), or with `tail` its last `limit` characters."""
+
+    def __init__(self, limit: int, tail: bool = False) -> None:
+        self.limit, self.tail = limit, tail
+        self.parts: list[str] = []
+        self.size = 0
+        self.over = False
+
+    def append(self, text: str) -> None:
+        if self.over and not self.tail:
+            return
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size <= self.limit:
+            return
+        if not self.tail:
+            self.over = True
+            return
+        kept = "".join(self.parts)[-self.limit :]
+        self.parts, self.size = [kept], len(kept)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class _splitter:
     """Collects a stream and hands complete lines to a callback; a line that grows past
     MAX_LINE without ending is handed over in pieces (the parser rejects them)."""
 
-    def __init__(self, callback: Callable[[str], Any] | None, sink: list[str] | None) -> None:
+    def __init__(self, callback: Callable[[str], Any] | None, sink: _Kept | None) -> None:
         self.callback = callback
         self.sink = sink
         self.parts: list[str] = []  # the unfinished line, in pieces: joining once is linear
@@ -339,7 +368,7 @@ class Background:
         self._proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        self._err: list[str] = []
+        self._err = _Kept(STDERR_TAIL, tail=True)
         self._readers = [
             threading.Thread(target=_pump, args=(self._proc.stdout, _splitter(on_out, None))),
             threading.Thread(target=_pump, args=(self._proc.stderr, _splitter(None, self._err))),
@@ -364,7 +393,7 @@ class Background:
 
     @property
     def stderr(self) -> str:
-        return "".join(self._err)
+        return self._err.text()
 
     def wait(self, timeout: float | None, drain: float = 10) -> int | None:
         """Wait for it to end (its stdin stays open) and for its output to be handed on (at

@@ -348,3 +348,39 @@ def test_the_watch_keeps_to_the_total_cap_over_time(make_project, short_tmp) -> 
         assert 0 < home <= 300_000
     finally:
         run_rjn("close", "--server", cwd=project)
+
+
+@pytest.mark.parametrize("multiplex", ["controlmaster", "single"])
+def test_a_remote_that_floods_its_output_is_cut_off_with_memory_flat(
+    make_project, short_tmp, multiplex: str
+) -> None:
+    """A remote "python" that prints without end, and no line break: rjn stops it within
+    seconds with a clear error, and its memory stays flat (it grew to ~1 GB before)."""
+    import resource
+
+    flood = short_tmp / f"flood-{multiplex}"
+    flood.write_text("#!/bin/sh\nexec tr '\\0' x < /dev/zero\n")
+    flood.chmod(0o755)
+    extra = f'python = "{flood}"\nmultiplex = "{multiplex}"\n'
+    root = make_project(f"flood-{multiplex}", remote_extra=extra)
+    began = time.monotonic()
+    result = run_rjn("sync", cwd=root)
+    took = time.monotonic() - began
+    grown = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024  # MiB, of any child
+    # (single mode: the flood answers in place of the session's multiplexer: no connection)
+    assert result.returncode == (4 if multiplex == "controlmaster" else 3), result.stderr
+    assert "Traceback" not in result.stderr and "rjn-test" in result.stderr, result.stderr
+    assert took < 45, took
+    assert grown < 300, f"{grown} MiB"
+
+
+def test_a_frame_longer_than_any_peer_sends_is_not_read() -> None:
+    """Single mode's frames: a header that claims gigabytes ends the stream, nothing read."""
+    import io
+
+    from rjn.helper import mux
+
+    claims = mux.HEAD.pack(1, mux.OUT, 0x78787878) + b"x" * 100
+    assert mux.read_frame(io.BytesIO(claims)) is None
+    fine = mux.frame(1, mux.OUT, b"y" * mux.CHUNK)
+    assert mux.read_frame(io.BytesIO(fine)) == (1, mux.OUT, b"y" * mux.CHUNK)

@@ -30,12 +30,21 @@ def frame(channel, kind, payload=b""):
     return HEAD.pack(channel, kind, len(payload)) + payload
 
 
+# No frame either end sends is longer (output and input go in CHUNK blocks, a command line
+# is at most what a shell takes): a longer one is not our peer speaking, and is not read (its
+# length could ask for gigabytes).
+FRAME_MAX = 4 * 1024 * 1024
+
+
 def read_frame(stream):
-    """(channel, kind, payload) of the next frame, or None where the stream ends."""
+    """(channel, kind, payload) of the next frame, or None where the stream ends (or is not
+    frames: a header claiming more than FRAME_MAX)."""
     head = exactly(stream, HEAD.size)
     if head is None:
         return None
     channel, kind, length = HEAD.unpack(head)
+    if length > FRAME_MAX:
+        return None
     payload = exactly(stream, length) if length else b""
     return None if payload is None else (channel, kind, payload)
 

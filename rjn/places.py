@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import stat
@@ -32,6 +33,14 @@ def machine_id() -> str:
     made = secrets.token_hex(6)
     write_private(path, made)
     return made
+
+
+def copy_id(root: Path) -> str:
+    """This machine's id and this project folder's: what one clone of a project leaves on a
+    remote (its staging, its listing cache), so that two clones syncing one remote folder
+    (git worktrees) never clean up or reuse each other's."""
+    folder = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:8]
+    return f"{machine_id()}{folder}"
 
 
 def runtime_dir() -> Path:

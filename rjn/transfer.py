@@ -371,7 +371,7 @@ def stage(
     remote still holds what the plan saw. rsync never writes in the project itself; its delta
     transfer still works from the remote's current version (--copy-dest). `source` is a
     folder to send the named files from instead of the project (a merge's result)."""
-    staging = f"{staging_prefix()}{secrets.token_hex(6)}"
+    staging = f"{staging_prefix(config.root)}{secrets.token_hex(6)}"
     source = source or config.root
     if uses_own(helper, config):
         _send(helper, source, remote_dir, staging, sorted(names), progress)
@@ -391,13 +391,15 @@ def stage(
 
 
 # The staging folders a push leaves in the remote's .rjn/ are named by this prefix, then this
-# machine's id: the next pass of this machine cleans up after one cut short.
+# machine's and project folder's id: the next pass of this clone cleans up after one cut short
+# (passes of one clone take turns; another clone's staging is never its to clean).
 STAGING = "incoming-"
 
 
-def staging_prefix() -> str:
-    """This machine's part of a staging folder's name (see helper/tree.clean_staging)."""
-    return f"{STAGING}{places.machine_id()}-"
+def staging_prefix(root: Path) -> str:
+    """This machine's and project folder's part of a staging folder's name (see
+    helper/tree.clean_staging)."""
+    return f"{STAGING}{places.copy_id(root)}-"
 
 
 def _files_from(names: Iterable[str]) -> str:
@@ -588,13 +590,22 @@ def replace_unchanged(
         helper_tree.close_folder(root_fd)
 
 
+# The longest file name most filesystems take, in bytes (ext4, APFS, NTFS: 255).
+NAME_MAX = 255
+
+
 def _conflict_name(folder: Any, name: str, label: str) -> str:
     """`fig.png` -> `fig.remote-20261123-101500.png` (`fig.cluster-...` from the remote named
-    cluster, so that two remotes' versions are told apart): never an existing file's name."""
+    cluster, so that two remotes' versions are told apart): never an existing file's name,
+    and never longer than a file name may be (a long stem is shortened to fit)."""
     when = time.strftime("%Y%m%d-%H%M%S")
     stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    if len(suffix.encode()) > 32:  # not an extension: part of the name
+        stem, dot, suffix = name, "", ""
     for n in range(1000):
-        candidate = f"{stem}.{label}-{when}{f'-{n}' if n else ''}{dot}{suffix}"
+        tail = f".{label[:40]}-{when}{f'-{n}' if n else ''}{dot}{suffix}"
+        room = NAME_MAX - len(tail.encode())
+        candidate = stem.encode()[:room].decode(errors="ignore") + tail
         if _lstat_at(folder, candidate) is None:
             return candidate
     raise RemoteError(f"cannot find a free name beside {name}")

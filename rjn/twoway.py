@@ -239,7 +239,7 @@ def scan_args(config: Config) -> dict[str, Any]:
         marks = _marks(config)
     gen = marks["gen"]
     return {"exclude": exclude, "include": include, "gen": gen,
-            "mine": places.machine_id(), "since": marks.get("listing")}  # fmt: skip
+            "mine": places.copy_id(config.root), "since": marks.get("listing")}  # fmt: skip
 
 
 def _listing_path(config: Config) -> Path:
@@ -342,9 +342,13 @@ def run(
                 agreed[rel] = conflict["remote"]
                 del record["conflicts"][rel]
         held = set(record["conflicts"])
+        # What one side cannot read is neither deleted there nor sent over: out of the plan.
+        unreadable = {rel for side in (here["others"], there.others)
+                      for rel, kind in side.items() if kind == "unreadable"}  # fmt: skip
 
         def free(tree: Mapping[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in tree.items() if k not in held}
+            return {k: v for k, v in tree.items()
+                    if k not in held and not (unreadable and _under_any(k, unreadable))}  # fmt: skip
 
         # A conflicted name is out of the plan, but where it still holds a file (and here,
         # where its copy lies), that file blocks its name as a link would: nothing may go
@@ -352,8 +356,8 @@ def run(
         lying = [copy for copy in copies if (config.root / copy).exists()]
         kept_here = [*(held & here["files"].keys()), *lying]
         plan = decide(free(here["files"]), free(there.files), free(agreed),
-                      [*here["others"], *kept_here],
-                      [*there.others, *(held & there.files.keys())])  # fmt: skip
+                      [*free(here["others"]), *kept_here],
+                      [*free(there.others), *(held & there.files.keys())])  # fmt: skip
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
         outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, record,
                          direction, progress)  # fmt: skip

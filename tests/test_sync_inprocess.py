@@ -340,3 +340,115 @@ def test_a_base_that_is_not_what_its_name_says_is_no_base(pair: Pair) -> None:
     bump(pair.there / "nb.ipynb", nb("a", "B"))
     done = pair.sync()
     assert not done.merged and list(done.conflicts) == ["nb.ipynb"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="listing as another account needs root (CI has it)")
+def test_what_cannot_be_read_is_listed_as_unreadable_never_as_missing() -> None:
+    """As an ordinary account (root reads everything): a file of mode 000 and a folder that
+    cannot be entered are listed as unreadable, not left out (they would seem deleted)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    python = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 another account can run")
+    scratch = Path(tempfile.mkdtemp(prefix="rjn-unreadable-"))
+    scratch.chmod(0o755)
+    # The helper's package as it travels (relative imports, named rjn_helper), where any
+    # account can read it.
+    shutil.copytree(Path(__file__).parent.parent / "rjn" / "helper", scratch / "rjn_helper")
+    top = scratch / "project"
+    top.mkdir()
+    try:
+        top.chmod(0o755)
+        (top / "ok.txt").write_text("fine\n")
+        (top / "ok.txt").chmod(0o644)
+        (top / "secret.txt").write_text("no\n")
+        (top / "secret.txt").chmod(0o000)
+        (top / "locked").mkdir()
+        (top / "locked" / "inner.txt").write_text("no\n")
+        (top / "locked").chmod(0o000)
+        code = ("import json, sys; from rjn_helper import tree; "
+                "print(json.dumps(tree.list_tree(sys.argv[1], [])))")  # fmt: skip
+        done = subprocess.run([python, "-c", code, str(top)], user="nobody", cwd=scratch,
+                              capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch)})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        listing = json.loads(done.stdout)
+        assert list(listing["files"]) == ["ok.txt"]
+        assert listing["others"] == {"secret.txt": "unreadable", "locked": "unreadable"}
+        assert all("cannot be read" in why for _, why in listing["skipped"])
+    finally:
+        (top / "locked").chmod(0o755)
+        shutil.rmtree(scratch)
+
+
+def test_a_file_unreadable_there_is_not_taken_for_deleted(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the remote cannot read (mode 000 for its user) stays here, named; it was taken
+    for a remote deletion and moved to the trash here."""
+    from rjn.helper import tree
+
+    pair.sync()
+    there = str(pair.there)
+    real_access = os.access
+    monkeypatch.setattr(
+        tree.os, "access",
+        lambda path, mode: not str(path).startswith(f"{there}/data") and real_access(path, mode),
+    )  # fmt: skip
+    monkeypatch.setattr(tree.os, "geteuid", lambda: 12345)  # not the files' owner: asked
+    done = pair.sync()
+    assert not done.trashed_here and (pair.here / "data" / "a.csv").exists()
+    assert ("there", "data/a.csv", "it cannot be read (permission denied): left as it is on "
+            "both sides") in done.skipped  # fmt: skip
+    bump(pair.here / "data" / "a.csv", "x\n9\n")  # nor is an edit here sent over it
+    assert "data/a.csv" not in pair.sync().pushed
+
+
+def test_two_clones_syncing_one_remote_folder_never_clean_up_each_others_staging(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clones of one project on one machine (git worktrees) and one remote folder: one's
+    pass, which cleans up this machine's leftover staging there, runs while the other's push
+    sits in its staging; both succeed (the push failed with a raw errno)."""
+    import shutil
+
+    from rjn import transfer
+
+    pair.sync()
+    other = pair.here.parent / "worktree"
+    shutil.copytree(pair.here, other, ignore=shutil.ignore_patterns(".rjn*"))
+    second = Pair(other, pair.there, pair.helper, cfg.load(other / "remote.toml"))
+    second.sync()
+    bump(pair.here / "train.py", "print('from the first clone')\n")
+    bump(other / "data" / "a.csv", "x\n7\n")
+    staged = transfer.stage
+
+    def stage_then_other_pass(*args: Any, **kwargs: Any) -> Any:
+        name = staged(*args, **kwargs)
+        monkeypatch.setattr(transfer, "stage", staged)
+        assert second.sync().pushed == ("data/a.csv",)  # meanwhile, the other clone's pass
+        return name
+
+    monkeypatch.setattr(transfer, "stage", stage_then_other_pass)
+    assert pair.sync().pushed == ("train.py",)
+    assert (pair.there / "train.py").read_text() == "print('from the first clone')\n"
+    assert (pair.there / "data" / "a.csv").read_text() == "x\n7\n"
+
+
+def test_a_conflict_on_a_name_near_the_length_limit_keeps_both(pair: Pair) -> None:
+    """The remote version's copy beside ours is shortened to a name the disk takes (it failed
+    with 'File name too long' at every pass, and the conflict was never recorded)."""
+    name = "é" * 60 + "x" * 120 + ".ipynb"  # 246 bytes
+    bump(pair.here / name, "agreed\n")
+    pair.sync()
+    bump(pair.here / name, "ours\n")
+    bump(pair.there / name, "theirs\n")
+    done = pair.sync()
+    [(conflicted, copy)] = done.conflicts.items()
+    assert conflicted == name and len(copy.encode()) <= 255 and copy.endswith(".ipynb")
+    assert (pair.here / name).read_text() == "ours\n"
+    assert (pair.here / copy).read_text() == "theirs\n"
+    assert pair.sync().conflicts == {name: copy}  # recorded, and said until resolved

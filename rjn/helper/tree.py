@@ -108,10 +108,23 @@ def list_tree(project, exclude, include=(), known=None, hashed=True):
     """The project as two-way sync sees it: "files", {rel: [size, mtime_ns, sha256]} of every
     regular file that travels; "others", {rel: "link" | "other"} of what is there but never
     travels (it still blocks a file or folder of that name); "skipped", [[name, why]] of names
-    that cannot travel. Links are not followed; a file whose size and time match `known`
+    that cannot travel (and of what cannot be read: "unreadable" in others, which nothing on
+    either side moves over). Links are not followed; a file whose size and time match `known`
     keeps its known hash unread. Without `hashed`, the hashes are None (see hash_listed)."""
     known = known or {}
     files, others, skipped = {}, {}, []
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+
+    def unreadable(rel, why):
+        """A file or folder rjn cannot read here: listed, so that the other side never takes
+        it for deleted; nothing of it moves either way."""
+        others[rel] = "unreadable"
+        skipped.append([shown(rel), "it cannot be read (%s): left as it is on both sides" % why])
+
+    def walk_failed(error):
+        rel = os.path.relpath(error.filename or project, project).replace(os.sep, "/")
+        if rel != ".":
+            unreadable(rel, error.strerror or "no access")
 
     def admitted(rel, is_dir):
         """Whether a path travels; one whose name cannot is noted in `skipped`."""
@@ -122,7 +135,7 @@ def list_tree(project, exclude, include=(), known=None, hashed=True):
             skipped.append([shown(rel), why])
         return not why
 
-    for folder, dirs, names in os.walk(project):
+    for folder, dirs, names in os.walk(project, onerror=walk_failed):
         base = os.path.relpath(folder, project)
         base = "" if base == "." else base + "/"
         entered = []
@@ -141,10 +154,18 @@ def list_tree(project, exclude, include=(), known=None, hashed=True):
                 continue
             try:
                 info = os.lstat(os.path.join(folder, name))
-            except OSError:
+            except FileNotFoundError:
                 continue  # vanished while we looked: the next scan sees it as it is
+            except OSError as error:  # a folder we may list but not enter
+                unreadable(rel, error.strerror or "no access")
+                continue
             if not stat.S_ISREG(info.st_mode):
                 others[rel] = "link" if stat.S_ISLNK(info.st_mode) else "other"
+                continue
+            # Our own readable file needs no question (nearly all); any other is asked.
+            mine = me is not None and info.st_uid == me and info.st_mode & stat.S_IRUSR
+            if me is not None and not mine and not os.access(os.path.join(folder, name), os.R_OK):
+                unreadable(rel, "permission denied")
                 continue
             files[rel] = [info.st_size, info.st_mtime_ns, None]
     if hashed:

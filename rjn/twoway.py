@@ -347,8 +347,10 @@ def run(
                       for rel, kind in side.items() if kind == "unreadable"}  # fmt: skip
 
         def free(tree: Mapping[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in tree.items()
-                    if k not in held and not (unreadable and _under_any(k, unreadable))}  # fmt: skip
+            def out(rel: str) -> bool:
+                return rel in held or bool(unreadable and _under_any(rel, unreadable))
+
+            return {k: v for k, v in tree.items() if not out(k)}
 
         # A conflicted name is out of the plan, but where it still holds a file (and here,
         # where its copy lies), that file blocks its name as a link would: nothing may go

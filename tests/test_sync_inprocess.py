@@ -371,9 +371,9 @@ def test_what_cannot_be_read_is_listed_as_unreadable_never_as_missing() -> None:
         (top / "locked").chmod(0o000)
         code = ("import json, sys; from rjn_helper import tree; "
                 "print(json.dumps(tree.list_tree(sys.argv[1], [])))")  # fmt: skip
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch)}
         done = subprocess.run([python, "-c", code, str(top)], user="nobody", cwd=scratch,
-                              capture_output=True, text=True,
-                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch)})  # fmt: skip
+                              capture_output=True, text=True, env=env)  # fmt: skip
         assert done.returncode == 0, done.stderr
         listing = json.loads(done.stdout)
         assert list(listing["files"]) == ["ok.txt"]

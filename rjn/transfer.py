@@ -377,16 +377,29 @@ def stage(
         _send(helper, source, remote_dir, staging, sorted(names), progress)
         return staging
     remote = helper.connection
-    argv = [
-        "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
-        "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
-        # Decided by content: sent even when size and time match to the second.
-        "--ignore-times", f"--copy-dest={remote_dir}",
-        "-e", remote.rsync_shell(), f"{source}/",
-        remote.rsync_target(f"{remote_dir}/.rjn/{staging}/"),
-    ]  # fmt: skip
-    # 23/24: a file vanished or changed as we sent it; placing says it did not arrive.
-    _rsync(remote, argv, progress, input=_files_from(sorted(names)), ok_codes=(0, 23, 24))
+
+    def send(staging: str, basis: bool) -> None:
+        argv = [
+            "rsync", "--from0", "--files-from=-", "--perms", "--times", "--compress",
+            "--protect-args", "--info=progress2", "--stats", "--no-inc-recursive",
+            # Decided by content: sent even when size and time match to the second.
+            "--ignore-times", *([f"--copy-dest={remote_dir}"] if basis else []),
+            "-e", remote.rsync_shell(), f"{source}/",
+            remote.rsync_target(f"{remote_dir}/.rjn/{staging}/"),
+        ]  # fmt: skip
+        # 23/24: a file vanished or changed as we sent it; placing says it did not arrive.
+        _rsync(remote, argv, progress, input=_files_from(sorted(names)), ok_codes=(0, 23, 24))
+
+    try:
+        send(staging, basis=True)
+    except RemoteError as failed:
+        if "no basis file" not in failed.message:
+            raise
+        # The remote rewrote a file while rsync used it as the basis of its delta (Jupyter
+        # saving the notebook we push): sent again whole, into a fresh staging folder;
+        # placing still compares and swaps, so that save is kept.
+        staging = f"{staging_prefix(config.root)}{secrets.token_hex(6)}"
+        send(staging, basis=False)
     return staging
 
 

@@ -452,3 +452,31 @@ def test_a_conflict_on_a_name_near_the_length_limit_keeps_both(pair: Pair) -> No
     assert (pair.here / name).read_text() == "ours\n"
     assert (pair.here / copy).read_text() == "theirs\n"
     assert pair.sync().conflicts == {name: copy}  # recorded, and said until resolved
+
+
+@pytest.mark.parametrize("pair", ["rsync"], indirect=True)
+def test_rsync_losing_its_delta_basis_mid_push_is_retried_whole(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rsync fails a push when the remote rewrites the file its delta is based on ("got a
+    block match with no basis file", about 1 in 250 random rounds): rjn sends it again whole
+    instead of failing the sync."""
+    from rjn import transfer
+    from rjn.errors import RemoteError
+
+    pair.sync()
+    bump(pair.here / "train.py", "print('pushed')\n")
+    real, calls = transfer._rsync, []
+
+    def failing_once(remote: Any, argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.append(argv)
+        if len(calls) == 1:
+            raise RemoteError("here: rsync failed (exit 2): got a block match with no basis "
+                              'file for ".rjn/incoming-x/train.py" [receiver]')  # fmt: skip
+        return real(remote, argv, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "_rsync", failing_once)
+    assert pair.sync().pushed == ("train.py",)
+    assert (pair.there / "train.py").read_text() == "print('pushed')\n"
+    assert any(a.startswith("--copy-dest") for a in calls[0])
+    assert not any(a.startswith("--copy-dest") for a in calls[1])

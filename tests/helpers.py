@@ -35,6 +35,22 @@ def run_rjn(
     )
 
 
+_PEAK = """import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps([done.returncode, done.stdout, done.stderr, peak]))
+"""
+
+
+def run_rjn_measured(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """run_rjn, and the most memory (MiB) rjn, or any process it waited for, held at once."""
+    argv = [sys.executable, "-m", "rjn", *args]
+    said = subprocess.run([sys.executable, "-c", _PEAK, *argv], cwd=cwd, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=600, check=True)  # fmt: skip
+    code, out, err, peak = json.loads(said.stdout)
+    return subprocess.CompletedProcess(argv, code, out, err), peak // 1024
+
+
 def status(project: Path) -> dict:
     """`rjn status --json`, parsed."""
     result = run_rjn("status", "--json", cwd=project)

@@ -294,19 +294,25 @@ def close(
     every: Annotated[
         bool, typer.Option("--all", help="Every open project on this machine, not just this one.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --server: stop a run or sync under way over the "
+                     "connection too."),
+    ] = False,
 ) -> None:
     """Close the tunnel; with --server, stop Jupyter too.
 
-    With --server the connection is released as well, once no other open project uses it.
+    With --server the connection is released as well, once no other open project uses it;
+    a run or sync under way over it is named, and stopped only with --force.
     """
     from rjn import ui
     from rjn.commands.close import close as close_project
     from rjn.commands.close import close_all
 
     if not every:
-        ui.show_closed(close_project(_config(), stop_server=server))
+        ui.show_closed(close_project(_config(), stop_server=server, force=force))
         return
-    closed, failed = close_all(stop_server=server)
+    closed, failed = close_all(stop_server=server, force=force)
     for result in closed:
         ui.show_closed(result)
     for line in failed:

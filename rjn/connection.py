@@ -6,19 +6,36 @@ only: the master, one command, a forward, a terminal session, and what ssh's fai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from rjn import places, proc
+from rjn import places, portable, proc
 from rjn.config import RemoteConfig
 from rjn.errors import ConfigError, ConnectionFailed, RjnError
+from rjn.helper.record import record
+
+# When this process started: a close marked after it cut short what this process did.
+_STARTED = time.time()
+
+
+@record
+class Use:
+    """Another rjn process's work over a connection, as it said it (Connection.in_use)."""
+
+    pid: int
+    what: str
+    project: str
+    since: float
 
 # What OpenSSH says, mapped to what it means and what to try.
 _FAILURES = (
@@ -162,8 +179,11 @@ class Connection:
         return failed
 
     def lost(self, stderr: str) -> ConnectionFailed:
-        """A command ended with its connection gone: lost under it (the master's log says why,
-        a stall say), or, if ssh had to connect on its own and could not, explain() that."""
+        """A command ended with its connection gone: closed by the user, lost under it (the
+        master's log says why, a stall say), or, if ssh had to connect on its own and could
+        not, explain() that."""
+        if self.closed_meanwhile():
+            return self._closed()
         # What RIDE_MASTER's `false` says when it refuses a login of its own: no server said it.
         refused = ("kex_exchange_identification: Connection closed", "UNKNOWN port 65535")
         stderr = "\n".join(ln for ln in stderr.splitlines() if not ln.startswith(refused)
@@ -254,6 +274,63 @@ class Connection:
     def control_path(self) -> Path:
         """The master's socket path, as ssh expands %C."""
         return Path(self.resolved["controlpath"])
+
+    # -- who works over it: `rjn close --server` asks before ending what is under way -------
+
+    @property
+    def _uses(self) -> Path:
+        return Path(f"{self.control_path}.uses")
+
+    @contextlib.contextmanager
+    def in_use(self, what: str, project: Path) -> Iterator[None]:
+        """While the block runs, this process's `what` (a run, a sync) works over the
+        connection: a file in a private folder beside the control socket, locked as long as
+        we live (a lock, unlike a pid, cannot outlive its process)."""
+        folder = places.private_dir(self._uses)
+        path = folder / str(os.getpid())
+        with open(path, "w") as handle:
+            portable.lock(handle)
+            handle.write(json.dumps({"what": what, "project": str(project), "since": time.time()}))
+            handle.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+
+    def users(self) -> list[Use]:
+        """What other rjn processes are doing over this connection now (stale files, whose
+        process is gone, are removed)."""
+        found = []
+        with contextlib.suppress(OSError):
+            for path in self._uses.iterdir():
+                if path.name == str(os.getpid()):
+                    continue
+                with contextlib.suppress(OSError, ValueError), open(path, "r+") as handle:
+                    if portable.lock(handle):  # nobody holds it: left by a process now gone
+                        path.unlink(missing_ok=True)
+                        continue
+                    said = json.loads(handle.read(4096))
+                    found.append(Use(int(path.name), str(said["what"]), str(said["project"]),
+                                     float(said["since"])))  # fmt: skip
+        return found
+
+    def mark_closed(self) -> None:
+        """Note that the user closed the connection on purpose (`close --server --force`),
+        so that what it cut short says so instead of blaming the network."""
+        places.write_private(Path(f"{self.control_path}.closed"), str(time.time()))
+
+    def closed_meanwhile(self) -> bool:
+        """Whether the user closed the connection since this process started."""
+        try:
+            return Path(f"{self.control_path}.closed").stat().st_mtime >= _STARTED
+        except OSError:
+            return False
+
+    def _closed(self) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"the connection to {self.host} was closed by `rjn close --server --force`",
+            hint="run it again (it connects again)",
+        )
 
     # -- the master ------------------------------------------------------------------
 

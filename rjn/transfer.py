@@ -109,6 +109,8 @@ def _only_missing(err: str) -> bool:
 def _rsync_error(remote: Connection, result: proc.Completed, writes_here: bool) -> RjnError:
     err = result.err
     if result.code in (12, 255) and not remote.master_alive():
+        if remote.closed_meanwhile():
+            return remote.lost("")
         return ConnectionFailed(
             f"the connection to {remote.host} was lost during the transfer; every file is "
             "old or new, none half-written",

@@ -134,3 +134,60 @@ def test_shell_runs_a_command_in_the_project_environment(project: Path, short_tm
     assert result.returncode == 5, result.stderr
     remote = short_tmp / "remote" / "delta"
     assert result.stdout.split() == [str(remote), str(remote / ".rjn" / "venv")]
+
+
+def test_close_names_a_run_under_way_and_stops_it_only_with_force(
+    project: Path, short_tmp: Path
+) -> None:
+    """`rjn close --server` while a foreground run goes on: refused, naming the run; with
+    --force the run stops and says it was closed (it said the network failed)."""
+    started = short_tmp / "remote" / "delta" / "close-started"
+    started.unlink(missing_ok=True)
+    code = "import pathlib, time; pathlib.Path('close-started').touch(); time.sleep(20)"
+    run = subprocess.Popen([sys.executable, "-m", "rjn", "run", "--", "python", "-c", code],
+                           cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(started.exists, timeout=120, what="the run to start")
+        refused = run_rjn("close", "--server", cwd=project)
+        assert refused.returncode == 1, refused.stderr
+        assert "rjn run -- python -c" in refused.stderr and "--force" in refused.stderr
+        assert run.poll() is None  # still running
+        forced = run_rjn("close", "--server", "--force", cwd=project)
+        assert forced.returncode == 0, forced.stderr
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 255, err
+    assert "closed by `rjn close --server --force`" in err, err
+    assert "Traceback" not in err
+    again = run_rjn("run", "--", "python", "-c", "print('back')", cwd=project)
+    assert again.returncode == 0 and again.stdout.strip() == "back", again.stderr
+
+
+def test_logs_follow_cut_by_a_lost_link_says_to_follow_again(
+    project: Path, host, rjn_env, short_tmp: Path
+) -> None:
+    """`rjn logs -f` of a detached run when the link goes: it says to run `rjn logs -f` again
+    (it said `rjn run --detach` keeps long runs going: the run is detached already)."""
+    remote = short_tmp / "remote" / "delta"
+    tag = f"follow-{time.time_ns()}"
+    code = (f"import os, time\nopen('{tag}.up', 'w').close()\n"
+            f"while not os.path.exists('{tag}.go'):\n    time.sleep(0.1)\n")  # fmt: skip
+    started = run_rjn("run", "--detach", "--", "python", "-c", code, cwd=project)
+    assert started.returncode == 0, started.stderr
+    wait_for((remote / f"{tag}.up").exists, what="the run to start")
+    follow = subprocess.Popen([sys.executable, "-m", "rjn", "logs", "--follow"], cwd=project,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(3)
+        master(host, rjn_env, "exit")
+        _, err = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        (remote / f"{tag}.go").touch()
+    assert follow.returncode == 255, err
+    assert "run `rjn logs -f` again" in err and "--detach" not in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rjn import config as config_module
@@ -13,13 +14,24 @@ from rjn.errors import RjnError
 from rjn.records import Closed
 
 
-def close(config: Config, *, stop_server: bool) -> Closed:
-    """Close the tunnel; with stop_server, stop Jupyter and release the master if unused."""
+def close(config: Config, *, stop_server: bool, force: bool = False) -> Closed:
+    """Close the tunnel; with stop_server, stop Jupyter and release the master if unused. A
+    run or sync under way over that master is named, and stopped only with `force`."""
     root = config.root
     with state.locked(root, config.remote_name):
         saved = state.load(root, config.remote_name)
         helper = reach(config)
         remote = helper.connection
+        releases = stop_server and not _master_in_use(remote, config)
+        busy = remote.users() if releases else []
+        if busy and not force:
+            now = time.time()
+            doing = "; ".join(f"{use.what} in {use.project} (pid {use.pid}, "
+                              f"{now - use.since:.0f} s)" for use in busy)  # fmt: skip
+            raise RjnError(
+                f"{remote.host}: closing the connection would stop what runs over it: {doing}",
+                hint="wait for it to finish, or `rjn close --server --force` to stop it",
+            )
         carrier = tunnel.carrier(remote, saved.via_node if saved else None)
         tunnel_closed = False
         if saved and saved.local_port and saved.forward_target:
@@ -32,7 +44,9 @@ def close(config: Config, *, stop_server: bool) -> Closed:
             if carrier is not remote:
                 carrier.disconnect()  # the hop to the node: its job is gone
             state.forget(root, config.remote_name)
-            if not _master_in_use(remote, config):
+            if releases:
+                if busy:
+                    remote.mark_closed()  # what it cuts short says so
                 remote.disconnect()
                 released = True
         elif saved:
@@ -50,7 +64,7 @@ def _master_in_use(remote: Connection, config: Config) -> bool:
     )
 
 
-def close_all(stop_server: bool) -> tuple[list[Closed], list[str]]:
+def close_all(stop_server: bool, force: bool = False) -> tuple[list[Closed], list[str]]:
     """`rjn close` for every open project (each with its own remote.toml and remote); what
     could not be closed is said, and does not stop the others."""
     closed, failed = [], []
@@ -60,7 +74,7 @@ def close_all(stop_server: bool) -> tuple[list[Closed], list[str]]:
         where = Path(saved.root) / config_module.CONFIG_NAME
         try:
             config = config_module.load(where, remote=saved.remote_name)
-            closed.append(close(config, stop_server=stop_server))
+            closed.append(close(config, stop_server=stop_server, force=force))
         except RjnError as error:
             failed.append(f"{saved.root}: {error.message}")
     return closed, failed

@@ -101,9 +101,19 @@ class Prepared:
     env_installed: bool
 
 
-def prepare(config: Config, report: Reporter, previous: state.ProjectState | None) -> Prepared:
-    """Write requirements, connect, probe (one exec), push, and install only what changed."""
+def prepare(
+    config: Config, report: Reporter, previous: state.ProjectState | None, what: str
+) -> Prepared:
+    """Write requirements, connect, probe (one exec), push, and install only what changed;
+    `what` names the command to `rjn close --server` meanwhile."""
     helper = reach(config)
+    with helper.connection.in_use(what, config.root):
+        return _prepare(helper, config, report, previous)
+
+
+def _prepare(
+    helper: HelperClient, config: Config, report: Reporter, previous: state.ProjectState | None
+) -> Prepared:
     remote = helper.connection
     with report.step("Writing requirements"):
         reqs, sources = requirements.current(config, previous.sources_hash if previous else None)

@@ -20,7 +20,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The last open's tunnel is tried while the remote is looked at: both at once.
             answered = pool.submit(_tunnel_answers, config, previous)
-            ready = prepare(config, report, previous)
+            ready = prepare(config, report, previous, "rjn open")
             still_up = answered.result()
         helper, remote_dir, reqs = ready.helper, ready.remote_dir, ready.requirements
         remote = helper.connection

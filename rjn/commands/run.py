@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import shlex
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
@@ -30,7 +31,8 @@ def run(
     root = config.root
     with state.locked(root, config.remote_name):
         previous = state.load(root, config.remote_name)
-        ready = prepare(config, report, previous)
+        what = f"rjn run {'--notebook ' + notebook if notebook else '-- ' + shlex.join(command)}"
+        ready = prepare(config, report, previous, what[:100])
         if previous is None:
             state.save(
                 state.ProjectState(
@@ -53,11 +55,12 @@ def run(
     # The run's answer lists what it left (the tree, the results), so that only what changed
     # costs a transfer.
     listing = {**twoway.scan_args(config), "results": list(config.sync.results)}
-    code, left = stream_run(ready.helper, ready.remote_dir, "run", {"argv": command, **listing},
-                            on_output)  # fmt: skip
-    with report.step(f"Pulling results from {ready.helper.host}"):
-        pulled, tree = bring_home(ready.helper, config, ready.remote_dir, left.results,
-                                   left.tree, report)  # fmt: skip
+    with ready.helper.connection.in_use(what[:100], root):
+        code, left = stream_run(ready.helper, ready.remote_dir, "run",
+                                {"argv": command, **listing}, on_output)  # fmt: skip
+        with report.step(f"Pulling results from {ready.helper.host}"):
+            pulled, tree = bring_home(ready.helper, config, ready.remote_dir, left.results,
+                                       left.tree, report)  # fmt: skip
     return Ran(config.name, code, tuple(pulled), tree=tree)
 
 
@@ -85,9 +88,13 @@ def stream_run(
                 if not running.alive() and messages.empty():
                     if interrupted:
                         return 130, protocol.RunEnd(exit=130)
+                    if helper.connection.closed_meanwhile():
+                        raise helper.connection.lost("") from None
                     raise ConnectionFailed(
                         f"the connection to {helper.host} was lost during the run",
-                        hint="`rjn run --detach` keeps long runs going without a connection",
+                        hint="`rjn run --detach` keeps long runs going without a connection"
+                        if action == "run" else "run `rjn logs -f` again once the network is "
+                        "back (the run goes on there)",
                     ) from None
                 continue
             except KeyboardInterrupt:
@@ -168,7 +175,8 @@ def shell(config: Config, command: list[str] | None) -> int:
         'cd "$1" || exit 1; [ -f "$2" ] && . "$2"; shift 2; '
         'if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi'
     )
-    code = remote.shell(["sh", "-c", script, "rjn", where, activate, *(command or [])])
+    with remote.in_use("rjn shell", config.root):
+        code = remote.shell(["sh", "-c", script, "rjn", where, activate, *(command or [])])
     if code == 255 and not remote.master_alive():
         raise ConnectionFailed(f"the connection to {remote.host} was lost")
     return code

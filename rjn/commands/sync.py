@@ -10,6 +10,7 @@ from rjn import probe, requirements, state, transfer, twoway, watch
 from rjn.commands.common import Reporter, bring_home, connect, reach, remote_dir
 from rjn.config import Config
 from rjn.errors import RjnError
+from rjn.helper_client import HelperClient
 from rjn.model import Ready
 from rjn.records import Synced
 
@@ -20,6 +21,13 @@ def sync_now(
     """Both ways, now: results and remote edits come home, local edits go out, a file changed
     on both sides keeps both versions. With push, only send: nothing local changes."""
     helper = reach(config)
+    with helper.connection.in_use("rjn sync", config.root):
+        return _sync(helper, config, report, push, allow_deletions)
+
+
+def _sync(
+    helper: HelperClient, config: Config, report: Reporter, push: bool, allow_deletions: bool
+) -> Synced:
     remote = helper.connection
     connect(remote, report)
     where = remote_dir(config, helper)

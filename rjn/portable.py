@@ -2,8 +2,8 @@
 a portable one: macOS has no /proc, Windows has no fcntl, setsid, unix sockets (in Python),
 O_NOFOLLOW or uids. The rest of the client asks here and never looks at the platform itself.
 
-RJN_ROUTES (a comma list: lsof, netstat, no-unix-sockets, no-proc) forces portable routes, so
-the tests run them on Linux where they can.
+RJN_ROUTES (a comma list: lsof, netstat, no-unix-sockets, no-proc, fold-case) forces portable
+routes, so the tests run them on Linux where they can.
 """
 
 from __future__ import annotations
@@ -28,6 +28,28 @@ DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 # Unix sockets: the serving helper's local end, a faster path that is never required.
 UNIX_SOCKETS = hasattr(socket, "AF_UNIX") and not WINDOWS and "no-unix-sockets" not in FORCED
+
+
+_FOLDS: dict[int, bool] = {}
+
+
+def folds_case(folder: Path) -> bool:
+    """Whether the filesystem holding `folder` takes names that differ only by case for one
+    (a Mac's and Windows' disks, by default): asked of the disk itself, once per device."""
+    if "fold-case" in FORCED:
+        return True
+    device = folder.stat().st_dev
+    if device not in _FOLDS:
+        probe = folder / f".rjn-case-probe-{os.getpid()}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            try:
+                _FOLDS[device] = os.path.lexists(folder / probe.name.upper())
+            finally:
+                probe.unlink()
+        except OSError:
+            return WINDOWS or sys.platform == "darwin"  # cannot ask: the platform's default
+    return _FOLDS[device]
 
 
 def lock(handle: IO[Any]) -> bool:

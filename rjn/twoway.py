@@ -31,7 +31,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rjn import nbmerge, places, state, transfer
+from rjn import nbmerge, places, portable, state, transfer
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
@@ -330,6 +330,8 @@ def run(
         else:
             here = _scan_here(config, record)
             here_digest = _digest(here)
+        if portable.folds_case(config.root):
+            there = _one_per_case(there, here["files"])
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
         copies = {c["copy"] for c in record["conflicts"].values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
@@ -557,6 +559,39 @@ def _checked_listing(
             raise transfer.Refused("the remote sent a malformed list of skipped names")
         skipped.append((item[0][:200], item[1][:200]))
     return Listing(files, others, skipped, listing.replica, listing.gen)
+
+
+def _one_per_case(there: Listing, here: Mapping[str, Any]) -> Listing:
+    """On a disk that takes names differing only by case for one, of remote paths that do
+    (`Notes.txt` and `notes.txt`, or `Data/` and `data/`) one spelling travels: the one here,
+    else the first; what is under the others is skipped and said, so that nothing there is
+    ever written over another here."""
+    names = [*there.files, *there.others]
+    ours = set(here) | _folders(here)
+    spellings = sorted({*names, *_folders(names)}, key=lambda p: (p not in ours, p))
+    chosen: dict[str, str] = {}
+    for path in spellings:
+        chosen.setdefault(path.casefold(), path)
+
+    def other(rel: str) -> str | None:
+        """The spelling that travels where `rel`, or a folder of it, is not it."""
+        parts = rel.split("/")
+        for n in range(1, len(parts) + 1):
+            path = "/".join(parts[:n])
+            if chosen[path.casefold()] != path:
+                return chosen[path.casefold()]
+        return None
+
+    left = {rel: found for rel in names if (found := other(rel)) is not None}
+    if not left:
+        return there
+    why = "differs only by case from {}, which this disk takes for the same name: rename one"
+    return dataclasses.replace(
+        there,
+        files={k: v for k, v in there.files.items() if k not in left},
+        others={k: v for k, v in there.others.items() if k not in left},
+        skipped=[*there.skipped, *((rel, why.format(left[rel])) for rel in sorted(left))],
+    )
 
 
 # -- apply: each transition compare and swap ------------------------------------------------------

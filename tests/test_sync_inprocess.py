@@ -480,3 +480,47 @@ def test_rsync_losing_its_delta_basis_mid_push_is_retried_whole(
     assert (pair.there / "train.py").read_text() == "print('pushed')\n"
     assert any(a.startswith("--copy-dest") for a in calls[0])
     assert not any(a.startswith("--copy-dest") for a in calls[1])
+
+
+def test_names_that_differ_only_by_case_travel_one_spelling_where_the_disk_folds_case() -> None:
+    """On a Mac's or Windows' disk `Notes.txt` and `notes.txt` are one file: one spelling
+    travels (the one here, else the first), the other is named, never written over it."""
+    listing = twoway.Listing(
+        files={n: [1, 1, "h"] for n in ("Notes.txt", "notes.txt", "Data/x", "data/y", "b")},
+        others={}, skipped=[], replica=None, gen=None,
+    )  # fmt: skip
+    kept = twoway._one_per_case(listing, {"data/z": [1, 1, "h"]})
+    assert sorted(kept.files) == ["Notes.txt", "b", "data/y"]
+    assert dict(kept.skipped) == {
+        "Data/x": "differs only by case from data, which this disk takes for the same name: "
+        "rename one",
+        "notes.txt": "differs only by case from Notes.txt, which this disk takes for the same "
+        "name: rename one",
+    }
+    assert twoway._one_per_case(kept, {}) == kept  # nothing left to fold
+
+
+def test_a_case_folding_disk_never_takes_two_remote_names_for_one(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rjn import portable
+
+    monkeypatch.setattr(portable, "FORCED", frozenset({"fold-case"}))  # as on a Mac
+    pair.sync()
+    bump(pair.there / "Notes.txt", "upper\n")
+    bump(pair.there / "notes.txt", "lower\n")
+    done = pair.sync()
+    assert [p.path for p in done.pulled] == ["Notes.txt"]
+    assert ("there", "notes.txt", "differs only by case from Notes.txt, which this disk takes "
+            "for the same name: rename one") in done.skipped  # fmt: skip
+    assert (pair.here / "Notes.txt").read_text() == "upper\n"
+    assert not (pair.here / "notes.txt").exists()
+    assert (pair.there / "notes.txt").read_text() == "lower\n"  # left there, as it is
+    assert not pair.sync().pulled
+
+
+def test_this_machines_disk_is_asked_how_it_compares_names(tmp_path: Path) -> None:
+    from rjn import portable
+
+    assert portable.folds_case(tmp_path) is False  # Linux's filesystems: case matters
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing

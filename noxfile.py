@@ -1,9 +1,11 @@
-"""Sessions: `nox -s demo` (the whole flow on a throwaway sshd), `tests`, `lint`."""
+"""Sessions: `nox -s demo` (the whole flow on a throwaway sshd), `tests`, `lint`, `install`
+(rjn as users install it, on every Python the machine has), `bench`, `soak`, `remote`."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +55,83 @@ def bench(session: nox.Session) -> None:
     # Not editable: an editable install's import finder costs every command 15 ms here.
     session.install(".", "websocket-client", env={"UV_COMPILE_BYTECODE": "1"})
     session.run("python", "tests/bench.py", env={"PYTHONDONTWRITEBYTECODE": ""})
+
+
+# What `pip install rjn` may weigh in a fresh venv (the venv's own pip and setuptools aside).
+MAX_PACKAGES, MAX_MB = 40, 40
+
+
+def _pythons() -> list[str]:
+    """Every CPython 3.11 or newer this machine has: pyenv's, the system's, uv's."""
+    found: dict[str, str] = {}
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.*/bin/python3"))
+    candidates += [Path(p) for p in ("/usr/bin/python3", "/usr/local/bin/python3")]
+    for python in candidates:
+        if not python.exists():
+            continue
+        said = subprocess.run([str(python), "-c", "import sys; print(*sys.version_info[:2])"],
+                              capture_output=True, text=True)  # fmt: skip
+        major, minor = map(int, said.stdout.split() or ["0", "0"])
+        if (major, minor) >= (3, 11):
+            found.setdefault(f"{major}.{minor}", str(python))
+    return [found[v] for v in sorted(found, key=lambda v: tuple(map(int, v.split("."))))]
+
+
+@nox.session(python=False)
+def install(session: nox.Session) -> None:
+    """rjn as users install it, on every Python 3.11+ this machine has: the built wheel and
+    sdist checked (twine), then with pip (its weight counted, `rjn --help` and the unit tests
+    run against it), pipx and uv tool."""
+    work = Path(tempfile.mkdtemp(prefix="rjn-install-"))
+    tools = work / "tools"
+    session.run("uv", "venv", "-q", "-p", sys.executable, str(tools))
+    session.run("uv", "pip", "install", "-q", "-p", str(tools), "build", "twine", "pipx")
+    dist = work / "dist"
+    session.run(str(tools / "bin" / "python"), "-m", "build", "-q", "--outdir", str(dist),
+                str(ROOT))  # fmt: skip
+    session.run(str(tools / "bin" / "twine"), "check", "--strict", *map(str, dist.iterdir()))
+    [wheel] = dist.glob("*.whl")
+    pythons = _pythons()
+    session.log(f"Pythons: {', '.join(pythons)}")
+    if len(pythons) < 2:
+        session.error("fewer than two Pythons 3.11+ found: nothing proves the spread")
+    for python in pythons:
+        venv = work / f"pip-{Path(python).resolve().name}"
+        session.run(python, "-m", "venv", str(venv))
+        before = _site_packages(venv)
+        session.run(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
+        added = _site_packages(venv) - before
+        packages = {p.name.split("-")[0] for p in added if p.name.endswith(".dist-info")}
+        size = sum(f.stat().st_size for p in added for f in ([p] if p.is_file() else
+                   p.rglob("*")) if f.is_file()) / 1e6  # fmt: skip
+        session.log(f"{python}: pip install rjn adds {len(packages)} packages, {size:.0f} MB")
+        if len(packages) > MAX_PACKAGES or size > MAX_MB:
+            session.error(f"the install is over {MAX_PACKAGES} packages or {MAX_MB} MB")
+        session.run(str(venv / "bin" / "rjn"), "--version")
+        session.run(str(venv / "bin" / "rjn"), "--help", silent=True)
+        session.run(str(venv / "bin" / "pip"), "install", "-q", "pytest", "pytest-timeout",
+                    "websocket-client", "nox", "uv")  # fmt: skip
+        # From outside the source tree, so that the tests import the installed rjn.
+        session.chdir(work)
+        session.run(str(venv / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "-m",
+                    "not e2e", str(ROOT / "tests"))  # fmt: skip
+        session.chdir(ROOT)
+        # pipx and uv tool, each from the wheel and from the source tree, into homes of their own.
+        for n, source in enumerate((str(wheel), str(ROOT))):
+            home = venv.with_name(f"{venv.name}-tools-{n}")
+            env = {"PIPX_HOME": str(home / "pipx"), "PIPX_BIN_DIR": str(home / "bin"),
+                   "UV_TOOL_DIR": str(home / "uv"), "UV_TOOL_BIN_DIR": str(home / "uv-bin")}
+            session.run(str(tools / "bin" / "pipx"), "install", "--python", python, source,
+                        env=env)  # fmt: skip
+            session.run(str(home / "bin" / "rjn"), "--version", env=env)
+            session.run("uv", "tool", "install", "-q", "--python", python, source, env=env)
+            session.run(str(home / "uv-bin" / "rjn"), "--version", env=env)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _site_packages(venv: Path) -> set[Path]:
+    [site] = venv.glob("lib/python3.*/site-packages")
+    return set(site.iterdir())
 
 
 @nox.session

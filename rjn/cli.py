@@ -28,7 +28,8 @@ cli = typer.Typer(
     name="rjn",
     help="Work in a Jupyter notebook on a remote machine as easily as on your laptop.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion: bash, zsh, fish and PowerShell, typer's own.
+    add_completion=True,
     pretty_exceptions_enable=False,
     # Plain help: rich's help formatter costs 60 ms of imports on every `--help`.
     rich_markup_mode=None,
@@ -62,6 +63,21 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def _remote_names(incomplete: str) -> list[str]:
+    """The named remotes of the nearest remote.toml, for shell completion (silent on any
+    trouble: a completion must never print an error)."""
+    import tomllib
+
+    try:
+        from rjn.config import find
+
+        with open(find(Path.cwd()), "rb") as handle:
+            names = tomllib.load(handle).get("remotes") or {}
+    except Exception:
+        return []
+    return sorted(n for n in names if isinstance(n, str) and n.startswith(incomplete))
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"rjn {__version__}")
@@ -84,12 +100,15 @@ def _main(
     remote_name: Annotated[
         str | None,
         typer.Option(
-            "--remote", "-r", help="Use this named remote ([remotes.NAME]).", show_default=False
+            "--remote", "-r", help="Use this named remote ([remotes.NAME]).", show_default=False,
+            autocompletion=_remote_names,
         ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True,
+                     help="Show the version."),
     ] = False,
 ) -> None:
     """rjn opens a project's notebooks on a remote Jupyter server, tunnelled to your browser."""
@@ -155,7 +174,8 @@ def open_(
     remote: Annotated[
         str | None,
         typer.Argument(
-            help="A named remote ([remotes.NAME]); default: the file's default.", show_default=False
+            help="A named remote ([remotes.NAME]); default: the file's default.",
+            show_default=False, autocompletion=_remote_names,
         ),
     ] = None,
     browser: Annotated[

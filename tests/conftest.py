@@ -38,7 +38,8 @@ def pytest_report_header() -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark what talks to a real host `e2e` (`pytest -m "not e2e"` runs the unit tests alone)."""
     for item in items:
-        if {"host", "make_project"} & set(getattr(item, "fixturenames", ())):
+        # (`project` is always a project on a test host: test_old_python.py makes its own.)
+        if {"host", "make_project", "project"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
 
 

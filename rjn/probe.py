@@ -55,15 +55,18 @@ def look(
     machine: bool = False,
     results: Sequence[str] | None = None,
     away: bool = False,
+    make: Sequence[str] = (),
     timeout: float = 60,
 ) -> Probe:
     """Ask the helper once. `env_hash` is the environment wanted (else it is not current);
     `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state;
     `results` (the results folders) lists their files; `away` the cells that finished while
-    no browser was attached."""
+    no browser was attached; `make`: folders to make first, where missing."""
     args: dict[str, Any] = {"dir": remote_dir, "machine": machine, "away": away, **(tree or {})}
     if results is not None:
         args["results"] = list(results)
+    if make:
+        args["make"] = list(make)
     if env_hash:
         args["env_hash"] = env_hash
     return parse(helper.host, helper.probe(args, timeout=timeout))

@@ -60,6 +60,20 @@ def test_open_pushes_code_notebooks_and_data_but_not_git(
     assert not (remote / ".git").exists()
 
 
+def test_the_results_folders_exist_on_both_sides_from_the_first_open(
+    first_open, project: Path, short_tmp: Path
+) -> None:
+    """A notebook in notebooks/ that saves ../results/fig.png works on a fresh remote."""
+    port, token = opened(first_open)
+    remote = short_tmp / "remote" / "alpha"
+    for folder in ("results", "figures"):
+        assert (remote / folder).is_dir() and (project / folder).is_dir(), folder
+    (remote / "notebooks").mkdir(exist_ok=True)
+    code = ("import os; os.chdir('notebooks'); "
+            "open('../results/quick.png', 'wb').write(b'png'); print('saved')")  # fmt: skip
+    assert execute(port, token, code).strip() == "saved"
+
+
 def test_kernel_runs_code_in_the_project_environment(first_open) -> None:
     port, token = opened(first_open)
     out = execute(

@@ -123,7 +123,13 @@ def _prepare(
         here = twoway.scan_here(config, pool)  # while the remote looks at its side
         with report.step("Checking the remote"):
             info = probe.look(helper, config.remote_dir, env_hash=wanted, away=True,
-                              tree=twoway.scan_args(config), timeout=300)  # fmt: skip
+                              tree=twoway.scan_args(config), make=config.sync.results,
+                              timeout=300)  # fmt: skip
+        # The results folders exist on both sides from the start: a notebook that saves
+        # ../results/fig.png works on a fresh remote.
+        for folder in config.sync.results:
+            with contextlib.suppress(OSError):
+                (config.root / folder.strip("/")).mkdir(parents=True, exist_ok=True)
         remote_dir = info.dir
         with report.step(f"Syncing with {remote.host}:{remote_dir}"):
             synced = twoway.run(helper, config, remote_dir, info.tree, progress=report.progress,

@@ -55,6 +55,11 @@ def away(project):
 def probe(args):
     """Everything `rjn open` needs to decide what to skip, in one round trip."""
     project = project_dir(args["dir"])
+    for folder in args.get("make") or ():  # the results folders: a notebook may save there
+        parts = folder.strip("/").split("/")
+        if folder and ".." not in parts and not os.path.isabs(folder):
+            with contextlib.suppress(OSError):  # a file of that name: the sync says so
+                os.makedirs(os.path.join(project, *parts), exist_ok=True)
     usage = shutil.disk_usage(project)
     return ProbeAnswer(
         dir=project,

@@ -226,3 +226,40 @@ def test_ctrl_c_while_jupyter_starts_leaves_no_server_running(make_project, shor
     assert not record.exists()
     status = json.loads(run_rjn("status", "--json", cwd=project).stdout)
     assert status["open"] is False and status["server"] in (None, False)
+
+
+def test_the_readmes_quickstart_works_as_written_on_a_fresh_remote(host, short_tmp: Path) -> None:
+    """From an empty folder: rjn init, rjn open; in JupyterLab a notebooks/ folder and a
+    notebook there that saves ../results/first.png; it comes home while watching, and so does
+    the notebook; rjn sync; rjn close --server."""
+    from helpers import Watcher
+    from hosts.loopback import ALIAS
+
+    folder = short_tmp / "local" / "quick"
+    folder.mkdir(parents=True)
+    remote = short_tmp / "remote" / "quick"
+    where = ["--ssh-config", str(host.ssh_config), "--remote-dir", str(remote)]
+    made = run_rjn(*where, "init", ALIAS, cwd=folder)
+    assert made.returncode == 0 and (folder / "remote.toml").exists(), made.stderr
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=folder))
+    watcher = Watcher(folder)
+    try:
+        # As JupyterLab's file browser does it: a new folder, a new notebook in it.
+        assert api(port, "/api/contents/notebooks", token, "PUT", {"type": "directory"})[0] == 201
+        notebook = {"type": "notebook", "content": {"cells": [], "metadata": {}, "nbformat": 4,
+                                                    "nbformat_minor": 5}}  # fmt: skip
+        assert api(port, "/api/contents/notebooks/explore.ipynb", token, "PUT", notebook)[0] == 201
+        code = ("import os; os.chdir('notebooks'); "
+                "open('../results/first.png', 'wb').write(b'\\x89PNG figure'); print('saved')")  # fmt: skip
+        assert execute(port, token, code).strip() == "saved"
+        figure = folder / "results" / "first.png"
+        wait_for(figure.exists, timeout=30, what="the figure home")
+        assert figure.read_bytes() == b"\x89PNG figure"
+        wait_for((folder / "notebooks" / "explore.ipynb").exists, timeout=30,
+                 what="the notebook home")  # fmt: skip
+    finally:
+        assert watcher.stop() == 0
+    assert any("results/first.png" in line for line in watcher.lines), watcher.lines
+    assert run_rjn("sync", cwd=folder).returncode == 0
+    closed = run_rjn("close", "--server", cwd=folder)
+    assert closed.returncode == 0, closed.stderr

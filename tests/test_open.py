@@ -250,7 +250,8 @@ def test_the_readmes_quickstart_works_as_written_on_a_fresh_remote(host, short_t
                                                     "nbformat_minor": 5}}  # fmt: skip
         assert api(port, "/api/contents/notebooks/explore.ipynb", token, "PUT", notebook)[0] == 201
         code = ("import os; os.chdir('notebooks'); "
-                "open('../results/first.png', 'wb').write(b'\\x89PNG figure'); print('saved')")  # fmt: skip
+                "open('../results/first.png', 'wb').write(b'\\x89PNG figure'); "
+                "print('saved')")  # fmt: skip
         assert execute(port, token, code).strip() == "saved"
         figure = folder / "results" / "first.png"
         wait_for(figure.exists, timeout=30, what="the figure home")

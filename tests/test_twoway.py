@@ -212,22 +212,21 @@ def test_the_live_watch_keeps_every_save_of_both_sides(project, remote, seed: in
     synced(project)
     last = {n: f"cell {n}" for n in range(6)}
     texts: dict[str, bytes] = {}  # each side's last save of the text file
+    def saves(side: str, root: Path, cells: tuple[int, ...], round_: int) -> None:
+        """One side saves its cell of this round, and now and then the text file."""
+        cell = cells[round_ % 3]
+        last[cell] = f"{side}, round {round_}"
+        _edit_cell(root / name, cell, last[cell], by_rename=rng.random() < 0.5)
+        if rng.random() < 0.5:
+            texts[side] = f"{side} {round_}\n".encode()
+            _save(root / f"notes{seed}.txt", texts[side], by_rename=rng.random() < 0.5)
+
     watcher = Watcher(project)
     try:
         for round_ in range(8):
-            cell = (0, 2, 4)[round_ % 3]
-            last[cell] = f"there, round {round_}"
-            _edit_cell(remote / name, cell, last[cell], by_rename=rng.random() < 0.5)
-            if rng.random() < 0.5:
-                texts["there"] = f"there {round_}\n".encode()
-                _save(remote / f"notes{seed}.txt", texts["there"], by_rename=rng.random() < 0.5)
+            saves("there", remote, (0, 2, 4), round_)
             time.sleep(rng.uniform(0, 1.2))
-            cell = (1, 3, 5)[round_ % 3]
-            last[cell] = f"here, round {round_}"
-            _edit_cell(project / name, cell, last[cell], by_rename=rng.random() < 0.5)
-            if rng.random() < 0.5:
-                texts["here"] = f"here {round_}\n".encode()
-                _save(project / f"notes{seed}.txt", texts["here"], by_rename=rng.random() < 0.5)
+            saves("here", project, (1, 3, 5), round_)
             time.sleep(rng.uniform(0, 0.6))
         time.sleep(3)  # the last remote save comes home
     finally:

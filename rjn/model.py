@@ -1,5 +1,5 @@
 """The values use cases hand to the CLI: what moved, what a sync did, how a watch runs. Plain
-data, importing nothing of the house but how a record is made (`rjn.helper.record`), so that
+data, importing nothing of rjn's but how a record is made (`rjn.helper.record`), so that
 the records and the display need no action module."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Outcome:
     clashes: tuple[str, ...] = ()
     # Names that cannot travel, [(side, name, why)].
     skipped: tuple[tuple[str, str, str], ...] = ()
-    # Deletions not carried out for want of the user's word: {"here" | "there": count}.
+    # Deletions not carried out until the user allows them: {"here" | "there": count}.
     deletions_held: dict[str, int] = field(default_factory=dict)
     # The remote copy is not the one last synced with (new, changed, emptied, purged).
     new_pair: str | None = None

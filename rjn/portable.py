@@ -13,8 +13,9 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rjn.errors import RjnError
 
@@ -50,6 +51,19 @@ def folds_case(folder: Path) -> bool:
         except OSError:
             return WINDOWS or sys.platform == "darwin"  # cannot ask: the platform's default
     return _FOLDS[device]
+
+
+class Said(Protocol):
+    """What a finished command said (proc.Completed is one)."""
+
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def out(self) -> str: ...
+
+
+Run = Callable[[list[str]], Said]
 
 
 def lock(handle: IO[Any]) -> bool:
@@ -101,16 +115,17 @@ def detached() -> dict[str, Any]:
     return {"start_new_session": True}
 
 
-def listens(port: int, pid: int) -> bool | None:
+def listens(port: int, pid: int, run: Run) -> bool | None:
     """Whether process `pid` (our ssh) is what listens on 127.0.0.1:`port`; None where this
-    machine cannot tell. The tunnel's token goes only to a listener that is ours."""
+    machine cannot tell. The tunnel's token goes only to a listener that is ours. `run` runs
+    a command (proc.run: this module starts no process itself)."""
     if "lsof" not in FORCED and "netstat" not in FORCED and "no-proc" not in FORCED:
         found = _from_proc(port, pid)
         if found is not None:
             return found
     if WINDOWS or "netstat" in FORCED:
-        return _from_netstat(port, pid)
-    return _from_lsof(port, pid)
+        return _from_netstat(port, pid, run)
+    return _from_lsof(port, pid, run)
 
 
 def _from_proc(port: int, pid: int) -> bool | None:
@@ -136,27 +151,23 @@ def _from_proc(port: int, pid: int) -> bool | None:
     return False
 
 
-def _from_lsof(port: int, pid: int) -> bool | None:
+def _from_lsof(port: int, pid: int, run: Run) -> bool | None:
     """macOS and the BSDs: lsof (on every Mac) lists what the process listens on."""
-    from rjn import proc  # (proc asks here how to detach: imported when used)
-
     try:
-        said = proc.run(["lsof", "-nP", "-a", "-p", str(pid), f"-iTCP@127.0.0.1:{port}",
-                         "-sTCP:LISTEN", "-Fp"], timeout=10)  # fmt: skip
+        said = run(["lsof", "-nP", "-a", "-p", str(pid), f"-iTCP@127.0.0.1:{port}",
+                    "-sTCP:LISTEN", "-Fp"])  # fmt: skip
     except RjnError:  # not installed: cannot tell
         return None
     return f"p{pid}" in said.out.split()
 
 
-def _from_netstat(port: int, pid: int) -> bool | None:
+def _from_netstat(port: int, pid: int, run: Run) -> bool | None:
     """Windows: netstat -ano names each listening port's process."""
-    from rjn import proc
-
     try:
-        said = proc.run(["netstat", "-ano", "-p", "TCP"], timeout=10)
+        said = run(["netstat", "-ano", "-p", "TCP"])
     except RjnError:
         return None
-    return listening_pid(said.out, port) == pid if said.ok else None
+    return listening_pid(said.out, port) == pid if said.code == 0 else None
 
 
 # Windows only: compiled (and cached by `re`) when first used.

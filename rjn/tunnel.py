@@ -7,7 +7,7 @@ import hashlib
 import socket
 from pathlib import Path
 
-from rjn import portable
+from rjn import portable, proc
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import RjnError
@@ -42,7 +42,9 @@ def held(port: int, pid: int | None) -> bool:
 
     The token goes only to a listener that is ours: another local user could listen on a
     port our tunnel used to hold, and collect whatever is sent there."""
-    return pid is not None and portable.listens(port, pid) is not False
+    if pid is None:
+        return False
+    return portable.listens(port, pid, lambda argv: proc.run(argv, timeout=10)) is not False
 
 
 def ours(remote: Connection, port: int, pid: int | None = None) -> bool:

@@ -163,7 +163,7 @@ def _under_any(rel: str, roots: set[str]) -> bool:
 
 
 def too_many(count: int, side: int) -> bool:
-    """Whether deleting `count` of a side's `side` files needs the user's word: more than a
+    """Whether deleting `count` of a side's `side` files waits until the user allows it: more than a
     few, or most of that side."""
     return count > FEW_DELETIONS or (count > 3 and 2 * count > side)
 
@@ -484,7 +484,7 @@ def _pair(
 def _limit_deletions(
     plan: Plan, here: Tree, there: Tree, allowed: bool
 ) -> tuple[Plan, dict[str, int]]:
-    """Deletions beyond a few, or of most of one side, wait for the user's word."""
+    """Deletions beyond a few, or of most of one side, wait until the user allows them."""
     if allowed:
         return plan, {}
     waiting: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The house's record behaves as the frozen dataclass it stands for (rjn/helper/record.py)."""
+"""A record behaves as the frozen dataclass it stands for (rjn/helper/record.py)."""
 
 import dataclasses
 

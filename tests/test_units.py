@@ -832,9 +832,12 @@ def test_the_server_is_given_the_away_extension_beside_its_records(tmp_path: Pat
 def test_whose_listener_a_port_is_each_route_tells(route: str) -> None:
     import socket
 
-    from rjn import portable
+    from rjn import portable, proc
 
-    ask = {"proc": portable._from_proc, "lsof": portable._from_lsof}[route]
+    def lsof(port: int, pid: int) -> bool | None:
+        return portable._from_lsof(port, pid, lambda argv: proc.run(argv, timeout=10))
+
+    ask = {"proc": portable._from_proc, "lsof": lsof}[route]
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -863,9 +866,9 @@ def test_the_forced_routes_are_taken(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "from rjn import portable; import os, socket; s = socket.socket(); "
+        "from rjn import portable, tunnel; import os, socket; s = socket.socket(); "
         "s.bind(('127.0.0.1', 0)); s.listen(); port = s.getsockname()[1]; "
-        "print(portable.UNIX_SOCKETS, portable.listens(port, os.getpid()))"
+        "print(portable.UNIX_SOCKETS, tunnel.held(port, os.getpid()))"
     )
     forced = {**os.environ, "RJN_ROUTES": "lsof,no-unix-sockets"}
     said = subprocess.run([sys.executable, "-c", code], env=forced, capture_output=True,

@@ -1,4 +1,4 @@
-"""The house's record: a frozen dataclass, for rjn and its helper alike.
+"""A frozen record type (faster to define than a frozen dataclass), for rjn and its helper.
 
 A dataclass makes its methods by compiling source for each class, six of them for a frozen
 one, and that is most of what defining it costs (0.2-0.8 ms): rjn defines some forty records

@@ -35,13 +35,14 @@ _FOLDS: dict[int, bool] = {}
 
 
 def folds_case(folder: Path) -> bool:
-    """Whether the filesystem holding `folder` takes names that differ only by case for one
-    (a Mac's and Windows' disks, by default): asked of the disk itself, once per device."""
+    """Whether the filesystem holding `folder` (one of rjn's own: a probe file is made there
+    for a moment) takes names that differ only by case for one (a Mac's and Windows' disks,
+    by default): asked of the disk itself, once per device."""
     if "fold-case" in FORCED:
         return True
     device = folder.stat().st_dev
     if device not in _FOLDS:
-        probe = folder / f".rjn-case-probe-{os.getpid()}"
+        probe = folder / f"case-probe-{os.getpid()}"
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             try:

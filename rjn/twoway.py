@@ -330,7 +330,7 @@ def run(
         else:
             here = _scan_here(config, record)
             here_digest = _digest(here)
-        if portable.folds_case(config.root):
+        if portable.folds_case(_own_folder(config)):
             there = _one_per_case(there, here["files"])
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
         copies = {c["copy"] for c in record["conflicts"].values()}
@@ -742,15 +742,22 @@ def _expected(entry: Sequence[Any] | None) -> tuple[int, int] | None:
     return (entry[1], entry[0]) if entry else None
 
 
+def _own_folder(config: Config) -> Path:
+    """rjn's folder in the project (`.rjn/`, never synced), made with a .gitignore that keeps
+    it out of the user's repository."""
+    ignore = config.root / ".rjn" / ".gitignore"
+    if not ignore.exists():
+        ignore.parent.mkdir(exist_ok=True)
+        ignore.write_text("*\n")
+    return ignore.parent
+
+
 def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
     """Move local files into the project's trash folder, each only if it is still as scanned
     (the same compare and swap the remote's helper does), then prune the trash."""
     if not wants:
         return []
-    ignore = config.root / ".rjn" / ".gitignore"
-    if not ignore.exists():
-        ignore.parent.mkdir(exist_ok=True)
-        ignore.write_text("*\n")  # rjn's local folder stays out of the user's repository
+    _own_folder(config)
     try:
         moved: list[str] = helper_tree.move_to_trash(str(config.root), wants)
     except HelperError as failed:

@@ -154,6 +154,9 @@ class SlurmConfig:
     # The compute nodes' interface whose address Jupyter listens on (connect = "tcp");
     # default: the one the node routes through toward the login node.
     interface: str | None = None
+    # Minutes before the job's time limit at which the watch warns (and brings everything
+    # home at the last one); a job too short for them is warned at a fraction of its time.
+    warn: tuple[int, ...] = (10, 2)
 
 
 @record
@@ -388,8 +391,12 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
     if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        kind = args[0]
+        if not isinstance(value, list) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value
+        ):
+            plural = {str: "strings", int: "integers"}.get(kind, str(kind))
+            raise ConfigError(f"{where}: expected a list of {plural}, got {value!r}")
         return tuple(value)
     if origin is Mapping:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -485,6 +492,8 @@ def _check_slurm(slurm: SlurmConfig, where: str) -> None:
             )
     if slurm.queue_timeout <= 0:
         raise ConfigError(f"{where} queue_timeout: must be a positive number of seconds")
+    if any(minutes <= 0 for minutes in slurm.warn):
+        raise ConfigError(f"{where} warn: minutes before the time limit must be positive")
 
 
 def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

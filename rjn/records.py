@@ -50,6 +50,7 @@ class Status:
     job_state: str | None = None
     node: str | None = None
     time_left: str | None = None
+    time_left_s: int | None = None  # the same in seconds (None: no limit, or no job)
     conflicts: dict[str, str] = field(default_factory=dict)
     remote_name: str | None = None
     # GPUs, load, memory and disk of the remote, as its helper read them.

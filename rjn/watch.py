@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from rjn import probe, server, state, transfer, tunnel, twoway
+from rjn import probe, server, state, transfer, tunnel, twoway, walltime
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError
@@ -66,12 +66,15 @@ def watch(
     stop: Callable[[], bool] = lambda: False,
     health: Callable[[], None] = lambda: None,
     catch_up: bool = False,
+    clock: walltime.Clock | None = None,
 ) -> None:
     """Pull each finished result file until `stop()` is true or Ctrl-C.
 
     `health` is called every few seconds and raises when the link is gone; so does a
     watcher that dies with its connection. With `catch_up`, once watching, everything
-    that changed meanwhile (while the link was down) is pulled too.
+    that changed meanwhile (while the link was down) is pulled too. A cluster job's `clock`
+    warns before its time limit; at the last warning and at its end everything comes home,
+    and its end ends the watch.
     """
     remote = helper.connection
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -96,6 +99,11 @@ def watch(
             if time.monotonic() - checked > HEALTH_INTERVAL:
                 health()
                 checked = time.monotonic()
+                said = clock.tick() if clock else None
+                if said in ("last", "ended"):
+                    _bring_home(helper, config, remote_dir, on_pulled)
+                if said == "ended":
+                    return
             try:
                 message = backlog.popleft() if backlog else messages.get(timeout=0.2)
             except queue.Empty:
@@ -181,6 +189,24 @@ def watch(
         watcher.close()
 
 
+def _bring_home(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    on_pulled: Callable[[transfer.Pulled, float], Any],
+) -> None:
+    """Everything home now (the job is about to end, or ended): results, and the project's
+    files saved there."""
+    started = time.monotonic()
+    for pulled in transfer.pull(helper, config, remote_dir):
+        on_pulled(pulled, time.monotonic() - started)
+    done = twoway.run(helper, config, remote_dir, direction="pull")
+    for item in done.pulled:
+        on_pulled(item, time.monotonic() - started)
+    for rel in done.merged:
+        on_pulled(transfer.Pulled(rel, 0, merged=True), time.monotonic() - started)
+
+
 # Reconnection attempts start this often while a link is down (a slow or timed-out attempt is
 # followed at once): each is a fresh connection with a short connect timeout, so a link that
 # comes back is found within a second or two, however long it was gone (TCP's own backoff on
@@ -211,6 +237,7 @@ def follow(
     """
     remote = helper.connection
     failures, down_since, timeout = 0, 0.0, None
+    clock: walltime.Clock | None = None
     while not stop():
         began = time.monotonic()
         try:
@@ -238,9 +265,12 @@ def follow(
                     with state.locked(config.root, config.remote_name):
                         state.save(saved)
             failures, timeout = 0, None
+            if config.slurm and saved.job and (clock is None or clock.job != saved.job):
+                clock = walltime.Clock(remote, saved.job, config.slurm.warn, on_link)
             watch(
                 helper, config, saved.remote_dir, on_ready, on_pulled,
                 config.sync.watch, stop, health=link_check(remote), catch_up=reconnected,
+                clock=clock,
             )  # fmt: skip
             return
         except ConnectionFailed as lost:
@@ -277,6 +307,7 @@ def _current_server(
             hop.cancel_forward(saved.local_port, saved.forward_target)
         saved.token, saved.forward_target = live.token, live.target
         saved.server_pid, saved.via_node = live.pid, live.via_node
+        saved.job, saved.node = live.job, live.node
         with state.locked(config.root, config.remote_name):
             state.save(saved)
     return saved

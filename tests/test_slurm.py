@@ -189,3 +189,33 @@ def test_jump_mode_keeps_jupyter_on_a_private_socket_on_the_node(
         wait_for(lambda: queued(cluster, job) == "", what="the job to leave the queue")
     finally:
         node.teardown()
+
+
+def test_the_watch_warns_before_the_time_limit_and_says_the_job_ended(
+    cluster: Cluster, make_project: Callable[..., Path]
+) -> None:
+    """A one-minute job: the watch warns (naming the job and its limit) before the end,
+    brings the results home at the last warning, and says the job ended and why."""
+    from helpers import Watcher
+
+    root = make_project("walltime", slurm='partition = "debug"\ntime = "00:01:00"\ncpus = 1')
+    try:
+        port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+        job = status(root)["job"]
+        assert 0 < status(root)["time_left_s"] <= 60
+        code = "import os; os.makedirs('results', exist_ok=True); open('results/late.csv', 'w')"
+        execute(port, token, code + ".write('written before the end')")
+        watcher = Watcher(root)
+        try:
+            wait_for(lambda: any("ended" in line for line in watcher.lines), timeout=300,
+                     what=f"the watch to say the job ended: {watcher.lines}")  # fmt: skip
+        finally:
+            watcher.stop()
+        warned = [line for line in watcher.lines if f"job {job} on" in line and "left of" in line]
+        assert warned and "1m00s limit" in warned[0], watcher.lines
+        assert "bringing everything home now" in warned[-1], watcher.lines
+        [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
+        assert "TIMEOUT" in ended or "time limit" in ended, watcher.lines
+        assert (root / "results" / "late.csv").read_text() == "written before the end"
+    finally:
+        run_rjn("close", "--server", cwd=root)

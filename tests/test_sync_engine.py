@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import run_rjn, wait_for
 
+from rjn import transfer
+
 
 # Each case with both transfers: rsync, and rjn's own (where this machine's rsync cannot serve).
 @pytest.fixture(scope="module", params=["rsync", "rjn"])
@@ -67,9 +69,10 @@ def test_a_remote_save_during_a_push_is_never_overwritten(project: Path, remote:
     said = synced(project)
     saver.join()
     assert saved.is_set()
-    # Named by this machine's id: its next pass cleans up after one cut short.
+    # Named by this machine's and this folder's id: its next pass cleans up after one cut short.
     machine = (Path(os.environ["XDG_STATE_HOME"]) / "rjn" / "machine-id").read_text().strip()
-    assert all(name.startswith(f"incoming-{machine}-") for name in staged), staged
+    assert all(name.startswith(f"incoming-{machine}") for name in staged), staged
+    assert all(name.startswith(transfer.staging_prefix(project)) for name in staged), staged
     assert (remote / "notes.txt").read_text() == "v2 autosaved there\n"  # never overwritten
     assert (project / "notes.txt").read_text() == "v2 from here\n"
     assert "notes.txt changed on the remote while ours was on its way" in said
@@ -233,8 +236,7 @@ def test_staging_left_by_a_killed_rjn_is_cleaned(project: Path, remote: Path) ->
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     local_left = project / f".rjn-incoming-{dead}-abc"
     (local_left / "x").mkdir(parents=True)
-    machine = (Path(os.environ["XDG_STATE_HOME"]) / "rjn" / "machine-id").read_text().strip()
-    remote_left = remote / ".rjn" / f"incoming-{machine}-dead"
+    remote_left = remote / ".rjn" / f"{transfer.staging_prefix(project)}dead"
     (remote_left / "data").mkdir(parents=True)
     synced(project)
     assert not local_left.exists() and not remote_left.exists()

@@ -874,3 +874,35 @@ def test_the_forced_routes_are_taken(tmp_path: Path) -> None:
     said = subprocess.run([sys.executable, "-c", code], env=forced, capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert said.stdout.split() == ["False", "True"]
+
+
+# -- a cluster job's time (rjn/walltime.py) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("said", "count"), [
+    ("5", 300), ("04:05", 245), ("03:04:05", 11045), ("2-03:04:05", 183845),
+    ("1-02", 93600), ("1-02:03", 93780), ("UNLIMITED", None), ("NOT_SET", None), ("", None),
+])  # fmt: skip
+def test_slurm_times_read_as_seconds(said: str, count: int | None) -> None:
+    from rjn import walltime
+
+    assert walltime.seconds(said) == count
+
+
+def test_warnings_fit_the_job() -> None:
+    from rjn import walltime
+
+    assert walltime.thresholds((10, 2), 3600) == [600, 120]
+    assert walltime.thresholds((10, 2), 600) == [120]  # 10 minutes of a 10-minute job: no
+    assert walltime.thresholds((10, 2), 120) == [30, 12]  # too short for any: a fraction
+    assert walltime.thresholds((10, 2), None) == [600, 120]
+
+
+def test_warn_minutes_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text('[remote]\nhost = "h"\n[slurm]\nwarn = [5, 1]\n')
+    assert cfg.load(path).slurm.warn == (5, 1)
+    for bad in ('["5"]', "[0]", "[true]"):
+        path.write_text(f'[remote]\nhost = "h"\n[slurm]\nwarn = {bad}\n')
+        with pytest.raises(ConfigError, match="warn"):
+            cfg.load(path)

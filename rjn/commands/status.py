@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rjn import probe, state, tunnel, twoway
+from rjn import probe, state, tunnel, twoway, walltime
 from rjn.commands.common import away_news, reach
 from rjn.config import Config
 from rjn.helper import tree as helper_tree
@@ -88,6 +88,7 @@ def status(config: Config) -> Status:
         job_state=job.state,
         node=job.node,
         time_left=job.time_left,
+        time_left_s=walltime.seconds(job.time_left) if job.time_left else None,
         conflicts=conflicts,
         remote_name=config.remote_name,
         machine=machine,

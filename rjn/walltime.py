@@ -1,0 +1,186 @@
+"""A cluster job's time limit, watched: warnings before it, everything home, its end said.
+
+The watch asks the scheduler (squeue, one exec over the connection) every half minute, and
+keeps the job's end as a local deadline in between, so warnings come on time without asking
+more often; once the end is near or past, it asks every few seconds, so the end is said at
+once, with the scheduler's reason (sacct) where the cluster keeps one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rjn import proc
+from rjn.connection import Connection
+from rjn.errors import RjnError
+from rjn.helper.record import record
+
+POLL = 30.0
+POLL_NEAR_END = 5.0
+# States in which the job still holds its node.
+RUNNING = ("RUNNING", "CONFIGURING", "SUSPENDED")
+
+
+def seconds(text: str) -> int | None:
+    """SLURM's time ("2-03:04:05", "03:04:05", "04:05", "5" minutes) in seconds; None for
+    what has no end ("UNLIMITED", "NOT_SET", "INVALID", "")."""
+    found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not found:
+        return None
+    days, first, second, third = found.groups()
+    if third is not None:  # [D-]HH:MM:SS
+        hours, minutes, secs = int(first), int(second), int(third)
+    elif second is not None and days:  # D-HH:MM
+        hours, minutes, secs = int(first), int(second), 0
+    elif second is not None:  # MM:SS
+        hours, minutes, secs = 0, int(first), int(second)
+    else:  # D-HH, or minutes
+        hours, minutes, secs = (int(first), 0, 0) if days else (0, int(first), 0)
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs
+
+
+def shown(count: int) -> str:
+    """1h05m, 9m30s, 45s."""
+    hours, rest = divmod(max(0, count), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def thresholds(warn_minutes: Sequence[int], limit: int | None) -> list[int]:
+    """When to warn, in seconds before the end, largest first: the configured points that fit
+    in the first half of the job; for a job too short for any, a quarter and a tenth of it."""
+    points = sorted({m * 60 for m in warn_minutes}, reverse=True)
+    if limit is None:
+        return points
+    fitting = [p for p in points if p <= limit / 2]
+    return fitting or sorted({max(5, limit // 4), max(3, limit // 10)}, reverse=True)
+
+
+@record
+class JobTime:
+    """What squeue says of the job now."""
+
+    state: str
+    left: int | None  # seconds, None: no limit
+    limit: int | None
+    node: str
+
+
+def ask(connection: Connection, job: str) -> JobTime | None:
+    """The job as the scheduler has it; None once it has left the queue."""
+    said = connection.run(["squeue", "-h", "-j", job, "-o", "%T|%L|%l|%N"], timeout=30)
+    line = (said.out.strip().splitlines() or [""])[0]
+    if said.code != 0 or not line:
+        return None if said.code == 0 or "Invalid job id" in said.err else _unknown()
+    state, left, limit, node = [*line.split("|"), "", "", "", ""][:4]
+    return JobTime(state[:40], seconds(left), seconds(limit), node[:100])
+
+
+def _unknown() -> JobTime:
+    return JobTime("UNKNOWN", None, None, "")
+
+
+def why_ended(connection: Connection, job: str) -> str | None:
+    """The scheduler's word on an ended job (TIMEOUT, PREEMPTED, CANCELLED by 1000,
+    NODE_FAIL...), where the cluster keeps accounting."""
+    said = connection.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], timeout=30)
+    found = said.out.strip().splitlines() if said.code == 0 else []
+    return found[0].strip()[:80] if found and found[0].strip() else None
+
+
+class Clock:
+    """The job's time, kept for the watch. `tick()` is called often (it asks the scheduler
+    only when due) and says what happened: "warned", "last" (the last warning: time to bring
+    everything home), "ended", or None."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        job: str,
+        warn_minutes: Sequence[int],
+        say: Callable[[str], Any],
+        notify: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.connection, self.job, self.warn_minutes = connection, job, warn_minutes
+        self.say, self.notify = say, notify or desktop_notice
+        self.end_at: float | None = None
+        self.limit: int | None = None
+        self.node = ""
+        self.asked_at = 0.0
+        self.given: set[int] = set()
+        self.ended = False
+
+    def tick(self) -> str | None:
+        if self.ended:
+            return None
+        now = time.monotonic()
+        near = self.end_at is not None and self.end_at - now < 2 * POLL
+        if now - self.asked_at >= (POLL_NEAR_END if near else POLL):
+            self.asked_at = now
+            try:
+                seen = ask(self.connection, self.job)
+            except RjnError:
+                return None  # the link: the watch's own check says so
+            if seen is None or seen.state not in (*RUNNING, "UNKNOWN"):
+                return self._ended(seen)
+            if seen.state != "UNKNOWN":
+                self.limit, self.node = seen.limit, seen.node
+                if seen.left is not None:
+                    self.end_at = now + seen.left
+                elif seen.limit is None:
+                    self.end_at = None  # no limit (past its limit, squeue says INVALID)
+        return self._warn(now)
+
+    def _warn(self, now: float) -> str | None:
+        if self.end_at is None:
+            return None
+        left = self.end_at - now
+        points = thresholds(self.warn_minutes, self.limit)
+        due = [p for p in points if left <= p and p not in self.given]
+        if not due:
+            return None
+        self.given.update(p for p in points if p >= min(due))
+        limit = f" of its {shown(self.limit)} limit" if self.limit else ""
+        last = min(due) == points[-1]
+        message = (f"job {self.job} on {self.node or 'its node'}: {shown(int(left))} left"
+                   f"{limit}; save your notebooks"
+                   + ("; bringing everything home now" if last else ""))  # fmt: skip
+        self.say(message)
+        self.notify(message)
+        return "last" if last else "warned"
+
+    def _ended(self, seen: JobTime | None) -> str:
+        self.ended = True
+        # (the scheduler ends a job at its limit on a timer of its own: within a poll of it)
+        at_limit = self.end_at is not None and time.monotonic() >= self.end_at - POLL
+        reason = seen.state if seen is not None and seen.state != "COMPLETING" else None
+        reason = reason or why_ended(self.connection, self.job)
+        if reason is None:
+            reason = "its time limit" if at_limit else "no reason kept (no sacct)"
+        message = (f"job {self.job} ended ({reason}): Jupyter on {self.node or 'its node'} is "
+                   "gone; `rjn open` starts a new job")  # fmt: skip
+        self.say(message)
+        self.notify(message)
+        return "ended"
+
+
+def desktop_notice(message: str) -> None:
+    """A desktop notification where this machine has a way to show one; silent elsewhere."""
+    if sys.platform == "darwin" and shutil.which("osascript"):
+        argv = ["osascript", "-e", "on run argv", "-e",
+                'display notification (item 1 of argv) with title "rjn"', "-e", "end run",
+                message]  # fmt: skip
+    elif shutil.which("notify-send"):
+        argv = ["notify-send", "--app-name=rjn", "rjn", message]
+    else:
+        return
+    with contextlib.suppress(RjnError):
+        proc.run(argv, timeout=5)

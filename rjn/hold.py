@@ -501,7 +501,7 @@ class SingleConnection(Connection):
                           keep_open=False)  # fmt: skip
         deadline = time.monotonic() + timeout if timeout else None
         code = None
-        while code is None and not (abort_when and abort_when()):
+        while code is None and not running.out.over and not (abort_when and abort_when()):
             left = deadline - time.monotonic() if deadline else 0.2
             if left <= 0:
                 break

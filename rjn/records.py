@@ -86,6 +86,7 @@ class Listed:
     job: str | None
     node: str | None
     uptime: float | None
+    time_left_s: int | None
     last_pulled: str | None
 
 

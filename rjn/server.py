@@ -26,6 +26,7 @@ class Server:
     started: bool = False
     job: str | None = None
     node: str | None = None
+    time_left: str | None = None  # a job's, as SLURM says it when asked
 
     @property
     def via_node(self) -> str | None:
@@ -53,6 +54,7 @@ class Server:
             started=bool(state.started),
             job=state.job,
             node=state.node,
+            time_left=state.time_left,
         )
 
 

@@ -43,6 +43,9 @@ class ProjectState:
     sources_hash: str | None = None
     # The compute node the tunnel hops to ([slurm] connect = "jump"), else None.
     via_node: str | None = None
+    # When the job's time limit ends it (seconds since the epoch), as seen at open: `rjn ls`
+    # says the time left without asking the cluster.
+    job_ends_at: float | None = None
 
     @property
     def url(self) -> str | None:

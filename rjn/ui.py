@@ -341,7 +341,8 @@ def show_listed(projects: list[Listed]) -> None:
         extra = []
         if p.job:
             on = f" on {p.node}" if p.node else ""
-            extra.append(f"slurm job {escape(f'{p.job}{on}')}")
+            left = f", {_span(p.time_left_s)} left" if p.time_left_s is not None else ""
+            extra.append(f"slurm job {escape(f'{p.job}{on}{left}')}")
         if p.uptime is not None:
             extra.append(f"open for {_span(p.uptime)}")
         if p.last_pulled:

@@ -132,11 +132,15 @@ class Clock:
             if seen is None or seen.state not in (*RUNNING, "UNKNOWN"):
                 return self._ended(seen)
             if seen.state != "UNKNOWN":
+                first = not self.node
                 self.limit, self.node = seen.limit, seen.node
                 if seen.left is not None:
                     self.end_at = now + seen.left
                 elif seen.limit is None:
                     self.end_at = None  # no limit (past its limit, squeue says INVALID)
+                if first and seen.left is not None:  # once, as the watch starts
+                    limit = f" of its {shown(seen.limit)} limit" if seen.limit else ""
+                    self.say(f"job {self.job} on {self.node}: {shown(seen.left)} left{limit}")
         return self._warn(now)
 
     def _warn(self, now: float) -> str | None:

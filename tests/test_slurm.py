@@ -203,6 +203,9 @@ def test_the_watch_warns_before_the_time_limit_and_says_the_job_ended(
         port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
         job = status(root)["job"]
         assert 0 < status(root)["time_left_s"] <= 60
+        listed = json.loads(run_rjn("ls", "--json", cwd=root).stdout)
+        [mine] = [p for p in listed if p["root"] == str(root)]
+        assert 0 < mine["time_left_s"] <= 60, mine
         code = "import os; os.makedirs('results', exist_ok=True); open('results/late.csv', 'w')"
         execute(port, token, code + ".write('written before the end')")
         watcher = Watcher(root)
@@ -211,7 +214,9 @@ def test_the_watch_warns_before_the_time_limit_and_says_the_job_ended(
                      what=f"the watch to say the job ended: {watcher.lines}")  # fmt: skip
         finally:
             watcher.stop()
-        warned = [line for line in watcher.lines if f"job {job} on" in line and "left of" in line]
+        told = [line for line in watcher.lines if f"job {job} on" in line and "left of" in line]
+        assert "save your notebooks" not in told[0], watcher.lines  # the start line: time left
+        warned = told[1:]
         assert warned and "1m00s limit" in warned[0], watcher.lines
         assert "bringing everything home now" in warned[-1], watcher.lines
         [ended] = [line for line in watcher.lines if f"job {job} ended" in line]

@@ -35,6 +35,7 @@ def list_open(show_token: bool = False) -> list[Listed]:
             job=saved.job,
             node=saved.node,
             uptime=time.time() - saved.opened_at if saved.opened_at else None,
+            time_left_s=max(0, int(saved.job_ends_at - time.time())) if saved.job_ends_at else None,
             last_pulled=transfer.last_pulled(root, saved.remote_name),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rjn import server, state, tunnel
+from rjn import server, state, tunnel, walltime
 from rjn.commands.common import Reporter, away_news, connect, prepare, reach
 from rjn.config import Config
 from rjn.errors import RjnError
@@ -77,6 +77,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             env_hash=ready.env_hash,
             sources_hash=ready.sources_hash,
             via_node=live.via_node,
+            job_ends_at=_ends_at(live.time_left),
         )
         state.save(record)
     return Opened(
@@ -110,3 +111,9 @@ def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:
         )
     except RjnError:
         return False
+
+
+def _ends_at(time_left: str | None) -> float | None:
+    """When a job's time limit ends it, from the time left SLURM gave (None: no limit)."""
+    left = walltime.seconds(time_left or "")
+    return time.time() + left if left is not None else None

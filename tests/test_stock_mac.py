@@ -61,7 +61,7 @@ def test_a_stock_macs_rsync_opens_and_syncs_through_rjns_own_transfer(
     (there / "analysis.ipynb").write_text(json.dumps({**json.loads(
         (project / "analysis.ipynb").read_text()), "metadata": {"there": True}}))  # fmt: skip
     (project / "analysis.ipynb").write_text("{}")  # not a notebook any more: kept both
-    (there / "results").mkdir()
+    (there / "results").mkdir(exist_ok=True)  # (open makes it)
     (there / "results" / "fig.png").write_bytes(b"\x89PNG" + os.urandom(3000))
     synced = run_rjn("sync", cwd=project, env=mac)
     assert synced.returncode == 0, synced.stderr

@@ -252,7 +252,7 @@ class HelperClient:
             # link), the helper sees it close and can undo what it started.
             running = self.connection.start(command, stdin=payload, on_out=answer.line)
             try:
-                code = _wait(running, timeout, answer.failed)
+                code = proc.wait_done(running, timeout, answer.failed)
                 err = running.stderr
             finally:
                 running.close()
@@ -601,18 +601,6 @@ def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]
             handler(_bad(f"{type(message).__name__} instead of an object"))
 
     return line
-
-
-def _wait(running: proc.Process, timeout: float | None, stop: Callable[[], bool]) -> int | None:
-    """Wait for a command's end, its deadline, or `stop()`; its exit code or None."""
-    deadline = time.monotonic() + timeout if timeout else None
-    while not stop():
-        left = deadline - time.monotonic() if deadline else 0.2
-        if left <= 0:
-            return None
-        if (code := running.wait(min(left, 0.2))) is not None:
-            return code
-    return running.code
 
 
 def read(host: str, record: type[R], what: str, answer: object) -> R:

@@ -499,22 +499,14 @@ class SingleConnection(Connection):
         )  # fmt: skip
         running = Running(self._held().exec(shlex.join(command)), given, on_out, on_err,
                           keep_open=False)  # fmt: skip
-        deadline = time.monotonic() + timeout if timeout else None
-        code = None
-        while code is None and not running.out.over and not (abort_when and abort_when()):
-            left = deadline - time.monotonic() if deadline else 0.2
-            if left <= 0:
-                break
-            code = running.wait(min(left, 0.2))
+        def stop() -> bool:
+            return running.out.over or bool(abort_when and abort_when())
+
+        code = proc.wait_done(running, timeout, stop)
         running.close(timeout=1)
         if running.out.over:
-            raise proc.TooMuchOutput(
-                f"'{command[0]}' on {self.host} printed more than {proc.MAX_OUTPUT >> 20} MiB: "
-                "stopped it",
-                hint="a program that floods its output answered instead of rjn's: check "
-                "[remote] python and your shell's startup files there",
-            )
-        if code is None and not (abort_when and abort_when()):
+            raise proc.TooMuchOutput.of(f"'{command[0]}' on {self.host}")
+        if code is None and not stop():
             raise Timeout(f"'{command[0]}' on {self.host} did not finish within {timeout:g}s")
         code = 255 if code is None else code
         if code == 255 and not self.master_alive():

@@ -38,6 +38,14 @@ class TooMuchOutput(RjnError):
 
     exit_code = 4
 
+    @classmethod
+    def of(cls, what: str) -> TooMuchOutput:
+        return cls(
+            f"{what} printed more than {MAX_OUTPUT >> 20} MiB: stopped it",
+            hint="on a remote, a program that floods its output answered instead of rjn's: "
+            "check [remote] python and your shell's startup files there",
+        )
+
 
 @record
 class Completed:
@@ -78,31 +86,12 @@ def run(
     soon as `abort_when()` is true (checked a few times a second).
 
     Lines are split on both \\r and \\n so progress meters arrive as they are drawn.
-    Plain pipes, not sh: its machinery costs 4 ms a call and 20 ms of imports, which the
-    many short ssh calls (and every command's start-up) should not pay.
+    Plain pipes read in whatever chunks they hold, not sh: its machinery costs 4 ms a call and
+    20 ms of imports, which the many short ssh calls (and every command's start-up) should not
+    pay, and it reads an unbuffered stream one byte at a time (rsync's progress for 100,000
+    files took it 40 s). What is kept is bounded: stdout up to MAX_OUTPUT (past it the command
+    is stopped: TooMuchOutput), or its tail where `on_out` takes the lines; the tail of stderr.
     """
-    return _streamed(argv, input, timeout, cwd, env, on_out, on_err, abort_when)
-
-
-def _step(deadline: float | None, abort_when: Callable[[], bool] | None) -> float | None:
-    """How long to wait before looking again: until the deadline, a fifth of a second when
-    an abort is watched for, forever otherwise."""
-    waits = [w for w in (deadline and deadline - time.monotonic(), abort_when and 0.2) if w]
-    return max(0.0, min(waits)) if waits else None
-
-
-def _streamed(
-    argv: Sequence[str],
-    input: str | bytes | Iterable[bytes] | None,
-    timeout: float | None,
-    cwd: Path | None,
-    env: dict[str, str] | None,
-    on_out: Callable[[str], Any] | None,
-    on_err: Callable[[str], Any] | None,
-    abort_when: Callable[[], bool] | None,
-) -> Completed:
-    """run(): plain pipes read in whatever chunks they hold (sh reads an unbuffered stream
-    one byte at a time: rsync's progress for 100,000 files took it 40 s)."""
     _require(argv[0])
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=cwd, env=env)  # fmt: skip
@@ -131,11 +120,9 @@ def _streamed(
     threading.Thread(target=feed, daemon=True).start()
     deadline = time.monotonic() + timeout if timeout else None
     expired = False
-    flooded = False
     while proc.poll() is None:
         expired = bool(deadline and time.monotonic() > deadline)
-        flooded = kept.over
-        if expired or flooded or (abort_when and abort_when()):
+        if expired or kept.over or (abort_when and abort_when()):
             proc.kill()
             proc.wait()
             break
@@ -146,14 +133,22 @@ def _streamed(
     name = os.path.basename(argv[0])
     if expired:
         raise Timeout(f"'{name}' did not finish within {timeout:g}s")
-    if flooded or kept.over:
-        raise TooMuchOutput(
-            f"'{name}' printed more than {MAX_OUTPUT >> 20} MiB: stopped it"
-            + (f" ({' '.join(argv[-1:])[:80]!r})" if name == "ssh" else ""),
-            hint="on a remote, a program that floods its output answered instead of rjn's: "
-            "check [remote] python and your shell's startup files there",
-        )
+    if kept.over:
+        raise TooMuchOutput.of(f"'{name}'" + (f" ({argv[-1][:80]!r})" if name == "ssh" else ""))
     return Completed(tuple(argv), proc.returncode, kept.text(), kept_err.text())
+
+
+def wait_done(process: Process, timeout: float | None, stop: Callable[[], bool]) -> int | None:
+    """Wait for a process's end, its deadline, or `stop()` (looked at a few times a second);
+    its exit code, or None."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while not stop():
+        left = deadline - time.monotonic() if deadline else 0.2
+        if left <= 0:
+            return None
+        if (code := process.wait(min(left, 0.2))) is not None:
+            return code
+    return process.code
 
 
 def _finish(

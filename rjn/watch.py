@@ -140,13 +140,7 @@ def watch(
                         backlog.append(following)  # a result file: handled next
                         break
                     names.add(_changed(remote, following))
-                done = twoway.run(helper, config, remote_dir, direction="pull")
-                for item in done.pulled:
-                    on_pulled(item, time.monotonic() - seen)
-                for rel in done.merged:
-                    on_pulled(transfer.Pulled(rel, 0, merged=True), time.monotonic() - seen)
-                for rel in done.trashed_here:
-                    on_pulled(transfer.Pulled(rel, 0, trashed=True), time.monotonic() - seen)
+                _pull_tree(helper, config, remote_dir, on_pulled, seen)
             elif "file" in message:
                 seen = time.monotonic()
                 inline: dict[str, tuple[bytes, int]] = {}
@@ -200,11 +194,23 @@ def _bring_home(
     started = time.monotonic()
     for pulled in transfer.pull(helper, config, remote_dir):
         on_pulled(pulled, time.monotonic() - started)
+    _pull_tree(helper, config, remote_dir, on_pulled, started)
+
+
+def _pull_tree(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    on_pulled: Callable[[transfer.Pulled, float], Any],
+    since: float,
+) -> None:
+    """A two-way pass that only brings home (a clean merge goes back), each file it moved
+    said: pulled, merged, or moved to the trash here."""
     done = twoway.run(helper, config, remote_dir, direction="pull")
-    for item in done.pulled:
-        on_pulled(item, time.monotonic() - started)
-    for rel in done.merged:
-        on_pulled(transfer.Pulled(rel, 0, merged=True), time.monotonic() - started)
+    moved = [*done.pulled, *(transfer.Pulled(rel, 0, merged=True) for rel in done.merged),
+             *(transfer.Pulled(rel, 0, trashed=True) for rel in done.trashed_here)]  # fmt: skip
+    for item in moved:
+        on_pulled(item, time.monotonic() - since)
 
 
 # Reconnection attempts start this often while a link is down (a slow or timed-out attempt is

@@ -32,7 +32,8 @@ def run(
     with state.locked(root, config.remote_name):
         previous = state.load(root, config.remote_name)
         what = f"rjn run {'--notebook ' + notebook if notebook else '-- ' + shlex.join(command)}"
-        ready = prepare(config, report, previous, what[:100])
+        what = what[:100]  # as `rjn close --server` names it
+        ready = prepare(config, report, previous, what)
         if previous is None:
             state.save(
                 state.ProjectState(
@@ -55,7 +56,7 @@ def run(
     # The run's answer lists what it left (the tree, the results), so that only what changed
     # costs a transfer.
     listing = {**twoway.scan_args(config), "results": list(config.sync.results)}
-    with ready.helper.connection.in_use(what[:100], root):
+    with ready.helper.connection.in_use(what, root):
         code, left = stream_run(ready.helper, ready.remote_dir, "run",
                                 {"argv": command, **listing}, on_output)  # fmt: skip
         with report.step(f"Pulling results from {ready.helper.host}"):

@@ -88,7 +88,7 @@ def status(config: Config) -> Status:
         job_state=job.state,
         node=job.node,
         time_left=job.time_left,
-        time_left_s=walltime.seconds(job.time_left) if job.time_left else None,
+        time_left_s=walltime.seconds(job.time_left or ""),
         conflicts=conflicts,
         remote_name=config.remote_name,
         machine=machine,

@@ -791,7 +791,7 @@ def _merge(config: Config, files: dict[str, Any], item: transfer.Pulled) -> Merg
         ours = local_file.read_bytes()
         theirs = (config.root / copy).read_bytes()
         if local_file.lstat().st_mtime_ns != before.st_mtime_ns:
-            return None  # saved again while read: the next pass merges that version
+            return None  # saved again while read: both versions kept, as a conflict
     except OSError:
         return None
     merged = nbmerge.merge(base, ours, theirs)

@@ -343,6 +343,21 @@ def close(
         raise typer.Exit(1)
 
 
+@command()
+def renew(as_json: JsonOption = False) -> None:
+    """Queue a SLURM job that takes over when this one reaches its time limit.
+
+    It starts as the running job ends, with the same token: the watch moves the tunnel to
+    it on the same local port, so the open browser tab works again (kernels start afresh;
+    notebooks are as last saved).
+    """
+    from rjn import ui
+    from rjn.commands.renew import renew as queue
+
+    result = queue(_config())
+    ui.print_json(result) if as_json else ui.show_renewal(result)
+
+
 @command("ls")
 def list_(
     show_token: Annotated[

@@ -157,6 +157,9 @@ class SlurmConfig:
     # Minutes before the job's time limit at which the watch warns (and brings everything
     # home at the last one); a job too short for them is warned at a fraction of its time.
     warn: tuple[int, ...] = (10, 2)
+    # A follow-on job that takes over at the time limit, on the same URL: "ask" (the warning
+    # says `rjn renew`), "always" (queued at the first warning), "never".
+    renew: Literal["never", "ask", "always"] = "ask"
 
 
 @record
@@ -238,6 +241,7 @@ app = "lab"
 # partition = "gpu"
 # gpus = 1
 # time = "04:00:00"
+# renew = "ask"                    # at the time limit: "ask" (`rjn renew`), "always", "never"
 """
 
 

@@ -329,6 +329,11 @@ class HelperClient:
         answer = self.call("stop", {"dir": remote_dir}, timeout=60)
         return self._read(protocol.Stopped, "stop", answer)
 
+    def renew(self, args: dict[str, Any], *, python: str) -> protocol.Renewed:
+        """Queue a follow-on job for the project's SLURM job (or find the one queued)."""
+        answer = self.call("renew", args, python=python, timeout=120)
+        return self._read(protocol.Renewed, "renewal", answer)
+
     def run_detached(self, args: dict[str, Any], *, python: str) -> protocol.Detached:
         """Start a run that goes on without the connection."""
         answer = self.call("run", {**args, "detach": True}, python=python, timeout=60)

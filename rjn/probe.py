@@ -24,6 +24,9 @@ class Job:
     state: str | None = None
     node: str | None = None
     time_left: str | None = None
+    next: str | None = None  # a follow-on job queued to take over (`rjn renew`)
+    next_state: str | None = None
+    ended: str | None = None  # why it ended where the state does not say: "idle"
 
 
 @record
@@ -84,7 +87,8 @@ def parse(host: str, seen: protocol.ProbeAnswer) -> Probe:
         dir=seen.dir,
         env_current=seen.env_current,
         server=Server.from_state(state),
-        job=Job(state.job, state.job_state, state.node, state.time_left),
+        job=Job(state.job, state.job_state, state.node, state.time_left, state.next,
+                state.next_state, state.ended),
         tree=seen.tree,
         machine=seen.machine,
         results=seen.results,

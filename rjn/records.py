@@ -51,6 +51,8 @@ class Status:
     node: str | None = None
     time_left: str | None = None
     time_left_s: int | None = None  # the same in seconds (None: no limit, or no job)
+    next_job: str | None = None  # a follow-on job queued to take over (`rjn renew`)
+    next_job_state: str | None = None
     conflicts: dict[str, str] = field(default_factory=dict)
     remote_name: str | None = None
     # GPUs, load, memory and disk of the remote, as its helper read them.
@@ -58,6 +60,18 @@ class Status:
     # What the local trash (.rjn/trash/) holds, in bytes.
     trash_bytes: int = 0
     away: tuple[Away, ...] = ()
+
+
+@record
+class Renewal:
+    """A follow-on job queued by `rjn renew`."""
+
+    project: str
+    job: str
+    next_job: str
+    next_job_state: str
+    submitted: bool  # False: it was queued already
+    url: str | None = None
 
 
 @record

@@ -77,21 +77,12 @@ def start(
 
     With [slurm] it is a batch job whose main process is Jupyter; the wait covers the queue.
     """
-    jupyter = config.jupyter
-    slurm = dataclasses.asdict(config.slurm) if config.slurm else None
     state = helper.start(
-        {
-            "dir": remote_dir,
-            "app": jupyter.app,
-            "listen": jupyter.listen,
-            "idle_timeout": jupyter.idle_timeout,
-            "ready_timeout": jupyter.ready_timeout,
-            "away": jupyter.away_outputs,
-            "slurm": slurm,
-        },
+        _args(config, remote_dir),
         python=venv_python(remote_dir),
         on_log=on_log,
-        timeout=jupyter.ready_timeout + 60 + (config.slurm.queue_timeout if config.slurm else 0),
+        timeout=config.jupyter.ready_timeout + 60
+        + (config.slurm.queue_timeout if config.slurm else 0),
     )
     if state.alive and state.token is None:
         raise RemoteError(f"{helper.host}: rjn's remote helper sent a malformed server (token)")
@@ -99,6 +90,26 @@ def start(
     if server is None:
         raise RemoteError(f"{helper.host}: rjn's remote helper started no server")
     return server
+
+
+def renew(helper: HelperClient, config: Config, remote_dir: str) -> protocol.Renewed:
+    """Queue the job that takes over from the project's SLURM job when it ends, with the same
+    token (the one queued already, if there is)."""
+    return helper.renew(_args(config, remote_dir), python=venv_python(remote_dir))
+
+
+def _args(config: Config, remote_dir: str) -> dict[str, Any]:
+    """What the helper needs to start the project's server."""
+    jupyter = config.jupyter
+    return {
+        "dir": remote_dir,
+        "app": jupyter.app,
+        "listen": jupyter.listen,
+        "idle_timeout": jupyter.idle_timeout,
+        "ready_timeout": jupyter.ready_timeout,
+        "away": jupyter.away_outputs,
+        "slurm": dataclasses.asdict(config.slurm) if config.slurm else None,
+    }
 
 
 def stop(helper: HelperClient, remote_dir: str) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rjn import places
 from rjn.errors import RjnError
 from rjn.model import TRASH, Away, Outcome, Pulled, Ready
-from rjn.records import Closed, Listed, Opened, Status, Synced
+from rjn.records import Closed, Listed, Opened, Renewal, Status, Synced
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -259,6 +259,9 @@ def show_status(result: Status) -> None:
         where = f" on {result.node}" if result.node else ""
         left = f", {result.time_left} left" if result.time_left else ""
         out.print(f"  slurm job   {escape(f'{result.job} {result.job_state}{where}{left}')}")
+    if result.next_job:
+        follows = f"{result.next_job} {result.next_job_state or ''}".strip()
+        out.print(f"  follow-on   {escape(follows)}: takes over on this URL when {result.job} ends")
     out.print(
         f"  tunnel      {mark(result.tunnel)}"
         + (f" 127.0.0.1:{result.port}" if result.port else "")
@@ -309,6 +312,16 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
             " (where the project is)"
         )
     return lines
+
+
+def show_renewal(result: Renewal) -> None:
+    queued = "queued" if result.submitted else "was queued already"
+    where = f" on {result.url}" if result.url else ""
+    out.print(escape(
+        f"✓ follow-on job {result.next_job} {queued} ({result.next_job_state}): when job "
+        f"{result.job} ends, it takes over{where}; the watch moves the tunnel to it (without "
+        "one, `rjn open` does); kernels start afresh"
+    ))
 
 
 def show_closed(result: Closed) -> None:

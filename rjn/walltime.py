@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rjn import proc
+from rjn import probe, proc
 from rjn.connection import Connection
 from rjn.errors import RjnError
 from rjn.helper.record import record
+from rjn.helper_client import HelperClient
 
 POLL = 30.0
 POLL_NEAR_END = 5.0
@@ -88,35 +89,42 @@ def _unknown() -> JobTime:
     return JobTime("UNKNOWN", None, None, "")
 
 
-def why_ended(connection: Connection, job: str) -> str | None:
-    """The scheduler's word on an ended job (TIMEOUT, PREEMPTED, CANCELLED by 1000,
-    NODE_FAIL...), where the cluster keeps accounting."""
-    said = connection.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], timeout=30)
-    found = said.out.strip().splitlines() if said.code == 0 else []
-    return found[0].strip()[:80] if found and found[0].strip() else None
+def ends_at(time_left: str | None) -> float | None:
+    """When a job's time limit ends it (wall clock), from the time left SLURM gave."""
+    left = seconds(time_left or "")
+    return time.time() + left if left is not None else None
 
 
 class Clock:
     """The job's time, kept for the watch. `tick()` is called often (it asks the scheduler
     only when due) and says what happened: "warned", "last" (the last warning: time to bring
-    everything home), "ended", or None."""
+    everything home), "ended", or None. Once ended, `follow_on` is the job queued to take
+    over (`rjn renew`), if there is one.
+
+    `renew` queues that job (its id); given, it is called at the first warning ([slurm]
+    renew = "always"). With `ask`, the warnings say how to renew."""
 
     def __init__(
         self,
-        connection: Connection,
+        helper: HelperClient,
+        remote_dir: str,
         job: str,
         warn_minutes: Sequence[int],
         say: Callable[[str], Any],
         notify: Callable[[str], Any] | None = None,
+        renew: Callable[[], str] | None = None,
+        ask: bool = False,
     ) -> None:
-        self.connection, self.job, self.warn_minutes = connection, job, warn_minutes
-        self.say, self.notify = say, notify or desktop_notice
+        self.helper, self.remote_dir, self.job = helper, remote_dir, job
+        self.warn_minutes, self.say, self.notify = warn_minutes, say, notify or desktop_notice
+        self.renew, self.ask = renew, ask
         self.end_at: float | None = None
         self.limit: int | None = None
         self.node = ""
         self.asked_at = 0.0
         self.given: set[int] = set()
         self.ended = False
+        self.follow_on: str | None = None
 
     def tick(self) -> str | None:
         if self.ended:
@@ -126,7 +134,7 @@ class Clock:
         if now - self.asked_at >= (POLL_NEAR_END if near else POLL):
             self.asked_at = now
             try:
-                seen = ask(self.connection, self.job)
+                seen = ask(self.helper.connection, self.job)
             except RjnError:
                 return None  # the link: the watch's own check says so
             if seen is None or seen.state not in (*RUNNING, "UNKNOWN"):
@@ -151,14 +159,25 @@ class Clock:
         due = [p for p in points if left <= p and p not in self.given]
         if not due:
             return None
+        first = not self.given
         self.given.update(p for p in points if p >= min(due))
         limit = f" of its {shown(self.limit)} limit" if self.limit else ""
         last = min(due) == points[-1]
         message = (f"job {self.job} on {self.node or 'its node'}: {shown(int(left))} left"
                    f"{limit}; save your notebooks"
                    + ("; bringing everything home now" if last else ""))  # fmt: skip
+        if self.ask and self.follow_on is None:
+            message += "; `rjn renew` queues a job that takes over on this URL"
         self.say(message)
         self.notify(message)
+        if first and self.renew is not None:
+            try:
+                self.follow_on = self.renew()
+            except RjnError as failed:
+                self.say(f"no follow-on job: {failed.message}")
+            else:
+                self.say(f"follow-on job {self.follow_on} queued: it takes over on this URL "
+                         f"when job {self.job} ends")  # fmt: skip
         return "last" if last else "warned"
 
     def _ended(self, seen: JobTime | None) -> str:
@@ -166,13 +185,22 @@ class Clock:
         # (the scheduler ends a job at its limit on a timer of its own: within a poll of it)
         at_limit = self.end_at is not None and time.monotonic() >= self.end_at - POLL
         reason = seen.state if seen is not None and seen.state != "COMPLETING" else None
-        reason = reason or why_ended(self.connection, self.job)
-        if reason is None:
+        try:  # one look: the scheduler's word on the end, and a follow-on job, if queued
+            job = probe.look(self.helper, self.remote_dir, timeout=30).job
+        except RjnError:
+            job = probe.Job()
+        if job.id == self.job:
+            reason = reason or job.state
+            if job.ended == "idle":
+                reason = "idle: Jupyter stopped itself ([jupyter] idle_timeout)"
+            self.follow_on = job.next if job.next_state else None
+        if reason in (None, "ENDED"):
             reason = "its time limit" if at_limit else "no reason kept (no sacct)"
-        message = (f"job {self.job} ended ({reason}): Jupyter on {self.node or 'its node'} is "
-                   "gone; `rjn open` starts a new job")  # fmt: skip
-        self.say(message)
-        self.notify(message)
+        then = (f"job {self.follow_on} takes over on this URL" if self.follow_on
+                else "`rjn open` starts a new job")  # fmt: skip
+        message = f"job {self.job} ended ({reason}): Jupyter on {self.node or 'its node'} is gone; "
+        self.say(message + then)
+        self.notify(message + then)
         return "ended"
 
 

@@ -239,7 +239,9 @@ def follow(
 
     A dropped link (the master dies, ServerAlive gives up, the laptop slept) is repaired
     with backoff: the master is re-established and the tunnel comes back on the same local
-    port, so an open browser tab works again. The remote server is left as it is.
+    port, so an open browser tab works again. The remote server is left as it is. A cluster
+    job that ends ends the watch, unless a follow-on job takes over: the tunnel then moves
+    to it, on the same port.
     """
     remote = helper.connection
     failures, down_since, timeout = 0, 0.0, None
@@ -272,13 +274,16 @@ def follow(
                         state.save(saved)
             failures, timeout = 0, None
             if config.slurm and saved.job and (clock is None or clock.job != saved.job):
-                clock = walltime.Clock(remote, saved.job, config.slurm.warn, on_link)
+                clock = _clock(helper, config, saved, on_link)
             watch(
                 helper, config, saved.remote_dir, on_ready, on_pulled,
                 config.sync.watch, stop, health=link_check(remote), catch_up=reconnected,
                 clock=clock,
             )  # fmt: skip
-            return
+            if clock is None or not clock.ended or clock.follow_on is None:
+                return
+            on_link(f"waiting for job {clock.follow_on} to start")
+            saved = _current_server(config, helper, saved, on_link, gone="")
         except ConnectionFailed as lost:
             now = time.monotonic()
             if not failures:
@@ -298,22 +303,45 @@ def follow(
                 time.sleep(0.1)
 
 
+def _clock(
+    helper: HelperClient, config: Config, saved: state.ProjectState, on_link: Callable[[str], Any]
+) -> walltime.Clock:
+    """The job's clock, renewing as [slurm] renew says."""
+    assert config.slurm is not None and saved.job is not None
+    renew = config.slurm.renew
+
+    def queue_follow_on() -> str:
+        return server.renew(helper, config, saved.remote_dir).next
+
+    return walltime.Clock(
+        helper, saved.remote_dir, saved.job, config.slurm.warn, on_link,
+        renew=queue_follow_on if renew == "always" else None, ask=renew == "ask",
+    )  # fmt: skip
+
+
 def _current_server(
-    config: Config, helper: HelperClient, saved: state.ProjectState, on_link: Callable[[str], Any]
+    config: Config,
+    helper: HelperClient,
+    saved: state.ProjectState,
+    on_link: Callable[[str], Any],
+    gone: str = "the Jupyter server was gone: starting it again",
 ) -> state.ProjectState:
     """The project's server as it is now (one probe): the one running, or, if the remote lost
-    it (a reboot, an idle shutdown, an ended job), a new one; the record follows."""
+    it (a reboot, an idle shutdown, an ended job), a new one (a follow-on job, if one is
+    queued); the record follows. `gone` is said when there is none."""
     live = probe.look(helper, saved.remote_dir).server
     if live is None:
-        on_link("the Jupyter server was gone: starting it again")
-        live = server.start(helper, config, saved.remote_dir)
-    if (live.token, live.target) != (saved.token, saved.forward_target):
+        if gone:
+            on_link(gone)
+        live = server.start(helper, config, saved.remote_dir, on_log=on_link)
+    if (live.token, live.target, live.job) != (saved.token, saved.forward_target, saved.job):
         if saved.local_port and saved.forward_target:
             hop = tunnel.carrier(helper.connection, saved.via_node)
             hop.cancel_forward(saved.local_port, saved.forward_target)
         saved.token, saved.forward_target = live.token, live.target
         saved.server_pid, saved.via_node = live.pid, live.via_node
         saved.job, saved.node = live.job, live.node
+        saved.job_ends_at = walltime.ends_at(live.time_left)
         with state.locked(config.root, config.remote_name):
             state.save(saved)
     return saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -86,11 +87,37 @@ def test_an_ended_job_is_noticed_and_open_submits_a_new_one(project: Path, clust
     assert api(port, "/api/status", token)[0] == 200
 
 
-def test_close_server_cancels_the_job(project: Path, cluster) -> None:
+def test_renew_queues_one_follow_on_job_and_close_cancels_both(project: Path, cluster) -> None:
+    """`rjn renew` queues a job that waits for this one (status shows it; a second renew
+    finds it); the batch job takes SIGUSR1 (the signal SLURM sends ahead of the limit)
+    without ending Jupyter. (`rjn close --server` cancels both: the next test.)"""
     job = status(project)["job"]
+    renewed = run_rjn("renew", cwd=project)
+    assert renewed.returncode == 0, renewed.stderr
+    assert f"when job {job} ends, it takes over on http://127.0.0.1:" in renewed.stdout
+    seen = status(project)
+    follow_on = seen["next_job"]
+    assert follow_on and follow_on != job and "PENDING" in seen["next_job_state"], seen
+    assert queued(cluster, follow_on) == "PENDING"
+    again = json.loads(run_rjn("renew", "--json", cwd=project).stdout)
+    assert again["next_job"] == follow_on and again["submitted"] is False
+    shown = run_rjn("status", cwd=project).stdout
+    assert f"follow-on   {follow_on} PENDING" in shown, shown
+    # The job is told its time is near (USR1): Jupyter writes what it can and goes on.
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    log = Path(status(project)["remote_dir"]) / ".rjn" / f"slurm-{job}.log"
+    wait_for(lambda: "SIGUSR1" in log.read_text(), what="Jupyter to take the signal")
+    assert api(port, "/api/status", token)[0] == 200 and queued(cluster, job) == "RUNNING"
+
+
+def test_close_server_cancels_the_job(project: Path, cluster) -> None:
+    seen = status(project)
+    job, follow_on = seen["job"], seen["next_job"]  # (queued by the test before)
     closed = run_rjn("close", "--server", cwd=project)
     assert closed.returncode == 0 and "server stopped" in closed.stderr
     wait_for(lambda: queued(cluster, job) == "", what="the job to leave the queue")
+    assert follow_on and queued(cluster, follow_on) == ""
 
 
 def test_a_job_stuck_pending_times_out_naming_partition_and_reason(cluster, make_project):
@@ -218,9 +245,76 @@ def test_the_watch_warns_before_the_time_limit_and_says_the_job_ended(
         assert "save your notebooks" not in told[0], watcher.lines  # the start line: time left
         warned = told[1:]
         assert warned and "1m00s limit" in warned[0], watcher.lines
+        assert "`rjn renew`" in warned[0], watcher.lines  # [slurm] renew = "ask": how to
         assert "bringing everything home now" in warned[-1], watcher.lines
         [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
         assert "TIMEOUT" in ended or "time limit" in ended, watcher.lines
         assert (root / "results" / "late.csv").read_text() == "written before the end"
+    finally:
+        run_rjn("close", "--server", cwd=root)
+
+
+def test_a_follow_on_job_takes_over_the_same_url_at_the_time_limit(
+    cluster: Cluster, make_project: Callable[..., Path]
+) -> None:
+    """[slurm] renew = "always": the first warning queues the follow-on job; at the limit the
+    watch moves the tunnel to it on the same local port, and the URL a client holds (same
+    token) answers again from the new job."""
+    from helpers import Watcher
+
+    slurm = 'partition = "debug"\ntime = "00:01:00"\ncpus = 1\nrenew = "always"'
+    root = make_project("renewed", slurm=slurm)
+    try:
+        port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+        first = status(root)["job"]
+        watcher = Watcher(root)
+        try:
+            wait_for(lambda: any("queued: it takes over" in line for line in watcher.lines),
+                     timeout=120, what=f"the follow-on job queued: {watcher.lines}")  # fmt: skip
+            [follow_on] = [re.search(r"follow-on job (\d+) queued", line)[1]
+                           for line in watcher.lines if "queued: it" in line]  # fmt: skip
+            assert status(root)["next_job"] == follow_on
+            wait_for(lambda: status(root)["job"] == follow_on and status(root)["tunnel"],
+                     timeout=300, what=f"the take-over: {watcher.lines}")  # fmt: skip
+            # The client's URL: the same port and token, now served by the new job.
+            assert api(port, "/api/status", token)[0] == 200
+            assert execute(port, token, "import os; print(os.environ['SLURM_JOB_ID'])").strip() == (
+                follow_on
+            )
+            [ended] = [line for line in watcher.lines if f"job {first} ended" in line]
+            assert f"job {follow_on} takes over on this URL" in ended, watcher.lines
+            assert watcher.proc.poll() is None  # still watching, now the new job
+            wait_for(lambda: any(f"job {follow_on} on" in line for line in watcher.lines),
+                     what=f"the watch to follow the new job's time: {watcher.lines}")  # fmt: skip
+        finally:
+            watcher.stop()
+    finally:
+        run_rjn("close", "--server", cwd=root)
+    assert queued(cluster, follow_on) == ""
+
+
+def test_an_idle_job_ends_itself_and_status_says_it_was_idle(
+    cluster: Cluster, make_project: Callable[..., Path]
+) -> None:
+    """[jupyter] idle_timeout on a cluster: with no kernel and no browser, Jupyter stops and
+    so does its job (the allocation stops billing); the watch and `rjn status` say it was
+    idle. A busy kernel is never culled (Jupyter's cull_busy is off)."""
+    from helpers import Watcher
+
+    root = make_project("idler", slurm=SLURM, jupyter="idle_timeout = 0.25")
+    try:
+        opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
+        job = status(root)["job"]
+        watcher = Watcher(root)
+        try:
+            wait_for(lambda: any(f"job {job} ended" in line for line in watcher.lines),
+                     timeout=200, what=f"the idle job to end: {watcher.lines}")  # fmt: skip
+        finally:
+            watcher.stop()
+        [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
+        assert "idle" in ended and "`rjn open` starts a new job" in ended, ended
+        assert queued(cluster, job) == ""
+        seen = status(root)
+        assert any(f"SLURM job {job} ended: idle for 0.25 min" in p for p in seen["problems"]), seen
     finally:
         run_rjn("close", "--server", cwd=root)

@@ -77,7 +77,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             env_hash=ready.env_hash,
             sources_hash=ready.sources_hash,
             via_node=live.via_node,
-            job_ends_at=_ends_at(live.time_left),
+            job_ends_at=walltime.ends_at(live.time_left),
         )
         state.save(record)
     return Opened(
@@ -112,8 +112,3 @@ def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:
     except RjnError:
         return False
 
-
-def _ends_at(time_left: str | None) -> float | None:
-    """When a job's time limit ends it, from the time left SLURM gave (None: no limit)."""
-    left = walltime.seconds(time_left or "")
-    return time.time() + left if left is not None else None

@@ -53,7 +53,11 @@ def status(config: Config) -> Status:
             alive = info.server is not None
             pid = info.server.pid if info.server else None
     problems = []
-    if job.id and job.state not in ("RUNNING", None):
+    if job.id and job.ended == "idle":
+        idle = f"{config.jupyter.idle_timeout:g} min" if config.jupyter.idle_timeout else "long"
+        problems.append(f"SLURM job {job.id} ended: idle for {idle} ([jupyter] idle_timeout); "
+                        "`rjn open` starts a new one")  # fmt: skip
+    elif job.id and job.state not in ("RUNNING", None):
         problems.append(f"SLURM job {job.id} is {job.state}")
     if not master:
         problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
@@ -89,6 +93,8 @@ def status(config: Config) -> Status:
         node=job.node,
         time_left=job.time_left,
         time_left_s=walltime.seconds(job.time_left or ""),
+        next_job=job.next,
+        next_job_state=job.next_state,
         conflicts=conflicts,
         remote_name=config.remote_name,
         machine=machine,

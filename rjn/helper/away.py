@@ -10,6 +10,8 @@ one) while no client is connected to that kernel, writes the cell's outputs into
 file through the server's own contents manager, only over the version it read. With a client
 connected it writes nothing: the notebook is the browser's, which saves as it always does.
 What it wrote is logged in .rjn/away.json, for `rjn open` and `rjn status` to tell.
+On SIGUSR1 (a SLURM job's time limit is near: slurm.py asks for it) it writes what every
+running cell has output so far at once, before the node goes.
 
 It runs inside the Jupyter server, never in the helper (which imports nothing of it).
 """
@@ -17,6 +19,7 @@ It runs inside the Jupyter server, never in the helper (which imports nothing of
 import asyncio
 import json
 import os
+import signal
 import time
 
 from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1
@@ -40,6 +43,15 @@ def _load_jupyter_server_extension(serverapp):
     global _keeper
     _keeper = Keeper(serverapp)
     serverapp.log.info("rjn: outputs of cells that run while no browser is attached are kept")
+    loop = serverapp.io_loop.asyncio_loop
+
+    def time_is_near(signum, frame):
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_keeper.write_all()))
+
+    try:
+        signal.signal(signal.SIGUSR1, time_is_near)
+    except ValueError:  # not the main thread (an embedding server): no early write then
+        serverapp.log.info("rjn: SIGUSR1 not taken (not the main thread)")
 
 
 class KeepingConnection(ZMQChannelsWebsocketConnection):
@@ -177,6 +189,14 @@ class Keeper:
             for run in list(self.runs.values()):
                 if run.away and run.changed and not self.attached(run.kernel_id):
                     await self._write(run, finished=False)
+
+    async def write_all(self):
+        """What every running cell output so far, into its notebook now (the job's end is
+        near); where a browser is attached, the notebook is the browser's to save."""
+        self.log.info("rjn: SIGUSR1: the job's time limit is near; writing running cells' outputs")
+        for run in list(self.runs.values()):
+            if run.changed and not self.attached(run.kernel_id):
+                await self._write(run, finished=False)
 
     async def _write(self, run, finished):
         """The run's outputs into its cell of the notebook its kernel's session has open,

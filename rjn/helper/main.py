@@ -11,7 +11,7 @@ from .probe import probe
 from .protocol import Failure
 from .runs import logs, run
 from .serve import serve
-from .server import start, stop
+from .server import renew, start, stop
 from .tree import place, scan, trash
 from .watch import watch
 
@@ -25,6 +25,7 @@ ACTIONS = {
     "env": ensure_env,
     "start": start,
     "stop": stop,
+    "renew": renew,
     "watch": watch,
     "run": run,
     "logs": logs,

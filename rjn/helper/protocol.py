@@ -70,6 +70,11 @@ class ServerState(Record):
     job_state: str | None = None
     node: str | None = None
     time_left: str | None = None
+    # A follow-on job queued to take over (`rjn renew`), and its state ("PENDING (Dependency)")
+    next: str | None = None
+    next_state: str | None = None
+    # Why an ended job ended, where the scheduler's state does not say: "idle"
+    ended: str | None = None
 
 
 @record
@@ -138,6 +143,16 @@ class Stopped(Record):
     """Whether a server was running (and now is not)."""
 
     stopped: bool
+
+
+@record
+class Renewed(Record):
+    """A follow-on job queued to take over from `job` when it ends."""
+
+    job: str
+    next: str
+    next_state: str
+    submitted: bool  # False: it was queued already
 
 
 @record

@@ -29,8 +29,18 @@ from .common import (
     wait_for_hangup,
     write_private,
 )
-from .protocol import Stopped
-from .slurm import job_info, sacct_state, scancel, slurm_start, squeue
+from .protocol import Renewed, Stopped
+from .slurm import (
+    NEVER_STARTS,
+    job_info,
+    never_starts,
+    sacct_state,
+    scancel,
+    slurm_start,
+    squeue,
+    submit,
+    take_over,
+)
 
 
 def pid_is_server(record):
@@ -60,9 +70,18 @@ def server_state(project):
     token = read_json(os.path.join(project, RJN_DIR, "token.json")) or {}
     record["token"] = token.get("token", "")
     if record.get("job"):
+        if record.get("next"):
+            queued = squeue(record["next"])
+            if queued is None:
+                del record["next"]  # it ran and ended, or was cancelled: nothing follows
+            else:
+                why = queued["reason"] if queued["reason"] not in ("", "None") else ""
+                record["next_state"] = queued["state"] + (" (%s)" % why if why else "")
         queue = squeue(record["job"])
         if queue is None:
             record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
+            if idle_ended(project, record["job"]):
+                record["ended"] = "idle"
             return record
         record.update(job_info(queue))
         alive = queue["state"] == "RUNNING" and ("port" in record or "sock" in record)
@@ -77,6 +96,11 @@ def server_state(project):
     return record
 
 
+def idle_ended(project, job):
+    """Whether the job's Jupyter stopped itself for inactivity ([jupyter] idle_timeout)."""
+    return "No kernels for" in tail(os.path.join(project, RJN_DIR, "slurm-%s.log" % job), 40)
+
+
 def start(args):
     project = project_dir(args["dir"])
     current = server_state(project)
@@ -88,35 +112,16 @@ def start(args):
         scancel(str(current["job"]))
     elif current.get("running"):
         stop_pid(current["pid"])
-    python = venv_python(project)
-    jupyter = os.path.join(os.path.dirname(python), "jupyter")
-    if not os.path.exists(jupyter):
-        raise HelperError(
-            "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
-            "run `rjn open` again; it installs the environment first",
-        )
     folder = rjn_dir(project)
+    argv, env = jupyter_command(project, args, folder)
+    if args.get("slurm") is not None and current.get("next_state"):
+        # A follow-on job (`rjn renew`) takes over, with the token the open browser has.
+        return take_over(project, args, folder, current["next"])
     token = secrets.token_urlsafe(32)
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
-    record = {"app": args.get("app", "lab"), "dir": project}
-    argv = [jupyter, record["app"], "--no-browser", "--ServerApp.root_dir=" + project]
-    idle = int(float(args.get("idle_timeout", 0)) * 60)
-    if idle:
-        argv += [
-            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
-            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
-            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
-        ]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    env = dict(os.environ)
-    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
-    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
-    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
-    if args.get("away", True):
-        keep_away_outputs(folder, env)
     if args.get("slurm") is not None:
         return slurm_start(project, args, argv, folder, env)
+    record = {"app": args.get("app", "lab"), "dir": project}
     # The token travels in the environment, never in argv, and Jupyter logs it masked.
     env["JUPYTER_TOKEN"] = token
     if args.get("listen", "socket") == "socket":
@@ -176,6 +181,61 @@ def start(args):
     )
 
 
+def jupyter_command(project, args, folder):
+    """Jupyter's argv and environment for the project (where it listens comes later)."""
+    python = venv_python(project)
+    jupyter = os.path.join(os.path.dirname(python), "jupyter")
+    if not os.path.exists(jupyter):
+        raise HelperError(
+            "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
+            "run `rjn open` again; it installs the environment first",
+        )
+    app = args.get("app", "lab")
+    argv = [jupyter, app, "--no-browser", "--ServerApp.root_dir=" + project]
+    idle = int(float(args.get("idle_timeout", 0)) * 60)
+    if idle:
+        argv += [
+            "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
+            "--MappingKernelManager.cull_idle_timeout=%d" % idle,
+            "--MappingKernelManager.cull_interval=%d" % max(60, idle // 10),
+        ]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    env = dict(os.environ)
+    env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
+    env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+    if args.get("away", True):
+        keep_away_outputs(folder, env)
+    return argv, env
+
+
+def renew(args):
+    """Queue a follow-on job that takes over when the project's job ends (same token, so the
+    open browser tab works again once the tunnel moves to it); the one queued, if there is."""
+    project = project_dir(args["dir"])
+    current = server_state(project)
+    if not (current.get("job") and current.get("running")):
+        raise HelperError(
+            "no SLURM job of this project is running: there is nothing to follow",
+            "`rjn open` starts a job",
+        )
+    if current.get("next_state"):
+        return Renewed(current["job"], current["next"], current["next_state"], False).to_json()
+    folder = rjn_dir(project)
+    argv, env = jupyter_command(project, args, folder)
+    job = submit(project, args, argv, folder, env, after=current["job"])
+    record = read_json(os.path.join(folder, "server.json")) or {}
+    record["next"] = job
+    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    queued = squeue(job) or {"state": "ENDED", "reason": ""}
+    if queued["reason"] in NEVER_STARTS:
+        scancel(job)
+        slurm = args["slurm"]
+        raise never_starts(job, queued["reason"], slurm.get("partition") or "the default partition")
+    return Renewed(current["job"], job, queued["state"], True).to_json()
+
+
 # Loads away.py, copied beside the project's records, into the server (not its kernels).
 AWAY_CONFIG = """\
 import sys
@@ -225,6 +285,8 @@ def stop(args):
     project = project_dir(args["dir"])
     current = server_state(project)
     stopped = False
+    if current.get("next_state"):
+        scancel(str(current["next"]))  # the follow-on first: it would start as the job ends
     if current.get("job"):
         if current["alive"]:
             shutdown(current)

@@ -27,7 +27,7 @@ from .common import (
 # (or [slurm] interface's); the node's own name is not resolved: on many machines it means
 # loopback (127.0.1.1).
 LAUNCHER = """
-import fcntl, json, os, socket, stat, struct, sys
+import fcntl, json, os, signal, socket, stat, struct, sys
 project, job = sys.argv[1], os.environ.get("SLURM_JOB_ID", "0")
 spec = json.loads(sys.argv[3])
 rjn = os.path.join(project, ".rjn")
@@ -103,9 +103,33 @@ if "fault" in record:
     sys.exit(record["fault"])
 argv = json.loads(sys.argv[2]) + listen
 env = dict(os.environ, JUPYTER_TOKEN=token)
+# SLURM signals the job (USR1) ahead of its time limit: ignored unless rjn's server extension
+# takes it (it writes what running cells produced); by default it would end Jupyter at once.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 os.execve(argv[0], argv, env)
 """
 
+
+# Seconds before the time limit at which SLURM sends the job USR1 (SLURM may send it up to a
+# minute earlier: it checks on a timer of its own).
+SIGNAL_AHEAD = 60
+
+# Why a pending job can never start without someone changing it: said at once, not waited on
+# until [slurm] queue_timeout.
+NEVER_STARTS = (
+    "DependencyNeverSatisfied",
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "PartitionConfig",
+    "AccountNotAllowed",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxWallDurationPerJobLimit",
+    "AssocMaxWallDurationPerJobLimit",
+    "BadConstraints",
+    "JobHeldAdmin",
+    "JobHeldUser",
+)
 
 # How long a job's Jupyter may stay unreachable (no route, no answer) once it has picked its
 # address, before rjn says so: a port that is merely not open yet is refused at once instead.
@@ -172,8 +196,9 @@ def scancel(job):
     scheduler(["scancel", str(job)])
 
 
-def slurm_script(project, args, jupyter_argv):
-    """The batch script: directives from [slurm], the setup lines, then Jupyter (exec)."""
+def slurm_script(project, args, jupyter_argv, after=None):
+    """The batch script: directives from [slurm], the setup lines, then Jupyter (exec). A
+    follow-on job starts `after` the given one ends."""
     import shlex
 
     slurm = args["slurm"]
@@ -182,7 +207,10 @@ def slurm_script(project, args, jupyter_argv):
         "#SBATCH --job-name=" + shlex.quote("rjn-" + os.path.basename(project)),
         "#SBATCH --output=" + shlex.quote(os.path.join(project, RJN_DIR, "slurm-%j.log")),
         "#SBATCH --ntasks=1",
+        "#SBATCH --signal=B:USR1@%d" % SIGNAL_AHEAD,
     ]
+    if after:
+        lines.append("#SBATCH --dependency=afterany:%d" % int(after))
     for key, flag in (
         ("partition", "--partition"),
         ("account", "--account"),
@@ -213,11 +241,10 @@ def slurm_script(project, args, jupyter_argv):
     return "\n".join(lines) + "\n"
 
 
-def slurm_start(project, args, argv, folder, env):
-    """Submit Jupyter as a job; wait for RUNNING (reporting the queue) and for it to answer."""
-    slurm = args["slurm"]
-    script = os.path.join(folder, "jupyter.sbatch")
-    write_private(script, slurm_script(project, args, argv))
+def submit(project, args, argv, folder, env, after=None):
+    """Submit Jupyter as a batch job (after job `after`, for a follow-on); its id."""
+    script = os.path.join(folder, "jupyter-next.sbatch" if after else "jupyter.sbatch")
+    write_private(script, slurm_script(project, args, argv, after))
     try:
         submitted = subprocess.run(
             ["sbatch", "--parsable", script],
@@ -239,11 +266,23 @@ def slurm_start(project, args, argv, folder, env):
             "check [slurm] partition, account and limits in remote.toml",
         )
     job = submitted.stdout.strip().split(";")[0]
+    log("submitted job %s%s" % (job, " to follow job %s" % after if after else ""))
+    return job
+
+
+def slurm_start(project, args, argv, folder, env):
+    """Submit Jupyter as a job; wait for RUNNING (reporting the queue) and for it to answer."""
+    return take_over(project, args, folder, submit(project, args, argv, folder, env))
+
+
+def take_over(project, args, folder, job):
+    """Make `job` the project's server (a new job, or the follow-on of one that ended) and
+    wait for it to run and answer."""
+    slurm = args["slurm"]
     partition = slurm.get("partition") or "the default partition"
     record = {"app": args.get("app", "lab"), "dir": project, "job": job, "partition": partition}
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     job_log = os.path.join(folder, "slurm-%s.log" % job)
-    log("submitted job %s" % job)
     # From here on, any way out but success cancels the job: a failed or abandoned open must
     # not leave an allocation burning until its time limit.
     cancel_on_hangup(job)
@@ -316,6 +355,8 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                     "the job's log is %s on the cluster; raise [jupyter] ready_timeout if "
                     "the node is slow" % job_log,
                 )
+        elif queue["reason"] in NEVER_STARTS:
+            raise never_starts(job, queue["reason"], partition)
         elif time.monotonic() > queue_deadline:
             raise HelperError(
                 "job %s still %s after %ss in %s (reason: %s); it was cancelled"
@@ -330,6 +371,15 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                 "[slurm] queue_timeout",
             )
         time.sleep(0.5)
+
+
+def never_starts(job, reason, partition):
+    return HelperError(
+        "job %s cannot start as asked in %s (SLURM says %s); it was cancelled"
+        % (job, partition, reason),
+        "change [slurm] time, partition, account or resources in remote.toml to fit the "
+        "cluster's limits (`sinfo` and `sacctmgr show qos` list them)",
+    )
 
 
 def check_placement(job, placed):

@@ -246,6 +246,7 @@ def follow(
     remote = helper.connection
     failures, down_since, timeout = 0, 0.0, None
     clock: walltime.Clock | None = None
+    took_over = False  # a follow-on job: said once its tunnel answers
     while not stop():
         began = time.monotonic()
         try:
@@ -272,6 +273,10 @@ def follow(
                     saved.local_port = port
                     with state.locked(config.root, config.remote_name):
                         state.save(saved)
+                if took_over:
+                    on_link(f"job {saved.job} took over: {saved.url} works again (kernels "
+                            "start afresh; notebooks are as last saved)")  # fmt: skip
+                    took_over = False
             failures, timeout = 0, None
             if config.slurm and saved.job and (clock is None or clock.job != saved.job):
                 clock = _clock(helper, config, saved, on_link)
@@ -284,6 +289,7 @@ def follow(
                 return
             on_link(f"waiting for job {clock.follow_on} to start")
             saved = _current_server(config, helper, saved, on_link, gone="")
+            took_over = True
         except ConnectionFailed as lost:
             now = time.monotonic()
             if not failures:

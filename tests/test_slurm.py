@@ -67,6 +67,9 @@ def test_open_runs_jupyter_as_a_job_and_tunnels_to_the_node(project: Path, clust
     # The token is not in the batch script (it is read from a private file on the node).
     script = (short_tmp / "remote" / "zeta" / ".rjn" / "jupyter.sbatch").read_text()
     assert token not in script and "#SBATCH --partition=debug" in script
+    # JupyterLab saves every 30 s in a job (its default: 120): less is lost at the limit.
+    settings = api(port, "/lab/api/settings/@jupyterlab/docmanager-extension:plugin", token)
+    assert settings[1]["schema"]["properties"]["autosaveInterval"]["default"] == 30, settings
 
 
 def test_open_again_reuses_the_job(project: Path) -> None:
@@ -283,6 +286,9 @@ def test_a_follow_on_job_takes_over_the_same_url_at_the_time_limit(
             )
             [ended] = [line for line in watcher.lines if f"job {first} ended" in line]
             assert f"job {follow_on} takes over on this URL" in ended, watcher.lines
+            took = f"job {follow_on} took over: http://127.0.0.1:{port}/ works again"
+            wait_for(lambda: any(took in line for line in watcher.lines),
+                     what=f"the watch to say the new job took over: {watcher.lines}")  # fmt: skip
             assert watcher.proc.poll() is None  # still watching, now the new job
             wait_for(lambda: any(f"job {follow_on} on" in line for line in watcher.lines),
                      what=f"the watch to follow the new job's time: {watcher.lines}")  # fmt: skip

@@ -77,7 +77,9 @@ class JobTime:
 
 def ask(connection: Connection, job: str) -> JobTime | None:
     """The job as the scheduler has it; None once it has left the queue."""
-    said = connection.run(["squeue", "-h", "-j", job, "-o", "%T|%L|%l|%N"], timeout=30)
+    # (every state: an ended job's, TIMEOUT or PREEMPTED, stays listed for a few minutes)
+    said = connection.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%L|%l|%N"],
+                          timeout=30)  # fmt: skip
     line = (said.out.strip().splitlines() or [""])[0]
     if said.code != 0 or not line:
         return None if said.code == 0 or "Invalid job id" in said.err else _unknown()
@@ -185,6 +187,8 @@ class Clock:
         # (the scheduler ends a job at its limit on a timer of its own: within a poll of it)
         at_limit = self.end_at is not None and time.monotonic() >= self.end_at - POLL
         reason = seen.state if seen is not None and seen.state != "COMPLETING" else None
+        if reason in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+            reason = f"{reason}: requeued by the scheduler, preempted or its node failed"
         try:  # one look: the scheduler's word on the end, and a follow-on job, if queued
             job = probe.look(self.helper, self.remote_dir, timeout=30).job
         except RjnError:

@@ -81,10 +81,23 @@ def test_open_again_reuses_the_job(project: Path) -> None:
 
 
 def test_an_ended_job_is_noticed_and_open_submits_a_new_one(project: Path, cluster) -> None:
+    """An admin's scancel: the watch says it once with the scheduler's reason (no accounting
+    here: the controller's memory of the job), status too; `rjn open` starts a new job."""
+    from helpers import Watcher
+
     job = status(project)["job"]
-    cluster.run("scancel", job)
+    watcher = Watcher(project)
+    try:
+        cluster.run("scancel", job)
+        wait_for(lambda: any(f"job {job} ended" in line for line in watcher.lines),
+                 timeout=60, what=f"the watch to say the job ended: {watcher.lines}")  # fmt: skip
+        wait_for(lambda: watcher.proc.poll() is not None, what="the watch to stop")
+    finally:
+        watcher.stop()
+    [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
+    assert f"job {job} ended (CANCELLED)" in ended and "`rjn open` starts a new job" in ended
     wait_for(lambda: status(project)["server"] is False, what="status to notice the job ended")
-    assert any(f"SLURM job {job}" in p for p in status(project)["problems"])
+    assert f"SLURM job {job} is CANCELLED" in status(project)["problems"]
     port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
     assert status(project)["job"] != job
     assert api(port, "/api/status", token)[0] == 200
@@ -251,7 +264,7 @@ def test_the_watch_warns_before_the_time_limit_and_says_the_job_ended(
         assert "`rjn renew`" in warned[0], watcher.lines  # [slurm] renew = "ask": how to
         assert "bringing everything home now" in warned[-1], watcher.lines
         [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
-        assert "TIMEOUT" in ended or "time limit" in ended, watcher.lines
+        assert f"job {job} ended (TIMEOUT)" in ended, watcher.lines
         assert (root / "results" / "late.csv").read_text() == "written before the end"
     finally:
         run_rjn("close", "--server", cwd=root)

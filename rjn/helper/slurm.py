@@ -187,8 +187,11 @@ def squeue(job):
 
 
 def sacct_state(job):
-    """A finished job's final state, from accounting when the cluster keeps it."""
+    """A finished job's final state: from accounting when the cluster keeps it, else from the
+    controller while it still remembers the job (MinJobAge, five minutes by default)."""
     out = (scheduler(["sacct", "-n", "-X", "-j", str(job), "-o", "State"]) or "").split()
+    if not out:
+        out = (scheduler(["squeue", "-h", "-t", "all", "-j", str(job), "-o", "%T"]) or "").split()
     return out[0] if out else "ENDED"
 
 

@@ -906,3 +906,27 @@ def test_warn_minutes_are_checked(tmp_path: Path) -> None:
         path.write_text(f'[remote]\nhost = "h"\n[slurm]\nwarn = {bad}\n')
         with pytest.raises(ConfigError, match="warn"):
             cfg.load(path)
+
+
+def test_renew_is_one_of_three_words(tmp_path: Path) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text('[remote]\nhost = "h"\n[slurm]\n')
+    assert cfg.load(path).slurm.renew == "ask"
+    path.write_text('[remote]\nhost = "h"\n[slurm]\nrenew = "always"\n')
+    assert cfg.load(path).slurm.renew == "always"
+    path.write_text('[remote]\nhost = "h"\n[slurm]\nrenew = "sometimes"\n')
+    with pytest.raises(ConfigError, match=r"\[slurm\] renew"):
+        cfg.load(path)
+
+
+def test_a_follow_on_job_waits_for_the_one_it_follows_and_every_job_takes_usr1() -> None:
+    from rjn.helper.slurm import slurm_script
+
+    args = {"slurm": {"partition": "gpu", "time": "01:00:00", "setup": ["module load cuda"]}}
+    first = slurm_script("/p/demo", args, ["/p/demo/.rjn/venv/bin/jupyter", "lab"])
+    follow_on = slurm_script("/p/demo", args, ["/p/demo/.rjn/venv/bin/jupyter", "lab"], "41")
+    assert "#SBATCH --signal=B:USR1@60" in first and "--dependency" not in first
+    assert "#SBATCH --dependency=afterany:41\n" in follow_on
+    assert follow_on.replace("#SBATCH --dependency=afterany:41\n", "") == first
+    with pytest.raises(ValueError):  # a job id is a number: nothing else reaches the script
+        slurm_script("/p/demo", args, ["jupyter"], "41\n#SBATCH --uid=0")

@@ -79,6 +79,12 @@ class RemoteConfig:
     # python3.X on the remote's PATH where python3 is older than 3.8.
     python: str | None = None
     installer: Literal["uv", "pip"] = "uv"
+    # Shell lines run before every remote command of rjn's (the helper, the installs, Jupyter,
+    # `rjn run`, `rjn shell`), with the module system set up: `module load python/3.12`.
+    setup: tuple[str, ...] = ()
+    # An environment of the user's to run Jupyter in, as it is (rjn installs nothing into
+    # it): a venv or conda prefix ("~/envs/lab"), or "conda:NAME". None: rjn's own venv.
+    env: str | None = None
     # Seconds; unset, ssh's own setting applies (your ~/.ssh/config's ConnectTimeout), else 20.
     connect_timeout: int | None = None
     # How files travel: rsync (3.1 or newer here), rjn's own transfer over the connection, or
@@ -228,6 +234,8 @@ host = "{host}"
 {config_line}
 dir = {folder}
 # python = "python3.11"   # default: python3, or the newest python3.X where python3 is too old
+# setup = ["module load python/3.12"]   # before every remote command (modules set up)
+# env = "~/envs/lab"       # your own venv or conda prefix ("conda:NAME"): rjn installs nothing
 
 [sync]
 results = ["results", "figures"]   # come home; never pushed
@@ -457,6 +465,11 @@ def _check(config: Config) -> None:
         )
     if remote.connect_timeout is not None and remote.connect_timeout <= 0:
         raise ConfigError(f"{where} connect_timeout: must be a positive number of seconds")
+    if remote.env is not None and remote.env.removeprefix("conda:").strip() == "":
+        raise ConfigError(f"{where} env: must name an environment (a path, or conda:NAME)")
+    for line in remote.setup:
+        if "\0" in line or not line.strip():
+            raise ConfigError(f"{where} setup: {line!r} must be a shell line")
     if remote.python is not None and remote.python.removeprefix("uv:") == "":
         raise ConfigError(
             f"{where} python: must not be empty",

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shlex
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,41 @@ NEED_HELPER = 97
 OLD_PYTHON = 96
 # Tried, newest first, where the remote's python3 is too old (RHEL 8's is 3.6).
 NEWER_PYTHONS = [f"python3.{minor}" for minor in range(14, 7, -1)]
+# Exit code of a command whose [remote] setup line failed.
+SETUP_FAILED = 95
+
+# Before [remote] setup: the module system as a login shell has it (a command over ssh runs
+# no login scripts), unless `module` is defined already: the first init script found of
+# Lmod's and Environment Modules'.
+_MODULES = """\
+if ! type module >/dev/null 2>&1; then
+  for init in /etc/profile.d/lmod.sh /etc/profile.d/z00_lmod.sh /etc/profile.d/modules.sh \\
+      "${LMOD_PKG:-/usr/share/lmod/lmod}/init/bash" /usr/share/Modules/init/bash \\
+      /usr/share/modules/init/bash; do
+    if [ -r "$init" ]; then . "$init" >/dev/null 2>&1; break; fi
+  done
+fi
+"""
+
+
+def with_setup(lines: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """`argv` run after the [remote] setup lines, in one bash (so `module load` changes its
+    environment, and every process the command starts inherits it). Their output goes to
+    stderr (stdout carries the helper's answer); the first that fails stops the command with
+    SETUP_FAILED, naming itself."""
+    if not lines:
+        return list(argv)
+    script = setup_script(lines) + '\nexec "$@"'
+    return ["bash", "--noprofile", "--norc", "-c", script, "rjn-setup", *argv]
+
+
+def setup_script(lines: Sequence[str]) -> str:
+    """The [remote] setup lines as bash runs them (a SLURM job's script starts with them too)."""
+    steps = [_MODULES]
+    for number, line in enumerate(lines, 1):
+        failed = shlex.quote(f"rjn: [remote] setup line {number} failed: {line}")
+        steps.append(f"{{ {line}\n}} >&2 || {{ echo {failed} >&2; exit {SETUP_FAILED}; }}")
+    return "\n".join(steps)
 
 
 @cache
@@ -116,6 +152,10 @@ class HelperClient:
         # What the user should hear once (a choice rjn made for them), for the use case to say.
         self.notes: list[str] = []
 
+    def remote(self, argv: Sequence[str]) -> list[str]:
+        """A command as it runs on the remote: after [remote] setup, if there is one."""
+        return with_setup(self.config.setup, argv)
+
     # -- the helper, cached on the remote ------------------------------------------------
 
     def _helper_mark(self) -> Path:
@@ -153,7 +193,8 @@ class HelperClient:
         """The local end of the forward to this connection's serving helper, of this rjn and
         this [remote] python (its answers, the environment's check above all, are that
         interpreter's: projects with another python have their own)."""
-        python = hashlib.sha256(self.python.encode()).hexdigest()[:8]
+        key = "\n".join([self.python, *self.config.setup])  # a module's python3 is another
+        python = hashlib.sha256(key.encode()).hexdigest()[:8]
         name = f"{self.connection.control_path.name}.{helper_zipapp()[1][:12]}.{python}"
         return places.runtime_dir() / f"{name}.sock"
 
@@ -197,7 +238,7 @@ class HelperClient:
             payload, size = self._helper_payload(send=False)
             given, out = path.with_suffix(".in"), path.with_suffix(".out")
             given.write_bytes(payload)  # in the runtime folder: private already
-            command = _agent_command(self.python, "serve", {}, size)[0]
+            command = self.remote(_agent_command(self.python, "serve", {}, size)[0])
             running = self.connection.leave_running(command, stdin=given, out=out)
             where = _serving_at(out, running, deadline=time.monotonic() + 15)
             given.unlink(missing_ok=True)
@@ -246,6 +287,7 @@ class HelperClient:
             answer = Answer(self.host, on_log, on_data)  # asked again by exec: from the start
         payload, size = self._helper_payload(send)
         command, rest = _agent_command(python, action, args, size)
+        command = self.remote(command)
         payload += rest
         if hold:
             # Our end of its stdin stays open while it works: if we go away (Ctrl-C, a lost
@@ -281,6 +323,8 @@ class HelperClient:
             self._helper_kept(size)
         if (done := answer.settled()) is not None:
             return done
+        if code == SETUP_FAILED:
+            raise _setup_failed(self.host, err)
         if code == 127:
             cannot = next((ln for ln in err.splitlines() if "error while loading" in ln), "")
             raise RemoteError(
@@ -310,9 +354,12 @@ class HelperClient:
         """Move files to the project's trash, each only if it is as the plan saw it."""
         return self._read(protocol.Moved, "trashing", self.call("trash", args, timeout=600))
 
-    def ensure_env(self, args: dict[str, Any], on_log: Callable[[str], Any] | None) -> None:
-        """Create or update the project's environment unless it is the one wanted already."""
-        self.call("env", args, on_log=on_log)
+    def ensure_env(
+        self, args: dict[str, Any], on_log: Callable[[str], Any] | None
+    ) -> protocol.EnvDone:
+        """Create or update the project's environment unless it is the one wanted already (a
+        user's own: check it, and point the project at it)."""
+        return self._read(protocol.EnvDone, "environment", self.call("env", args, on_log=on_log))
 
     def start(
         self, args: dict[str, Any], *, python: str, on_log: Callable[[str], Any] | None,
@@ -370,8 +417,10 @@ class HelperClient:
         return self._uv_python(spec.removeprefix("uv:"))
 
     def _python_mark(self, spec: str | None = None) -> Path:
-        """Where the interpreter chosen for this host (and a uv: spec) is remembered."""
-        tag = f".{hashlib.sha256(spec.encode()).hexdigest()[:8]}" if spec else ""
+        """Where the interpreter chosen for this host (and a uv: spec, and [remote] setup:
+        a module's python3 is another) is remembered."""
+        key = "\n".join([spec or "", *self.config.setup])
+        tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key.strip() else ""
         return places.state_dir() / "pythons" / f"{self.connection.control_path.name}{tag}"
 
     def _uv_python(self, version: str) -> str:
@@ -379,7 +428,7 @@ class HelperClient:
         one on its PATH), else installed by uv (which downloads it); one exec, remembered."""
         script = ('uv python find "$1" 2>/dev/null || { uv python install "$1" >&2 && '
                   'uv python find "$1"; }')  # fmt: skip
-        done = self.connection.run(["sh", "-c", script, "rjn", version], timeout=900)
+        done = self.connection.run(self.remote(["sh", "-c", script, "rjn", version]), timeout=900)
         found = done.out.strip().splitlines()
         if done.code != 0 or not found or not found[-1].startswith("/"):
             said = " / ".join(done.err.strip().splitlines()[-3:])[:300]
@@ -407,7 +456,10 @@ class HelperClient:
         # Each is run, not just looked up: a stub or a broken shim on the PATH is no interpreter.
         script = " ".join(f"{name} -c 'import sys; print(sys.executable)' 2>/dev/null && exit 0;"
                           for name in NEWER_PYTHONS) + " exit 1"  # fmt: skip
-        found = self.connection.run(["sh", "-c", script], timeout=60).out.strip().splitlines()
+        said = self.connection.run(self.remote(["sh", "-c", script]), timeout=60)
+        if said.code == SETUP_FAILED:
+            raise _setup_failed(self.host, said.err)
+        found = said.out.strip().splitlines()
         if not found or not found[-1].startswith("/"):
             raise RemoteError(
                 f"{self.host}: the remote's python3 is Python {version}, and no python3.8 or "
@@ -437,6 +489,7 @@ class HelperClient:
         """
         payload, size = self._helper_payload(send=False)
         command, rest = _agent_command(python, action, args, size)
+        command = self.remote(command)
         payload += rest
         started = [False]
 
@@ -456,6 +509,15 @@ class HelperClient:
             on_message(line)
 
         return self.connection.start(command, stdin=payload, on_out=_messages(message))
+
+
+def _setup_failed(host: str, err: str) -> RemoteError:
+    said = [line for line in err.splitlines() if line.strip()][-6:]
+    return RemoteError(
+        f"{host}: " + (" / ".join(said)[:1000] or "[remote] setup failed"),
+        hint="run the line in a shell there (`rjn shell`) to see why; `module avail` lists "
+        "the modules the cluster has",
+    )
 
 
 def _serving_at(out: Path, running: Callable[[], bool], deadline: float) -> str | None:

@@ -10,7 +10,7 @@ from rjn.config import Config
 from rjn.errors import RemoteError
 from rjn.helper import common, protocol
 from rjn.helper.record import record
-from rjn.helper_client import HelperClient
+from rjn.helper_client import HelperClient, setup_script
 
 
 @record
@@ -109,6 +109,9 @@ def _args(config: Config, remote_dir: str) -> dict[str, Any]:
         "ready_timeout": jupyter.ready_timeout,
         "away": jupyter.away_outputs,
         "slurm": dataclasses.asdict(config.slurm) if config.slurm else None,
+        # The job's script starts as every command does: the user's sbatch settings may not
+        # pass this environment on (--export=NONE).
+        "setup": setup_script(config.remote.setup) if config.remote.setup else None,
     }
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rjn import probe, proc
-from rjn.connection import Connection
 from rjn.errors import RjnError
 from rjn.helper.record import record
 from rjn.helper_client import HelperClient
@@ -75,11 +74,11 @@ class JobTime:
     node: str
 
 
-def ask(connection: Connection, job: str) -> JobTime | None:
+def ask(helper: HelperClient, job: str) -> JobTime | None:
     """The job as the scheduler has it; None once it has left the queue."""
     # (every state: an ended job's, TIMEOUT or PREEMPTED, stays listed for a few minutes)
-    said = connection.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%L|%l|%N"],
-                          timeout=30)  # fmt: skip
+    squeue = ["squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%L|%l|%N"]
+    said = helper.connection.run(helper.remote(squeue), timeout=30)
     line = (said.out.strip().splitlines() or [""])[0]
     if said.code != 0 or not line:
         return None if said.code == 0 or "Invalid job id" in said.err else _unknown()
@@ -136,7 +135,7 @@ class Clock:
         if now - self.asked_at >= (POLL_NEAR_END if near else POLL):
             self.asked_at = now
             try:
-                seen = ask(self.helper.connection, self.job)
+                seen = ask(self.helper, self.job)
             except RjnError:
                 return None  # the link: the watch's own check says so
             if seen is None or seen.state not in (*RUNNING, "UNKNOWN"):

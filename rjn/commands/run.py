@@ -177,7 +177,9 @@ def shell(config: Config, command: list[str] | None) -> int:
         'if [ $# -gt 0 ]; then exec "$@"; else exec "${SHELL:-/bin/sh}" -l; fi'
     )
     with remote.in_use("rjn shell", config.root):
-        code = remote.shell(["sh", "-c", script, "rjn", where, activate, *(command or [])])
+        code = remote.shell(
+            helper.remote(["sh", "-c", script, "rjn", where, activate, *(command or [])])
+        )
     if code == 255 and not remote.master_alive():
         raise ConnectionFailed(f"the connection to {remote.host} was lost")
     return code

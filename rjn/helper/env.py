@@ -172,7 +172,13 @@ def ensure_env(args):
     wanted = {"hash": args["hash"], "python": sys.version}
     if env_record(project) == wanted and os.path.exists(venv_python(project)):
         return {"changed": False}
+    if args.get("env"):
+        return use_env(project, args, wanted)
     venv = venv_dir(project)
+    if os.path.islink(venv):  # the user's environment was used: rjn's own comes back
+        os.unlink(venv)
+        if os.path.isdir(venv + ".rjn"):
+            os.rename(venv + ".rjn", venv)
     requirements = os.path.join(project, args["requirements"])
     packages = list(args.get("packages", []))
     req = ["-r", requirements] if os.path.exists(requirements) else []
@@ -226,3 +232,124 @@ def ensure_env(args):
         "seconds": round(time.monotonic() - started, 1),
         "installer": "uv" if uv else "pip",
     }
+
+
+# Run by the user's environment's Python: which of the names given it lacks, and its version.
+CHECK_ENV = r"""
+import json, re, sys
+try:
+    from importlib import metadata
+    have = {re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower()
+            for d in metadata.distributions()}
+except Exception:
+    have = set()
+wanted = json.loads(sys.argv[1])
+print(json.dumps({"missing": [w for w in wanted if re.sub(r"[-_.]+", "-", w).lower() not in have],
+                  "python": "%d.%d.%d" % sys.version_info[:3]}))
+"""
+
+
+def use_env(project, args, wanted):
+    """[remote] env: the user's environment, used as it is. rjn installs nothing into it: it
+    checks that it can serve (Jupyter, ipykernel), says which of the project's requirements
+    it lacks, and points the project's environment (.rjn/venv) at it."""
+    spec = args["env"]
+    prefix = env_prefix(spec)
+    python = os.path.join(prefix, "bin", "python")
+    if not os.access(python, os.X_OK):
+        raise HelperError(
+            "[remote] env %s: no environment there (%s is missing)" % (spec, python),
+            "set [remote] env to the folder of a venv or conda environment (the one with "
+            "bin/python), or conda:NAME",
+        )
+    serve = list(args["serve"])  # the app (jupyterlab or notebook), ipykernel
+    extra = requirement_names(project, args) + list(args.get("packages", []))
+    names = serve + [n for n in extra if n not in serve and n != "watchdog"]
+    hint = ("check that the environment works in a shell there (`rjn shell`); a module it "
+            "needs goes in [remote] setup")
+    try:
+        checked = subprocess.run([python, "-c", CHECK_ENV, json.dumps(names)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 universal_newlines=True, timeout=120)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HelperError("[remote] env %s: its Python (%s) does not run: %s"
+                          % (spec, python, exc), hint)  # fmt: skip
+    try:
+        found = json.loads(checked.stdout)
+    except ValueError:
+        raise HelperError("[remote] env %s: its Python (%s) does not run: %s"
+                          % (spec, python, tail_of(checked.stderr)), hint)  # fmt: skip
+    lacking = [n for n in serve if n in found["missing"]]
+    if lacking:
+        raise HelperError(
+            "[remote] env %s has no %s: rjn never installs into an environment it did not "
+            "create" % (prefix, " or ".join(lacking)),
+            "install them there (`%s -m pip install %s`, or conda install), or remove [remote] "
+            "env to let rjn make its own" % (python, " ".join(lacking)),
+        )
+    own = venv_dir(project)
+    if os.path.islink(own):
+        os.unlink(own)
+    elif os.path.isdir(own):  # rjn's own venv, kept aside while the user's is used
+        shutil.rmtree(own + ".rjn", ignore_errors=True)
+        os.rename(own, own + ".rjn")
+    os.symlink(prefix, own)
+    write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
+    return {"changed": True, "env": prefix, "python": found["python"],
+            "missing": [n for n in found["missing"] if n not in serve]}  # fmt: skip
+
+
+def tail_of(text):
+    return " / ".join(text.strip().splitlines()[-3:]) or "no output"
+
+
+def requirement_names(project, args):
+    """The package names of the project's requirements file (options and URLs left out)."""
+    import re
+
+    names = []
+    try:
+        with open(os.path.join(project, args["requirements"])) as handle:
+            for line in handle:
+                found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#")[0])
+                if found and not line.lstrip().startswith("-"):
+                    names.append(found.group(1))
+    except OSError:
+        pass
+    return names
+
+
+def env_prefix(spec):
+    """The folder of [remote] env: a path (~ expanded), or conda:NAME, found as conda finds
+    it (`conda env list`, else its envs folders: CONDA_ENVS_PATH, ~/.conda/envs, the usual
+    installs' envs)."""
+    if not spec.startswith("conda:"):
+        return os.path.abspath(os.path.expanduser(spec))
+    name = spec[len("conda:"):]
+    if os.sep in name:
+        return os.path.abspath(os.path.expanduser(name))
+    listed = []
+    for tool in (os.environ.get("CONDA_EXE"), "conda", "mamba", "micromamba"):
+        exe = tool and shutil.which(tool)
+        if not exe:
+            continue
+        try:
+            out = subprocess.run([exe, "env", "list", "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, universal_newlines=True, timeout=60)
+            listed = json.loads(out.stdout).get("envs", [])
+        except (OSError, ValueError, AttributeError, subprocess.TimeoutExpired):
+            continue
+        break
+    folders = [f for f in (os.environ.get("CONDA_ENVS_PATH") or os.environ.get("CONDA_ENVS_DIRS")
+                           or "").split(os.pathsep) if f]  # fmt: skip
+    folders += [os.path.expanduser("~/%s/envs" % base) for base in
+                (".conda", "miniforge3", "mambaforge", "miniconda3", "anaconda3")]  # fmt: skip
+    candidates = [e for e in listed if isinstance(e, str) and os.path.basename(e) == name]
+    candidates += [os.path.join(os.path.expanduser(f), name) for f in folders]
+    for candidate in candidates:
+        if os.path.isdir(os.path.join(candidate, "bin")):
+            return candidate
+    raise HelperError(
+        "[remote] env conda:%s: no conda environment of that name was found" % name,
+        "`conda env list` there lists them; or give its path: env = \"/path/to/env\"",
+    )

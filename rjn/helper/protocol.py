@@ -146,6 +146,16 @@ class Stopped(Record):
 
 
 @record
+class EnvDone(Record):
+    """The project's environment made current (or found so)."""
+
+    changed: bool
+    env: str | None = None  # the user's own, when [remote] env names one
+    python: str | None = None  # its Python's version
+    missing: list | None = None  # the project's requirements it lacks (rjn installs nothing)
+
+
+@record
 class Renewed(Record):
     """A follow-on job queued to take over from `job` when it ends."""
 

@@ -25,6 +25,7 @@ from .common import (
     socket_path,
     stop_pid,
     tail,
+    venv_dir,
     venv_python,
     wait_for_hangup,
     write_private,
@@ -207,7 +208,8 @@ def jupyter_command(project, args, folder):
     env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
     if args.get("away", True):
         keep_away_outputs(folder, env)
-    save_often(env["VIRTUAL_ENV"], args.get("slurm") is not None)
+    if not os.path.islink(venv_dir(project)):  # nothing is written into a user's own
+        save_often(env["VIRTUAL_ENV"], args.get("slurm") is not None)
     return argv, env
 
 

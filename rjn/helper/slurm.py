@@ -225,6 +225,8 @@ def slurm_script(project, args, jupyter_argv, after=None):
         if slurm.get(key) not in (None, ""):
             lines.append("#SBATCH %s=%s" % (flag, shlex.quote(str(slurm[key]))))
     lines += ["#SBATCH " + extra for extra in slurm.get("extra", [])]
+    if args.get("setup"):
+        lines.append(args["setup"])  # [remote] setup, as every command of rjn's has it
     lines += list(slurm.get("setup", []))
     spec = {
         "login": login_addresses(),

@@ -85,6 +85,9 @@ class RemoteConfig:
     # An environment of the user's to run Jupyter in, as it is (rjn installs nothing into
     # it): a venv or conda prefix ("~/envs/lab"), or "conda:NAME". None: rjn's own venv.
     env: str | None = None
+    # The remote cannot reach the package index: wheels are fetched here and sent (rjn finds
+    # this out by itself; true skips the look).
+    offline: bool = False
     # Seconds; unset, ssh's own setting applies (your ~/.ssh/config's ConnectTimeout), else 20.
     connect_timeout: int | None = None
     # How files travel: rsync (3.1 or newer here), rjn's own transfer over the connection, or

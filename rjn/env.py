@@ -6,7 +6,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from rjn import transfer, wheels
 from rjn.config import Config
+from rjn.helper import protocol
 from rjn.helper_client import HelperClient
 from rjn.requirements import Requirements
 
@@ -39,21 +41,55 @@ def ensure(
 ) -> None:
     """Create or update the environment unless the remote already has exactly this one; with
     [remote] env, check the user's own and use it as it is (what it lacks becomes a note)."""
-    done = helper.ensure_env(
-        {
-            "dir": remote_dir,
-            "hash": wanted,
-            "requirements": config.requirements.file,
-            "packages": packages(config),
-            "serve": serving(config),
-            "no_uv": config.remote.installer == "pip",
-            "env": config.remote.env,
-        },
-        on_log,
-    )
+    args = {
+        "dir": remote_dir,
+        "hash": wanted,
+        "requirements": config.requirements.file,
+        "packages": packages(config),
+        "serve": serving(config),
+        "no_uv": config.remote.installer == "pip",
+        "env": config.remote.env,
+        "offline": config.remote.offline,
+    }
+    done = helper.ensure_env(args, on_log)
+    if done.need_wheels is not None:
+        done = helper.ensure_env({**args, **_send_wheels(helper, config, remote_dir, done, on_log)},
+                                 on_log)  # fmt: skip
     if done.env and done.missing:
         lacking = " ".join(str(name)[:100] for name in done.missing[:50])
         helper.notes.append(
             f"[remote] env {done.env} lacks {lacking} ({config.requirements.file}); rjn installs "
             f"nothing there: add them with `{done.env}/bin/python -m pip install {lacking}`"
         )
+
+
+def _send_wheels(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    asked: protocol.EnvDone,
+    on_log: Callable[[str], Any] | None,
+) -> dict[str, Any]:
+    """The remote cannot reach the package index: the wheels it needs, fetched here for its
+    platform, those its wheelhouse lacks sent into a staging folder; the helper's arguments
+    that name them."""
+    say = on_log or (lambda line: None)
+    target = wheels.Target.parse(helper.host, asked.need_wheels)
+    say(f"{helper.host} cannot reach the package index: fetching wheels here for Python "
+        f"{target.python} on {target.machine}")  # fmt: skip
+    found = wheels.fetch(helper.host, target, config.root / config.requirements.file,
+                         packages(config))  # fmt: skip
+    folder = wheels.cache(target)
+    hashes = {path.name: wheels.digest(path) for path in found if path.parent == folder}
+    have = set(asked.have or ())
+    missing = sorted(name for name, digest in hashes.items() if digest not in have)
+    staged = None
+    size = sum((folder / name).stat().st_size for name in missing)
+    sent = f"sent {len(missing)} ({size / 1e6:.1f} MB)" if missing else "its wheelhouse had all"
+    if missing:
+        say(f"sending {len(missing)} of {len(hashes)} wheels to the remote's wheelhouse")
+        staged = transfer.stage(helper, config, remote_dir, missing, source=folder)
+    helper.notes.append(f"{helper.host} cannot reach the package index: its {len(hashes)} wheels "
+                        f"came from here ({sent})")  # fmt: skip
+    return {"wheels": [[name, digest] for name, digest in sorted(hashes.items())],
+            "staged": staged}  # fmt: skip

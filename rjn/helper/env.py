@@ -17,6 +17,7 @@ from .common import (
     private,
     project_dir,
     read_json,
+    rjn_dir,
     run_logged,
     venv_dir,
     venv_python,
@@ -40,11 +41,9 @@ def download_uv(scratch):
     venv, no pip (seconds faster on a fresh remote). False where that cannot be done here:
     not Linux with glibc on x86_64 or aarch64, or the index not reached (a cluster with a
     mirror of its own); then pip's route is taken."""
-    import io
     import platform
     import urllib.parse
     import urllib.request
-    import zipfile
 
     machine, (libc, version) = platform.machine(), platform.libc_ver()
     if (
@@ -76,10 +75,21 @@ def download_uv(scratch):
             or hashlib.sha256(data).hexdigest() != wheel["digests"]["sha256"]
         ):
             return False
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return False
+    return unpack_uv(data, scratch)
+
+
+def unpack_uv(data, scratch):
+    """uv's binary out of its wheel (bytes) into scratch/bin; whether it runs here."""
+    import io
+    import zipfile
+
+    try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             member = next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))
             binary = archive.read(member)
-    except (OSError, ValueError, KeyError, TypeError, StopIteration, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, StopIteration, zipfile.BadZipFile):
         return False
     os.makedirs(os.path.join(scratch, "bin"), exist_ok=True)
     target = os.path.join(scratch, "bin", "uv")
@@ -90,9 +100,9 @@ def download_uv(scratch):
                            stderr=subprocess.DEVNULL) == 0  # fmt: skip
 
 
-def find_uv():
-    """uv on PATH, or rjn's own copy: fetched from the package index, else installed with pip
-    into a small venv.
+def find_uv(wheel=None):
+    """uv on PATH, or rjn's own copy: out of `wheel` (the offline route brings one), fetched
+    from the package index, else installed with pip into a small venv.
 
     Either builds in a scratch folder renamed into place under a lock, so a second rjn at the
     same moment waits and then uses it, and never sees half of it.
@@ -114,10 +124,18 @@ def find_uv():
         log("uv not found on the remote: installing it into " + home)
         scratch = "%s.%d" % (home, os.getpid())
         shutil.rmtree(scratch, ignore_errors=True)
-        if download_uv(scratch):
+        if wheel:
+            with open(wheel, "rb") as handle:
+                unpacked = unpack_uv(handle.read(), scratch)
+        else:
+            unpacked = download_uv(scratch)
+        if unpacked:
             os.rename(scratch, home)
             return uv
         shutil.rmtree(scratch, ignore_errors=True)
+        if wheel:  # no index to install it from either
+            log("uv's wheel did not run here; falling back to pip")
+            return None
         code, _ = run_logged([sys.executable, "-m", "venv", scratch])
         if code == 0:
             code, _ = run_logged(
@@ -174,6 +192,10 @@ def ensure_env(args):
         return {"changed": False}
     if args.get("env"):
         return use_env(project, args, wanted)
+    if args.get("wheels") is None and (args.get("offline") or not index_reachable()):
+        # No way out to the package index: the local side brings the wheels (what the
+        # wheelhouse lacks), for this platform, and asks again with them.
+        return {"changed": False, "need_wheels": platform_record(), "have": stored_wheels()}
     venv = venv_dir(project)
     if os.path.islink(venv):  # the user's environment was used: rjn's own comes back
         os.unlink(venv)
@@ -182,8 +204,16 @@ def ensure_env(args):
     requirements = os.path.join(project, args["requirements"])
     packages = list(args.get("packages", []))
     req = ["-r", requirements] if os.path.exists(requirements) else []
+    offline = []  # the installers' arguments for the wheelhouse alone
+    uv_wheel = None
+    if args.get("wheels") is not None:
+        house = take_wheels(project, args)
+        offline = ["--no-index", "--find-links", house]
+        uv_wheel = next((os.path.join(house, name) for name, _ in args["wheels"]
+                         if name.startswith("uv-")), None)  # fmt: skip
+        log("installing from the wheels sent (the remote cannot reach the package index)")
     started = time.monotonic()
-    uv = None if args.get("no_uv") else find_uv()
+    uv = None if args.get("no_uv") else find_uv(uv_wheel)
     # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is in the system's.
     uv_env = dict(
         os.environ,
@@ -196,7 +226,8 @@ def ensure_env(args):
             if code:
                 raise HelperError("could not create the environment: " + failing_package(lines))
         code, lines = run_logged(
-            [uv, "pip", "install", "--python", venv_python(project)] + req + packages, env=uv_env
+            [uv, "pip", "install", "--python", venv_python(project)] + offline + req + packages,
+            env=uv_env,
         )
     else:
         if not os.path.exists(venv_python(project)):
@@ -208,6 +239,7 @@ def ensure_env(args):
                 )
         code, lines = run_logged(
             [venv_python(project), "-m", "pip", "install", "--disable-pip-version-check"]
+            + offline
             + req
             + packages
         )
@@ -353,3 +385,92 @@ def env_prefix(spec):
         "[remote] env conda:%s: no conda environment of that name was found" % name,
         "`conda env list` there lists them; or give its path: env = \"/path/to/env\"",
     )
+
+
+def index_reachable(timeout=4.0):
+    """Whether the package index answers from here (any HTTP answer counts), found within
+    `timeout` whatever hangs (a name lookup with no DNS server, a dropped packet)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL")
+    url = (base or "https://pypi.org/simple").rstrip("/") + "/pip/"
+    answered = []
+
+    def ask():
+        try:
+            urllib.request.urlopen(url, timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except Exception:
+            answered.append(False)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return bool(answered and answered[0])
+
+
+def platform_record():
+    """What wheels fit here: Python, machine, C library."""
+    import platform
+
+    libc, version = platform.libc_ver()
+    return {"python": "%d.%d.%d" % sys.version_info[:3], "implementation": sys.implementation.name,
+            "system": sys.platform, "machine": platform.machine(), "libc": libc,
+            "libc_version": version}  # fmt: skip
+
+
+def wheel_store():
+    """The wheelhouse: every wheel sent here, by its SHA-256 (shared by the user's projects)."""
+    return private(os.path.join(data_home(), "rjn", "wheels"))
+
+
+def stored_wheels():
+    return sorted(n[:-4] for n in os.listdir(wheel_store()) if n.endswith(".whl") and len(n) == 68)
+
+
+def take_wheels(project, args):
+    """The wheels sent (in a staging folder) into the store, each checked against its hash;
+    then this install's wheelhouse: a folder of links, named as the installers need, to the
+    stored wheels of args["wheels"] ([name, sha256])."""
+    import re
+
+    from .tree import staging_path
+
+    store = wheel_store()
+    staged = staging_path(project, args["staged"]) if args.get("staged") else None
+    house = os.path.join(rjn_dir(project), "wheelhouse")
+    shutil.rmtree(house, ignore_errors=True)
+    os.mkdir(house, 0o700)
+    try:
+        for name, digest in args["wheels"]:
+            plain = re.match(r"^[A-Za-z0-9_.+!-]+\.whl$", name)
+            if not plain or not re.match(r"^[0-9a-f]{64}$", digest):
+                raise HelperError("not a wheel: %r" % (name[:200],))
+            stored = os.path.join(store, digest + ".whl")
+            sent = os.path.join(staged, name) if staged else None
+            arrived = not os.path.exists(stored) and sent and os.path.exists(sent)
+            if arrived and file_sha256(sent) == digest:
+                # (the store may be on another disk: moved beside it first, then renamed in,
+                # so it never holds half a wheel)
+                beside = "%s.%d" % (stored, os.getpid())
+                shutil.move(sent, beside)
+                os.replace(beside, stored)
+            if not os.path.exists(stored):
+                raise HelperError("the wheel %s did not arrive whole" % name, "run it again")
+            os.symlink(stored, os.path.join(house, name))
+    finally:
+        if staged:
+            shutil.rmtree(staged, ignore_errors=True)
+    return house
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -153,6 +153,10 @@ class EnvDone(Record):
     env: str | None = None  # the user's own, when [remote] env names one
     python: str | None = None  # its Python's version
     missing: list | None = None  # the project's requirements it lacks (rjn installs nothing)
+    # The remote cannot reach the package index: its platform, for wheels brought to it, and
+    # the SHA-256 of each wheel its wheelhouse keeps (those need not travel)
+    need_wheels: dict | None = None
+    have: list | None = None
 
 
 @record

@@ -930,3 +930,32 @@ def test_a_follow_on_job_waits_for_the_one_it_follows_and_every_job_takes_usr1()
     assert follow_on.replace("#SBATCH --dependency=afterany:41\n", "") == first
     with pytest.raises(ValueError):  # a job id is a number: nothing else reaches the script
         slurm_script("/p/demo", args, ["jupyter"], "41\n#SBATCH --uid=0")
+
+
+# -- wheels for a remote with no way out (rjn/wheels.py) -----------------------------------------
+
+LINUX = {"python": "3.11.7", "machine": "x86_64", "libc": "glibc", "libc_version": "2.28",
+         "system": "linux", "implementation": "cpython"}  # fmt: skip
+
+
+def test_wheels_asked_for_fit_the_remotes_glibc_python_and_machine() -> None:
+    from rjn import wheels
+
+    tags = wheels.Target.parse("h", LINUX).tags
+    platforms = [tags[i + 1] for i, option in enumerate(tags) if option == "--platform"]
+    assert platforms[0] == "manylinux_2_28_x86_64" and "manylinux_2_5_x86_64" in platforms
+    assert {"manylinux2014_x86_64", "manylinux1_x86_64"} <= set(platforms)
+    assert "manylinux_2_29_x86_64" not in platforms
+    assert tags[-6:] == ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
+
+
+@pytest.mark.parametrize("change", [
+    {"python": "3.11; rm -rf ~"}, {"machine": "x86 64"}, {"libc_version": "2.x"},
+    {"system": "darwin"}, {"libc": "musl"}, {"implementation": "pypy"}, {"python": 311},
+])  # fmt: skip
+def test_a_remote_platform_that_is_not_one_rjn_can_fetch_for_is_refused(change: dict) -> None:
+    from rjn import wheels
+    from rjn.errors import RemoteError
+
+    with pytest.raises(RemoteError):
+        wheels.Target.parse("h", {**LINUX, **change})

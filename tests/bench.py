@@ -74,6 +74,34 @@ CORE = (
 )
 
 
+def no_way_out(host: TestHost, base: Path, login: float) -> None:
+    """A fresh project's first open where the remote cannot reach the package index (every
+    proxy there points at a closed port): the wheels come from here. First with this
+    machine's caches empty (pip and the wheels downloaded), then a second fresh project, whose
+    wheels the remote's wheelhouse has."""
+    closed = " ".join(f"{name}=http://127.0.0.1:9" for name in
+                      ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))  # fmt: skip
+    caches = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(base / "local-cache")
+    try:
+        rows = (("offline", "open, cold, no way out: wheels from here (empty caches)"),
+                ("offline2", "open, cold, no way out: the wheelhouse has all"))
+        for name, what in rows:
+            root = base / name
+            root.mkdir()
+            extra = f'setup = ["export {closed}"]\n'
+            (root / "remote.toml").write_text(host.remote_toml(base / f"{name}-remote", extra))
+            (root / "analysis.py").write_text("import yaml\n")
+            row(what, rjn("open", "--no-browser", "--no-watch", cwd=root), login)
+            subprocess.run([sys.executable, "-m", "rjn", "close", "--server"], cwd=root,
+                           capture_output=True)  # fmt: skip
+    finally:
+        if caches is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = caches
+
+
 def single_mode(host: TestHost, base: Path, login: float) -> None:
     """The core timings again with [remote] multiplex = "single" (one ssh session held by
     rjn, as where the ssh client cannot multiplex), on a project of its own."""
@@ -140,6 +168,7 @@ def main() -> None:
         row("--help", time.perf_counter() - started, login)
         start_up(base)
         single_mode(host, base, login)
+        no_way_out(host, base, login)
 
         watcher = subprocess.Popen(
             [sys.executable, "-m", "rjn", "watch"], cwd=project, stdin=subprocess.DEVNULL,

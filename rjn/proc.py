@@ -86,10 +86,10 @@ def run(
     soon as `abort_when()` is true (checked a few times a second).
 
     Lines are split on both \\r and \\n so progress meters arrive as they are drawn.
-    Plain pipes read in whatever chunks they hold, not sh: its machinery costs 4 ms a call and
-    20 ms of imports, which the many short ssh calls (and every command's start-up) should not
-    pay, and it reads an unbuffered stream one byte at a time (rsync's progress for 100,000
-    files took it 40 s). What is kept is bounded: stdout up to MAX_OUTPUT (past it the command
+    Plain pipes read in whatever chunks they hold, not sh: its machinery and imports cost
+    every call, which the many short ssh calls (and every command's start-up) should not pay,
+    and it reads an unbuffered stream one byte at a time (rsync's progress for 100,000 files
+    crawled). What is kept is bounded: stdout up to MAX_OUTPUT (past it the command
     is stopped: TooMuchOutput), or its tail where `on_out` takes the lines; the tail of stderr.
     """
     _require(argv[0])
@@ -156,7 +156,7 @@ def _finish(
 ) -> Any:
     """Wait for a command started with _bg, killing it at the deadline (or on `abort_when`).
 
-    A timer thread, not sh's _timeout: that one polls every 0.1 s and so adds 0.1 s to
+    A timer thread, not sh's _timeout: that one polls, and so adds its poll interval to
     every call, which the many short ssh calls would all pay.
     """
     expired = threading.Event()

@@ -142,7 +142,7 @@ def local_modules(root: Path, files: list[Path]) -> set[str]:
 def _pipreqs_data(name: str) -> Path:
     """A data file of pipreqs' (its lists of stdlib and module -> package names), found
     without importing pipreqs' module (which pulls in requests and more)."""
-    from importlib import resources  # only where requirements are written: 1 ms of start-up
+    from importlib import resources  # only where requirements are written
 
     return Path(str(resources.files("pipreqs") / name))
 

@@ -30,9 +30,8 @@ _STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", 
 
 class Printer:
     """Lines in rich's markup (the same strings a live progress display takes), written to
-    stdout or stderr: styled on a terminal, plain elsewhere. rich's console would cost every
-    command some 15 ms of imports before it printed a line: it is loaded for live progress
-    alone."""
+    stdout or stderr: styled on a terminal, plain elsewhere. rich's console would make every
+    command import rich before it printed a line: it is loaded for live progress alone."""
 
     def __init__(self, stderr: bool = False) -> None:
         self.stderr = stderr

@@ -1,12 +1,13 @@
 """A frozen record type (faster to define than a frozen dataclass), for rjn and its helper.
 
 A dataclass makes its methods by compiling source for each class, six of them for a frozen
-one, and that is most of what defining it costs (0.2-0.8 ms): rjn defines some forty records
-as each command starts, once the better part of its own start-up. A record is compiled once,
-its `__init__` (the one method whose code depends on the fields); its repr, ==, hash and the
-refusal to change a field are shared functions, doing what dataclasses would generate: the
-fields' values in order, those marked repr=False or compare=False left out. It is still a
-dataclass (`fields`, `asdict`, `replace` work), and type checkers read it as a frozen one.
+one, and that is most of what defining it costs: rjn defines some forty records as each
+command starts, once the better part of its own start-up (the bench measures it). A record
+is compiled once, its `__init__` (the one method whose code depends on the fields); its
+repr, ==, hash and the refusal to change a field are shared functions, doing what
+dataclasses would generate: the fields' values in order, those marked repr=False or
+compare=False left out. It is still a dataclass (`fields`, `asdict`, `replace` work), and
+type checkers read it as a frozen one.
 Runs on the remote too (Python 3.8+).
 """
 

@@ -100,6 +100,13 @@ def test_unresolvable_host(tmp_path: Path) -> None:
     assert "no-such-host.invalid" in err and "does not resolve" in err
 
 
+@pytest.fixture
+def own_master(short_tmp: Path, request: pytest.FixtureRequest, monkeypatch) -> None:
+    """rjn's runtime folder of the test's own: a master an earlier test left to the same host
+    would be reused, and skip the handshake these tests are about."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_tmp / f"run-{request.node.name[5:25]}"))
+
+
 def _with_known_hosts(host: TestHost, tmp_path: Path, known: str) -> Path:
     """A project whose ssh config trusts `known` instead of the test host's real key."""
     config = tmp_path / "ssh_config"
@@ -111,6 +118,7 @@ def _with_known_hosts(host: TestHost, tmp_path: Path, known: str) -> Path:
     return write_project(tmp_path / "p", toml)
 
 
+@pytest.mark.usefixtures("own_master")
 def test_unknown_host_key_is_not_trusted(host: TestHost, tmp_path: Path) -> None:
     project = _with_known_hosts(host, tmp_path, "")
     err = failed(run_rjn("open", "--no-browser", "--no-watch", cwd=project), 3)
@@ -119,6 +127,7 @@ def test_unknown_host_key_is_not_trusted(host: TestHost, tmp_path: Path) -> None
     assert f"`ssh -F {tmp_path / 'ssh_config'} -- rjn-test`" in err
 
 
+@pytest.mark.usefixtures("own_master")
 def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True
@@ -131,6 +140,7 @@ def test_changed_host_key_is_refused(host: TestHost, tmp_path: Path) -> None:
     assert "ssh-keygen -R" in err and host.known_name in err and str(tmp_path / "kh") in err
 
 
+@pytest.mark.usefixtures("own_master")
 def test_wrong_key_is_an_auth_failure(host: TestHost, tmp_path: Path) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")],

@@ -85,7 +85,7 @@ def _send_wheels(
     missing = sorted(name for name, digest in hashes.items() if digest not in have)
     staged = None
     size = sum((folder / name).stat().st_size for name in missing)
-    sent = f"sent {len(missing)} ({size / 1e6:.1f} MB)" if missing else "its wheelhouse had all"
+    sent = f"{len(missing)} sent, {size / 1e6:.1f} MB" if missing else "its wheelhouse had them all"
     if missing:
         say(f"sending {len(missing)} of {len(hashes)} wheels to the remote's wheelhouse")
         staged = transfer.stage(helper, config, remote_dir, missing, source=folder)

@@ -8,7 +8,6 @@ which closes its only route out.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,16 +35,14 @@ def project(make_project: Callable[..., Path]) -> Callable[..., Path]:
 def test_a_remote_with_no_way_out_gets_its_wheels_over_the_connection(project) -> None:
     root = project("offline")
     try:
-        started = time.monotonic()
         result = run_rjn("open", "--no-browser", "--no-watch", cwd=root)
         port, token = opened(result)
         assert "cannot reach the package index: its " in result.stderr, result.stderr
-        assert "wheels came from here (sent " in result.stderr
+        assert " sent, " in result.stderr and " MB)" in result.stderr
         assert api(port, "/api/status", token)[0] == 200
         ran = run_rjn("run", "--", "python", "-c", "import tabulate; print('tabulated')",
                       cwd=root)  # fmt: skip
         assert ran.returncode == 0 and "tabulated" in ran.stdout, ran.stderr
-        print(f"offline first open: {time.monotonic() - started:.1f} s")
     finally:
         run_rjn("close", "--server", cwd=root)
 
@@ -54,7 +51,7 @@ def test_a_remote_with_no_way_out_gets_its_wheels_over_the_connection(project) -
     try:
         result = run_rjn("open", "--no-browser", "--no-watch", cwd=again)
         opened(result)
-        assert "wheels came from here (its wheelhouse had all)" in result.stderr, result.stderr
+        assert "wheels came from here (its wheelhouse had them all)" in result.stderr
     finally:
         run_rjn("close", "--server", cwd=again)
 

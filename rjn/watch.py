@@ -267,6 +267,9 @@ def follow(
                 port = tunnel.ensure(
                     carrier, config, saved.forward_target, saved.token,
                     saved.local_port, saved.forward_target,
+                    # Through a hop (a job's socket on its node, a job that just took over),
+                    # the tunnel is the first to ask Jupyter: give it its time.
+                    wait=config.jupyter.ready_timeout if saved.via_node else 15,
                 )  # fmt: skip
                 if port != saved.local_port:
                     on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")

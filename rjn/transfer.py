@@ -31,7 +31,7 @@ from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
 from rjn.helper.record import record
 from rjn.helper_client import HelperClient
-from rjn.model import Pulled
+from rjn.records import Pulled
 
 # rsync's output, read by patterns compiled (and cached by `re`) when first used: a command
 # that runs no rsync does not pay for them as it starts.

@@ -38,7 +38,7 @@ from rjn.helper import tree as helper_tree
 from rjn.helper.common import HelperError
 from rjn.helper.record import record
 from rjn.helper_client import HelperClient, read
-from rjn.model import Outcome
+from rjn.records import Outcome
 
 # A file's state on one side: [size, mtime_ns, sha256].
 Tree = Mapping[str, Sequence[Any]]

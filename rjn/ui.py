@@ -16,8 +16,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rjn import places
 from rjn.errors import RjnError
-from rjn.model import TRASH, Away, Outcome, Pulled, Ready
-from rjn.records import Closed, Listed, Opened, Renewal, Status, Synced
+from rjn.records import (
+    TRASH,
+    Away,
+    Closed,
+    Listed,
+    Opened,
+    Outcome,
+    Pulled,
+    Ready,
+    Renewal,
+    Status,
+    Synced,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -15,7 +15,7 @@ from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError
 from rjn.helper import protocol
 from rjn.helper_client import HelperClient, helper_error
-from rjn.model import Ready
+from rjn.records import Ready
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05

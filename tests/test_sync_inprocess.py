@@ -19,7 +19,7 @@ from inprocess import InProcessHelper
 
 from rjn import config as cfg
 from rjn import twoway
-from rjn.model import Outcome
+from rjn.records import Outcome
 
 
 @dataclass

@@ -14,7 +14,7 @@ from rjn.config import Config
 from rjn.connection import Connection
 from rjn.helper.record import record
 from rjn.helper_client import HelperClient
-from rjn.model import Away
+from rjn.records import Away
 from rjn.requirements import Requirements
 
 

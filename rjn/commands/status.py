@@ -9,8 +9,7 @@ from rjn import probe, state, tunnel, twoway, walltime
 from rjn.commands.common import away_news, reach
 from rjn.config import Config
 from rjn.helper import tree as helper_tree
-from rjn.model import Away
-from rjn.records import Status
+from rjn.records import Away, Status
 
 
 def status(config: Config) -> Status:

@@ -11,8 +11,7 @@ from rjn.commands.common import Reporter, bring_home, connect, reach, remote_dir
 from rjn.config import Config
 from rjn.errors import RjnError
 from rjn.helper_client import HelperClient
-from rjn.model import Ready
-from rjn.records import Synced
+from rjn.records import Ready, Synced
 
 
 def sync_now(

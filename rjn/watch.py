@@ -111,15 +111,7 @@ def watch(
                     raise _lost(remote, watcher.stderr) from None
                 continue
             if "ready" in message:
-                try:
-                    ready = protocol.Ready.parse(message["ready"])
-                    if ready.mode not in ("events", "poll"):
-                        raise protocol.Malformed("mode")
-                except protocol.Malformed as bad:
-                    raise RemoteError(
-                        f"{remote.host}: the remote watcher sent a malformed start ({bad.field})"
-                    ) from None
-                on_ready(Ready(ready.mode, ready.fs, ready.reason))
+                on_ready(_ready(remote, message))
                 if catch_up:
                     started = time.monotonic()
                     for pulled in transfer.pull(helper, config, remote_dir):
@@ -127,60 +119,105 @@ def watch(
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
             elif "changed" in message:
-                # A project file saved there (a notebook in Jupyter): gather the burst, then
-                # one two-way pass brings it home (or keeps both versions).
-                seen = time.monotonic()
-                names = {_changed(remote, message)}
-                while len(names) < config.sync.max_burst:
-                    try:
-                        following = messages.get(timeout=TREE_WINDOW)
-                    except queue.Empty:
-                        break
-                    if "changed" not in following:
-                        backlog.append(following)  # a result file: handled next
-                        break
-                    names.add(_changed(remote, following))
-                _pull_tree(helper, config, remote_dir, on_pulled, seen)
+                _project_saves(helper, config, remote_dir, message, messages, backlog, on_pulled)
             elif "file" in message:
-                seen = time.monotonic()
-                inline: dict[str, tuple[bytes, int]] = {}
-                batch: set[str] = set()
-                pending: dict[str, Any] | None = message
-                deadline = seen + BATCH_WINDOW
-                while pending is not None:
-                    if "file" not in pending:
-                        # A project save (or anything else) ends the batch and comes next:
-                        # a stream of results never delays or drops it.
-                        backlog.append(pending)
-                        break
-                    name, data = _file_event(remote, config, pending)
-                    if data is not None:
-                        inline[name] = data
-                        batch.discard(name)
-                    else:
-                        batch.add(name)
-                        inline.pop(name, None)
-                    if len(inline) + len(batch) >= config.sync.max_burst:
-                        break  # a flood: one rsync of the results folders instead
-                    # Small files came whole in their event; wait a moment only for pulls.
-                    left = deadline - time.monotonic() if batch else 0
-                    try:
-                        pending = messages.get(timeout=left) if left > 0 else messages.get_nowait()
-                    except queue.Empty:
-                        pending = None
-                if len(inline) + len(batch) >= config.sync.max_burst:
-                    arrived = transfer.pull(helper, config, remote_dir, max_bytes=budget.left())
-                else:
-                    budget.spend(sum(len(data) for data, _ in inline.values()))
-                    arrived = transfer.receive(config, inline) if inline else []
-                    if batch:
-                        arrived += transfer.pull(helper, config, remote_dir, files=sorted(batch),
-                                             max_bytes=budget.left())  # fmt: skip
-                budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
-                for item in arrived:
-                    on_pulled(item, time.monotonic() - seen)
+                _results(helper, config, remote_dir, message, messages, backlog, budget,
+                         on_pulled)  # fmt: skip
     finally:
         watcher.close()
+
+
+def _ready(remote: Connection, message: dict[str, Any]) -> Ready:
+    """The remote watcher's start (how it watches), checked as untrusted input."""
+    try:
+        ready = protocol.Ready.parse(message["ready"])
+        if ready.mode not in ("events", "poll"):
+            raise protocol.Malformed("mode")
+    except protocol.Malformed as bad:
+        raise RemoteError(
+            f"{remote.host}: the remote watcher sent a malformed start ({bad.field})"
+        ) from None
+    return Ready(ready.mode, ready.fs, ready.reason)
+
+
+def _project_saves(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    first: dict[str, Any],
+    messages: queue.Queue[dict[str, Any]],
+    backlog: collections.deque[dict[str, Any]],
+    on_pulled: Callable[[transfer.Pulled, float], Any],
+) -> None:
+    """A project file saved there (a notebook in Jupyter): the burst gathered, then one
+    two-way pass brings it home (or keeps both versions). A result file that comes meanwhile
+    is handled next (`backlog`)."""
+    remote = helper.connection
+    seen = time.monotonic()
+    names = {_changed(remote, first)}
+    while len(names) < config.sync.max_burst:
+        try:
+            following = messages.get(timeout=TREE_WINDOW)
+        except queue.Empty:
+            break
+        if "changed" not in following:
+            backlog.append(following)
+            break
+        names.add(_changed(remote, following))
+    _pull_tree(helper, config, remote_dir, on_pulled, seen)
+
+
+def _results(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    first: dict[str, Any],
+    messages: queue.Queue[dict[str, Any]],
+    backlog: collections.deque[dict[str, Any]],
+    budget: Budget,
+    on_pulled: Callable[[transfer.Pulled, float], Any],
+) -> None:
+    """Result files closed there, gathered for BATCH_WINDOW: small ones came whole in their
+    event and are placed at once; the others come by one pull; a flood (max_burst) by one
+    pull of the results folders. Anything else that comes meanwhile is handled next."""
+    remote = helper.connection
+    seen = time.monotonic()
+    inline: dict[str, tuple[bytes, int]] = {}
+    batch: set[str] = set()
+    pending: dict[str, Any] | None = first
+    deadline = seen + BATCH_WINDOW
+    while pending is not None:
+        if "file" not in pending:
+            # A project save (or anything else) ends the batch and comes next: a stream of
+            # results never delays or drops it.
+            backlog.append(pending)
+            break
+        name, data = _file_event(remote, config, pending)
+        if data is not None:
+            inline[name] = data
+            batch.discard(name)
+        else:
+            batch.add(name)
+            inline.pop(name, None)
+        if len(inline) + len(batch) >= config.sync.max_burst:
+            break  # a flood: one rsync of the results folders instead
+        # Small files came whole in their event; wait a moment only for pulls.
+        left = deadline - time.monotonic() if batch else 0
+        try:
+            pending = messages.get(timeout=left) if left > 0 else messages.get_nowait()
+        except queue.Empty:
+            pending = None
+    if len(inline) + len(batch) >= config.sync.max_burst:
+        arrived = transfer.pull(helper, config, remote_dir, max_bytes=budget.left())
+    else:
+        budget.spend(sum(len(data) for data, _ in inline.values()))
+        arrived = transfer.receive(config, inline) if inline else []
+        if batch:
+            arrived += transfer.pull(helper, config, remote_dir, files=sorted(batch),
+                                     max_bytes=budget.left())  # fmt: skip
+    budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
+    for item in arrived:
+        on_pulled(item, time.monotonic() - seen)
 
 
 def _bring_home(

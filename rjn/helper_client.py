@@ -563,8 +563,9 @@ def _agent_command(
     return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, f"@{len(data)}"], data
 
 
-# The largest message the helper sends: a small file inline (base64) with its name.
-MESSAGE_MAX = 4 * 1024 * 1024
+# The largest message the helper sends: a result file inline (watch.INLINE_MAX, base64: 4/3
+# of it) with its name; below proc.MAX_LINE.
+MESSAGE_MAX = 12 * 1024 * 1024
 # The most a served answer may hold in all (a listing in many messages), and the most files a
 # listing may name: what a project of a million files needs, and a bound on memory.
 ANSWER_MAX = 1024**3

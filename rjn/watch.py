@@ -19,8 +19,10 @@ from rjn.records import Ready
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05
-# Files up to this size travel inside their event instead of costing an rsync round trip.
-INLINE_MAX = 2 * 1024 * 1024
+# Files up to this size travel inside their event instead of costing a pull's round trips
+# (base64 costs a third more bytes: up to about this size, fewer round trips win on a link of
+# 50 ms and 100 Mbit; `nox -s bench` measures a 5 MB figure).
+INLINE_MAX = 8 * 1024 * 1024
 # Changes to project files within this window are brought home by one two-way pass.
 TREE_WINDOW = 0.1
 # How often the link is checked while watching (a local check: no network round trip).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from hosts import netns
 from hosts.loopback import ALIAS, TestHost
 
 FIGURES = 30
+BURST = 200
+LARGE, LARGE_TIMES = 5_000_000, 3
 SAVES = 10
 STALLS = 3
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -163,6 +166,22 @@ def main() -> None:
                                                        cwd=project), login)  # fmt: skip
         for what, args in CORE:
             row(what, statistics.median(rjn(*args, cwd=project) for _ in range(5)), login)
+        stopped = []
+        for _ in range(3):  # the server gone (a reboot, an idle stop), the environment kept
+            pid = json.loads((remote / ".rjn" / "server.json").read_text())["pid"]
+            os.kill(pid, signal.SIGTERM)
+            wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, "Jupyter to stop")
+            stopped.append(rjn("open", "--no-browser", "--no-watch", cwd=project))
+        row("open, server stopped (environment kept), median of 3",
+            statistics.median(stopped), login)  # fmt: skip
+        fresh = base / "fresh"
+        fresh.mkdir()
+        (fresh / "remote.toml").write_text(host.remote_toml(base / "fresh-remote"))
+        (fresh / "analysis.py").write_text("import yaml\n")
+        row("open, a fresh remote folder (uv's cache there warm)",
+            rjn("open", "--no-browser", "--no-watch", cwd=fresh), login)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "rjn", "close", "--server"], cwd=fresh,
+                       capture_output=True)  # fmt: skip
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "rjn", "--help"], capture_output=True, check=True)
         row("--help", time.perf_counter() - started, login)
@@ -189,6 +208,30 @@ def main() -> None:
             figures.append(time.perf_counter() - closed)
             time.sleep(0.1)
         spread(f"figure, remote close -> local file ({FIGURES})", figures)
+        # A burst: BURST figures closed at once (a notebook saving a sweep).
+        burst = {}
+        for n in range(BURST):
+            (remote / "results" / f"burst{n:03}.png").write_bytes(os.urandom(30_000))
+            burst[project / "results" / f"burst{n:03}.png"] = time.perf_counter()
+        arrived: dict[Path, float] = {}
+        deadline = time.monotonic() + 120
+        while len(arrived) < len(burst) and time.monotonic() < deadline:
+            now = time.perf_counter()
+            for local, closed in burst.items():
+                if local not in arrived and local.exists():
+                    arrived[local] = now - closed
+            time.sleep(0.002)
+        if len(arrived) < len(burst):
+            raise SystemExit(f"bench: {len(burst) - len(arrived)} figures of the burst missing")
+        spread(f"burst of {BURST} figures, each close -> local file", list(arrived.values()))
+        large = []
+        for n in range(LARGE_TIMES):
+            (remote / "results" / f"large{n}.png").write_bytes(os.urandom(LARGE))
+            closed = time.perf_counter()
+            wait((project / "results" / f"large{n}.png").exists, 60, "the large figure")
+            large.append(time.perf_counter() - closed)
+            time.sleep(0.3)
+        spread(f"one {LARGE // 10**6} MB figure, close -> local file ({LARGE_TIMES})", large)
         saves = []
         for n in range(SAVES):
             # As Jupyter saves: a temporary file renamed over the notebook.

@@ -59,11 +59,14 @@ def with_setup(lines: Sequence[str], argv: Sequence[str]) -> list[str]:
 
 
 def setup_script(lines: Sequence[str]) -> str:
-    """The [remote] setup lines as bash runs them (a SLURM job's script starts with them too)."""
-    steps = [_MODULES]
+    """The [remote] setup lines as bash runs them (a SLURM job's script starts with them too).
+    Each runs in this shell (so `module load` changes it); one that fails, or ends the shell
+    itself (`exit`), ends it with SETUP_FAILED and its own line said."""
+    steps = [_MODULES, f"trap 'echo \"$rjn_said\" >&2; exit {SETUP_FAILED}' EXIT"]
     for number, line in enumerate(lines, 1):
-        failed = shlex.quote(f"rjn: [remote] setup line {number} failed: {line}")
-        steps.append(f"{{ {line}\n}} >&2 || {{ echo {failed} >&2; exit {SETUP_FAILED}; }}")
+        steps.append("rjn_said=" + shlex.quote(f"rjn: [remote] setup line {number} failed: {line}"))
+        steps.append(f"{{ {line}\n}} >&2 || exit {SETUP_FAILED}")
+    steps.append("trap - EXIT")
     return "\n".join(steps)
 
 

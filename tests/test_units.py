@@ -959,3 +959,25 @@ def test_a_remote_platform_that_is_not_one_rjn_can_fetch_for_is_refused(change: 
 
     with pytest.raises(RemoteError):
         wheels.Target.parse("h", {**LINUX, **change})
+
+
+# -- [remote] setup (helper_client.with_setup), run by a real bash -------------------------------
+
+
+def test_setup_lines_run_in_the_shell_that_runs_the_command() -> None:
+    import subprocess
+
+    from rjn.helper_client import SETUP_FAILED, with_setup
+
+    assert with_setup((), ["python3", "-c", "pass"]) == ["python3", "-c", "pass"]
+    argv = with_setup(("export RJN_A='it works'", "echo noise"), ["sh", "-c", 'echo "$RJN_A"'])
+    done = subprocess.run(argv, capture_output=True, text=True)
+    # The command sees what the lines set; their output goes to stderr (stdout is the answer).
+    assert (done.returncode, done.stdout, done.stderr) == (0, "it works\n", "noise\n")
+    argv = with_setup(("true", "exit 3", "touch /nonexistent/never"), ["echo", "never run"])
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == SETUP_FAILED and done.stdout == ""
+    assert "rjn: [remote] setup line 2 failed: exit 3" in done.stderr
+    done = subprocess.run(with_setup(("true", "false"), ["true"]), capture_output=True, text=True)
+    assert done.returncode == SETUP_FAILED
+    assert done.stderr == "rjn: [remote] setup line 2 failed: false\n"

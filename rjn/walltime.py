@@ -192,15 +192,22 @@ class Clock:
             job = probe.look(self.helper, self.remote_dir, timeout=30).job
         except RjnError:
             job = probe.Job()
+        then = "`rjn open` starts a new job"
         if job.id == self.job:
             reason = reason or job.state
+            self.follow_on = job.next if job.next_state else None
             if job.ended == "idle":
                 reason = "idle: Jupyter stopped itself ([jupyter] idle_timeout)"
-            self.follow_on = job.next if job.next_state else None
+                if self.follow_on:  # idle release stops the billing: nothing takes over
+                    with contextlib.suppress(RjnError):
+                        self.helper.connection.run(self.helper.remote(["scancel", self.follow_on]),
+                                                   timeout=30)  # fmt: skip
+                    then = f"its follow-on job {self.follow_on} was cancelled; {then}"
+                    self.follow_on = None
         if reason in (None, "ENDED"):
             reason = "its time limit" if at_limit else "no reason kept (no sacct)"
-        then = (f"job {self.follow_on} takes over on this URL" if self.follow_on
-                else "`rjn open` starts a new job")  # fmt: skip
+        if self.follow_on:
+            then = f"job {self.follow_on} takes over on this URL"
         message = f"job {self.job} ended ({reason}): Jupyter on {self.node or 'its node'} is gone; "
         self.say(message + then)
         self.notify(message + then)

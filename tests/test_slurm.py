@@ -324,6 +324,8 @@ def test_an_idle_job_ends_itself_and_status_says_it_was_idle(
     try:
         opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
         job = status(root)["job"]
+        # A follow-on queued (as `renew = "always"` does near the limit): an idle end cancels it.
+        follow_on = json.loads(run_rjn("renew", "--json", cwd=root).stdout)["next_job"]
         watcher = Watcher(root)
         try:
             wait_for(lambda: any(f"job {job} ended" in line for line in watcher.lines),
@@ -332,7 +334,9 @@ def test_an_idle_job_ends_itself_and_status_says_it_was_idle(
             watcher.stop()
         [ended] = [line for line in watcher.lines if f"job {job} ended" in line]
         assert "idle" in ended and "`rjn open` starts a new job" in ended, ended
+        assert f"its follow-on job {follow_on} was cancelled" in ended, ended
         assert queued(cluster, job) == ""
+        wait_for(lambda: queued(cluster, follow_on) == "", what="the follow-on to be cancelled")
         seen = status(root)
         assert any(f"SLURM job {job} ended: idle for 0.25 min" in p for p in seen["problems"]), seen
     finally:

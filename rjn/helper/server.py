@@ -35,7 +35,9 @@ from .slurm import (
     NEVER_STARTS,
     job_info,
     never_starts,
+    partition_of,
     sacct_state,
+    said,
     scancel,
     slurm_start,
     squeue,
@@ -76,8 +78,7 @@ def server_state(project):
             if queued is None:
                 del record["next"]  # it ran and ended, or was cancelled: nothing follows
             else:
-                why = queued["reason"] if queued["reason"] not in ("", "None") else ""
-                record["next_state"] = queued["state"] + (" (%s)" % why if why else "")
+                record["next_state"] = said(queued)
         queue = squeue(record["job"])
         if queue is None:
             record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
@@ -114,10 +115,11 @@ def start(args):
     elif current.get("running"):
         stop_pid(current["pid"])
     folder = rjn_dir(project)
-    argv, env = jupyter_command(project, args, folder)
     if args.get("slurm") is not None and current.get("next_state"):
-        # A follow-on job (`rjn renew`) takes over, with the token the open browser has.
+        # A follow-on job (`rjn renew`) takes over, with the token the open browser has (its
+        # script was written when it was queued).
         return take_over(project, args, folder, current["next"])
+    argv, env = jupyter_command(project, args, folder)
     token = secrets.token_urlsafe(32)
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
     if args.get("slurm") is not None:
@@ -250,8 +252,7 @@ def renew(args):
     queued = squeue(job) or {"state": "ENDED", "reason": ""}
     if queued["reason"] in NEVER_STARTS:
         scancel(job)
-        slurm = args["slurm"]
-        raise never_starts(job, queued["reason"], slurm.get("partition") or "the default partition")
+        raise never_starts(job, queued["reason"], partition_of(args))
     return Renewed(current["job"], job, queued["state"], True).to_json()
 
 

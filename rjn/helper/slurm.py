@@ -186,6 +186,16 @@ def squeue(job):
     return {"state": state, "node": node, "reason": reason, "left": left}
 
 
+def said(queue):
+    """A queued job's state as rjn says it: "PENDING (Dependency)", "RUNNING"."""
+    why = queue["reason"] if queue["reason"] not in ("", "None") else ""
+    return queue["state"] + (" (%s)" % why if why else "")
+
+
+def partition_of(args):
+    return args["slurm"].get("partition") or "the default partition"
+
+
 def sacct_state(job):
     """A finished job's final state: from accounting when the cluster keeps it, else from the
     controller while it still remembers the job (MinJobAge, five minutes by default)."""
@@ -284,7 +294,7 @@ def take_over(project, args, folder, job):
     """Make `job` the project's server (a new job, or the follow-on of one that ended) and
     wait for it to run and answer."""
     slurm = args["slurm"]
-    partition = slurm.get("partition") or "the default partition"
+    partition = partition_of(args)
     record = {"app": args.get("app", "lab"), "dir": project, "job": job, "partition": partition}
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     job_log = os.path.join(folder, "slurm-%s.log" % job)
@@ -326,8 +336,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
             )
         if (queue["state"], queue["reason"]) != seen:
             seen = (queue["state"], queue["reason"])
-            why = queue["reason"] if queue["reason"] not in ("", "None") else ""
-            log("job %s: %s%s" % (job, queue["state"], " (%s)" % why if why else ""))
+            log("job %s: %s" % (job, said(queue)))
         if queue["state"] == "RUNNING":
             if ready_deadline is None:
                 ready_deadline = time.monotonic() + float(args.get("ready_timeout", 120))

@@ -9,7 +9,6 @@ uv cannot download wheels for another platform yet (astral-sh/uv#3163).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -121,10 +120,3 @@ def fetch(
     found = re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", said)
     return sorted({Path(name) for name in found}, key=lambda p: p.name)
 
-
-def digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()

@@ -438,7 +438,7 @@ def take_wheels(project, args):
     stored wheels of args["wheels"] ([name, sha256])."""
     import re
 
-    from .tree import staging_path
+    from .tree import file_hash, staging_path
 
     store = wheel_store()
     staged = staging_path(project, args["staged"]) if args.get("staged") else None
@@ -453,7 +453,7 @@ def take_wheels(project, args):
             stored = os.path.join(store, digest + ".whl")
             sent = os.path.join(staged, name) if staged else None
             arrived = not os.path.exists(stored) and sent and os.path.exists(sent)
-            if arrived and file_sha256(sent) == digest:
+            if arrived and file_hash(sent) == digest:
                 # (the store may be on another disk: moved beside it first, then renamed in,
                 # so it never holds half a wheel)
                 beside = "%s.%d" % (stored, os.getpid())
@@ -466,11 +466,3 @@ def take_wheels(project, args):
         if staged:
             shutil.rmtree(staged, ignore_errors=True)
     return house
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -566,8 +566,8 @@ def _agent_command(
     return [python, "-c", _BOOT, helper_zipapp()[1], str(size), action, f"@{len(data)}"], data
 
 
-# The largest message the helper sends: a result file inline (watch.INLINE_MAX, base64: 4/3
-# of it) with its name; below proc.MAX_LINE.
+# The largest message the helper sends, and the largest blob after one (a result file inline,
+# watch.INLINE_MAX); below proc.MAX_LINE.
 MESSAGE_MAX = 12 * 1024 * 1024
 # The most a served answer may hold in all (a listing in many messages), and the most files a
 # listing may name: what a project of a million files needs, and a bound on memory.
@@ -654,22 +654,29 @@ class Parts:
         return ok
 
 
-def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:
+def _messages(handler: Callable[[dict[str, Any]], Any]) -> Callable[[str], proc.Blob | None]:
     """Parse the helper's JSON lines as untrusted input. A line that is not JSON (a chatty login
-    script) becomes a log; an oversized one, or JSON that is not an object, becomes an error."""
+    script) becomes a log; an oversized one, or JSON that is not an object, becomes an error.
+    A message with "blob": N is followed by N raw bytes (a file's content), handed on with it
+    as its "blob" (bytes, which no JSON line can forge)."""
 
-    def line(text: str) -> None:
+    def line(text: str) -> proc.Blob | None:
         if len(text) > MESSAGE_MAX:
             handler(_bad(f"a line of {len(text)} bytes (more than {MESSAGE_MAX})"))
-            return
+            return None
         try:
             message = json.loads(text)
         except ValueError:
             message = {"log": text}
-        if isinstance(message, dict):
-            handler(message)
-        else:
+        if not isinstance(message, dict):
             handler(_bad(f"{type(message).__name__} instead of an object"))
+        elif "blob" not in message:
+            handler(message)
+        elif type(size := message["blob"]) is int and 0 <= size <= MESSAGE_MAX:
+            return proc.Blob(size, lambda data: handler({**message, "blob": data}))
+        else:
+            handler(_bad(f"a blob of {str(size)[:20]} bytes (at most {MESSAGE_MAX})"))
+        return None
 
     return line
 

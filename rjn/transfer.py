@@ -5,7 +5,6 @@ what comes home placed inside the project (never through a link or outside it)."
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
@@ -787,7 +786,9 @@ class _Arrivals:
             if rel != self._rel:
                 self._open(rel)
             inflate = zlib.decompressobj()
-            block = inflate.decompress(base64.b64decode(message["chunk"]), CHUNK)
+            if not isinstance(message.get("blob"), bytes):
+                raise Refused(f"{rel}: the remote sent a chunk without its bytes")
+            block = inflate.decompress(message["blob"], CHUNK)
             if inflate.unconsumed_tail or not inflate.eof:
                 raise Refused(f"{rel}: the remote sent a malformed chunk")
             self._size += len(block)

@@ -96,14 +96,19 @@ def test_a_file_over_the_size_cap_is_named_and_not_pulled(project, remote):
 
 
 HOSTILE_STREAMS = {
-    "dot-dot name": ({"file": "results/../../outside/keep.txt", "data": "eA==", "mtime_ns": 1},
+    "dot-dot name": ({"file": "results/../../outside/keep.txt", "blob": 1, "mtime_ns": 1},
                      "leaves its folder"),
-    "absolute name": ({"file": "/tmp/rjn-evil.png", "data": "eA==", "mtime_ns": 1},
+    "absolute name": ({"file": "/tmp/rjn-evil.png", "blob": 1, "mtime_ns": 1},
                       "an absolute path"),
     "control character": ({"file": "results/a\x1b[2J.png"}, "control character"),
-    "outside results": ({"file": "helpers.py", "data": "eA==", "mtime_ns": 1},
+    "outside results": ({"file": "helpers.py", "blob": 1, "mtime_ns": 1},
                         "outside the results folders"),
-    "wrong types": ({"file": "results/t.png", "data": 5, "mtime_ns": "now"}, "malformed event"),
+    "wrong types": ({"file": "results/t.png", "blob": 5, "mtime_ns": "now"}, "malformed event"),
+    "a blob named in JSON": ({"file": "results/t.png", "blob": "eA==", "mtime_ns": 1},
+                             "a blob of eA=="),
+    "an oversized blob": ({"file": "results/t.png", "blob": 1 << 40, "mtime_ns": 1},
+                          "a blob of 1099511627776 bytes"),
+    "no blob with its time": ({"file": "results/t.png", "mtime_ns": 1}, "unknown fields"),
     "unknown field": ({"file": "results/u.png", "exec": "rm -rf ~"}, "unknown fields"),
     "not an object": (["results/v.png"], "list instead of an object"),
     "malformed error": ({"error": "boom"}, "malformed error"),
@@ -133,7 +138,9 @@ def fake_watcher(short_tmp: Path) -> Iterator[Callable[[str], None]]:
 def test_the_watch_stream_is_untrusted_input(case, project, fake_watcher, sentinel):
     event, said = HOSTILE_STREAMS[case]
     ready = {"ready": {"mode": "events", "fs": "ext4", "reason": ""}}
-    fake_watcher(json.dumps(ready) + "\n" + json.dumps(event) + "\n")
+    blob = event.get("blob") if isinstance(event, dict) else None
+    raw = "x" * blob if type(blob) is int and blob < 100 else ""  # the bytes after the line
+    fake_watcher(json.dumps(ready) + "\n" + json.dumps(event) + "\n" + raw)
     watched = run_rjn("watch", cwd=project, timeout=60)
     assert watched.returncode == 4, watched.stderr
     assert said in watched.stderr and "Traceback" not in watched.stderr

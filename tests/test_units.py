@@ -361,6 +361,25 @@ def test_helper_lines_are_untrusted() -> None:
     assert "a line of" in seen[3]["error"]["message"]
 
 
+def test_a_blob_after_its_line_comes_raw_whatever_bytes_it_holds() -> None:
+    from rjn import helper_client as remote
+    from rjn import proc
+
+    seen: list[dict] = []
+    split = proc._splitter(remote._messages(seen.append), None)
+    raw = b"\n\r\x00\xff{}" * 3  # line ends and invalid UTF-8 inside: not lines
+    stream = b'{"file": "a", "blob": 18}\n' + raw + b'{"log": "after"}\n{"file": "b", "blob": 0}\n'
+    for n in range(len(stream)):  # one byte at a time: split anywhere
+        split(stream[n : n + 1])
+    split.flush()
+    assert seen == [{"file": "a", "blob": raw}, {"log": "after"}, {"file": "b", "blob": b""}]
+    seen.clear()
+    split(b'{"file": "c", "blob": 5}\nab')  # the stream ends inside the blob: dropped
+    split.flush()
+    split(b'{"blob": -1}\n')
+    assert len(seen) == 1 and "a blob of -1" in seen[0]["error"]["message"]
+
+
 # -- two-way sync (the decision table: test_decisions.py) ------------------------------------
 
 
@@ -478,13 +497,13 @@ def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
 
     lines: list[str] = []
     split = proc._splitter(lines.append, None)
-    for piece in ('{"a":', " 1}\n{", '"b": 2}\r\n', "tail"):
+    for piece in (b'{"a":', b" 1}\n{", b'"b": 2}\r\n', b"tail"):
         split(piece)
     split.flush()
     assert lines == ['{"a": 1}', '{"b": 2}', "tail"]
     lines.clear()
     for _ in range(proc.MAX_LINE // 65536 + 2):
-        split("x" * 65536)  # byte by byte would be the same, only slower
+        split(b"x" * 65536)  # byte by byte would be the same, only slower
     assert len(lines) == 1 and len(lines[0]) > proc.MAX_LINE
 
 

@@ -2,13 +2,13 @@
 openrsync, or none at all): files stream over the connection every command already uses,
 compressed, each checked by its SHA-256.
 
-`send` streams project files out as JSON lines (zlib-compressed chunks in base64; links as
-their text): the local side stages and places them as it places what rsync brought. `receive`
-takes files in on stdin, after its arguments, into a staging folder in .rjn/; `place` then
-moves each into the project only where the project still holds what the plan saw.
+`send` streams project files out as JSON lines (each zlib-compressed chunk raw after its
+line; links as their text): the local side stages and places them as it places what rsync
+brought. `receive` takes files in on stdin, after its arguments, into a staging folder in
+.rjn/; `place` then moves each into the project only where the project still holds what the
+plan saw.
 """
 
-import base64
 import hashlib
 import os
 import stat
@@ -16,7 +16,7 @@ import struct
 import sys
 import zlib
 
-from .common import HelperError, emit, private, project_dir, rjn_dir
+from .common import HelperError, emit, emit_blob, private, project_dir, rjn_dir
 from .tree import staging_path
 
 CHUNK = 1 << 20
@@ -95,7 +95,7 @@ def _send_one(rel, path):
                 break
             digest.update(block)
             size += len(block)
-            emit(data=rel, chunk=base64.b64encode(zlib.compress(block, 1)).decode("ascii"))
+            emit_blob(zlib.compress(block, 1), data=rel)
     return size, digest.hexdigest()
 
 

@@ -5,7 +5,7 @@ import stat
 import threading
 import time
 
-from .common import emit, exit_when_stdin_closes, project_dir
+from .common import emit, emit_blob, exit_when_stdin_closes, project_dir
 from .protocol import Ready
 from .tree import is_environment, scan_tree, travels
 
@@ -67,12 +67,13 @@ def watch(args):
     def report(path):
         if not any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns):
             return
-        message = {"file": os.path.relpath(path, project)}
+        rel = os.path.relpath(path, project)
         inline = read_whole(path, inline_max)
-        if inline:
-            message.update(inline)
         with lock:
-            emit(**message)
+            if inline:
+                emit_blob(inline[0], file=rel, mtime_ns=inline[1])
+            else:
+                emit(file=rel)
 
     tree = args.get("tree")
     if tree:
@@ -190,10 +191,8 @@ def poll_tree(project, tree, changed, interval):
 
 
 def read_whole(path, limit):
-    """A small file's bytes (base64) and mtime, sent in the event itself: it saves the pull
-    its own round trip. None if it is too big, or changed while we read it."""
-    import base64
-
+    """A small file's bytes and mtime, sent with the event itself: it saves the pull its own
+    round trip. None if it is too big, or changed while we read it."""
     try:
         # A link is never read through (it may point at ~/.ssh): it travels as a link, and
         # the local side judges where it points.
@@ -210,7 +209,7 @@ def read_whole(path, limit):
         return None  # rewritten meanwhile: its own close event follows
     if len(data) != after.st_size:
         return None
-    return {"data": base64.b64encode(data).decode(), "mtime_ns": after.st_mtime_ns}
+    return data, after.st_mtime_ns
 
 
 def open_for_writing(path):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rjn import proc
 from rjn.config import RemoteConfig
 from rjn.connection import Connection
 from rjn.helper import main as helper_main
@@ -56,13 +57,16 @@ class InProcessHelper(HelperClient):
         stream: Iterable[bytes] = (),
     ) -> dict[str, Any]:
         self.calls.append(action)
-        out = io.StringIO()
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, write_through=True)  # a blob goes to out.buffer, raw
         given = io.TextIOWrapper(io.BytesIO(b"".join(stream)))  # what follows the arguments
         with contextlib.redirect_stdout(out), _stdin(given):
             helper_main.main(["helper", action, json.dumps(args)])
+        out.flush()
         answer = Answer(self.host, on_log, on_data)  # read as over a connection
-        for line in out.getvalue().splitlines():
-            answer.line(line)
+        split = proc._splitter(answer.line, None)
+        split(raw.getvalue())
+        split.flush()
         return answer.settled() or {}
 
 

@@ -4,7 +4,6 @@ sshd in test_sync_engine.py and test_twoway.py."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -134,16 +133,16 @@ def arrivals(tmp_path: Path) -> Any:
     return _Arrivals(staging, None, max_size=1 << 20, max_total=3 << 20), staging
 
 
-def chunk(data: bytes) -> str:
-    return base64.b64encode(zlib.compress(data)).decode()
+def chunk(data: bytes) -> bytes:
+    return zlib.compress(data)
 
 
 def test_own_transfer_keeps_a_file_only_if_its_hash_matches(tmp_path: Path) -> None:
     took, staging = arrivals(tmp_path)
     good = hashlib.sha256(b"abc").hexdigest()
-    for message in ({"data": "a/x.txt", "chunk": chunk(b"abc")},
+    for message in ({"data": "a/x.txt", "blob": chunk(b"abc")},
                     {"file": "a/x.txt", "mtime_ns": 5, "sha256": good},
-                    {"data": "a/y.txt", "chunk": chunk(b"abc")},
+                    {"data": "a/y.txt", "blob": chunk(b"abc")},
                     {"file": "a/y.txt", "mtime_ns": 5, "sha256": "0" * 64}):  # fmt: skip
         took.take(message)
     assert took.failed is None
@@ -153,14 +152,15 @@ def test_own_transfer_keeps_a_file_only_if_its_hash_matches(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("messages", "said"), [
-    ([{"link": "out", "target": "/etc"}, {"data": "out/passwd", "chunk": chunk(b"x")}],
+    ([{"link": "out", "target": "/etc"}, {"data": "out/passwd", "blob": chunk(b"x")}],
      "beneath a link"),
-    ([{"data": "../escape", "chunk": chunk(b"x")}], "escape"),
-    ([{"data": "big", "chunk": chunk(b"x" * (2 << 20))}], "malformed chunk"),
-    ([{"data": "a", "chunk": "not base64!"}], "cannot write"),
-], ids=["beneath-a-link", "dot-dot", "a-bomb", "garbage"])  # fmt: skip
+    ([{"data": "../escape", "blob": chunk(b"x")}], "escape"),
+    ([{"data": "big", "blob": chunk(b"x" * (2 << 20))}], "malformed chunk"),
+    ([{"data": "a", "blob": b"not zlib!"}], "cannot write"),
+    ([{"data": "a", "blob": "eA=="}], "a chunk without its bytes"),
+], ids=["beneath-a-link", "dot-dot", "a-bomb", "garbage", "a-blob-named-in-JSON"])  # fmt: skip
 def test_own_transfer_refuses_what_would_leave_staging(
-    tmp_path: Path, messages: list[dict[str, str]], said: str
+    tmp_path: Path, messages: list[dict[str, Any]], said: str
 ) -> None:
     took, _ = arrivals(tmp_path)
     for message in messages:
@@ -239,7 +239,7 @@ def test_own_transfer_keeps_to_the_total_cap_whatever_the_remote_says(tmp_path: 
     took, _ = arrivals(tmp_path)
     block = chunk(b"x" * (1 << 20))
     for n in range(5):  # each file under max_file_size, together over the cap
-        took.take({"data": f"f{n}", "chunk": block})
+        took.take({"data": f"f{n}", "blob": block})
         took.take({"file": f"f{n}", "mtime_ns": 1, "sha256": "0" * 64})
     took.close()
     assert took.over_budget > 3 << 20 and took.failed is None

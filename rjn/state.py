@@ -62,7 +62,7 @@ class ProjectState:
 
 def project_file(root: Path, remote: str | None = None, kind: str = "") -> Path:
     """A file of the project in `root` (on its named `remote`): its record, or with `kind`
-    (".agreed", ".pulled", ...) another file of it. Only a path: writers make the folder."""
+    (".archive", ".pulled", ...) another file of it. Only a path: writers make the folder."""
     return places.state_dir() / "projects" / f"{project_key(root, remote)}{kind}.json"
 
 

@@ -32,6 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from rjn import nbmerge, places, portable, state, transfer
+from rjn.archive import (
+    Agreed,
+    Archive,
+    Clean,
+    Conflict,
+    Head,
+    Pair,
+    load_archive,
+    load_head,
+    save_archive,
+)
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
 from rjn.helper import protocol
 from rjn.helper import tree as helper_tree
@@ -168,78 +179,32 @@ def too_many(count: int, side: int) -> bool:
     return count > FEW_DELETIONS or (count > 3 and 2 * count > side)
 
 
-# -- the record of agreed versions ------------------------------------------------------------
-
-
-def _record_path(config: Config) -> Path:
-    return state.project_file(config.root, config.remote_name, ".agreed")
-
-
-def load(config: Config) -> dict[str, Any]:
-    """{"files": {rel: {"local", "remote", "hash"}}, "conflicts": {rel: {"copy", "remote"}},
-    "pair": {"host", "dir", "replica"}, "gen": passes so far, "kept_there": {rel: hash}}."""
-    try:
-        data = json.loads(_record_path(config).read_text())
-    except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    data.setdefault("files", {})
-    data.setdefault("conflicts", {})
-    data.setdefault("gen", 0)
-    return data
-
-
-def _save(config: Config, record: dict[str, Any]) -> None:
-    places.write_private(_record_path(config), json.dumps(record))
-    _mark(config, gen=record["gen"])
-
-
-def _marks_path(config: Config) -> Path:
-    return state.project_file(config.root, config.remote_name, ".marks")
-
-
-def _marks(config: Config) -> dict[str, Any]:
-    """The record's generation and the kept listing's id, in a file of their own: asking for a
-    listing needs them, and must not read a record of 100,000 files to get them."""
-    try:
-        data = json.loads(_marks_path(config).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _mark(config: Config, **changes: Any) -> None:
-    places.write_private(_marks_path(config), json.dumps({**_marks(config), **changes}))
+# -- what the archive keeps beside it -----------------------------------------------------------
 
 
 def _bases(config: Config) -> Path:
     """Agreed versions of notebooks, by hash: the base of a three-way merge."""
-    record = state.project_file(config.root, config.remote_name)
-    return places.private_dir(record.with_suffix(".bases"))
+    project = state.project_file(config.root, config.remote_name)
+    return places.private_dir(project.with_suffix(".bases"))
 
 
 def conflicts(config: Config) -> dict[str, str]:
     """Unresolved conflicts: {path: the remote version's copy beside it} whose copy still
     exists (deleting the copy resolves the conflict in favour of the local version)."""
-    found = load(config)["conflicts"]
-    return {rel: c["copy"] for rel, c in found.items() if (config.root / c["copy"]).exists()}
+    found = load_head(config.root, config.remote_name).conflicts
+    return {rel: c.copy for rel, c in found.items() if (config.root / c.copy).exists()}
 
 
-def scan_args(config: Config) -> dict[str, Any]:
+def scan_args(config: Config, head: Head | None = None) -> dict[str, Any]:
     """The helper's arguments for listing the remote tree (in a probe, a run's end, or alone):
-    what travels; the record's generation (echoed back, so that a listing made before another
+    what travels; the archive's generation (echoed back, so that a listing made before another
     pass is told apart); this machine's id (the remote keeps the last listing it sent us, as
     its hash cache, and cleans our leftover staging) and that listing's id, `since` which only
-    what changed is sent."""
+    what changed is sent. `head` is the archive's, where the caller has it."""
     exclude, include = filters(config)
-    marks = _marks(config)
-    if "gen" not in marks:  # marks from before they were kept: once
-        _mark(config, gen=load(config)["gen"])
-        marks = _marks(config)
-    gen = marks["gen"]
-    return {"exclude": exclude, "include": include, "gen": gen,
-            "mine": places.copy_id(config.root), "since": marks.get("listing")}  # fmt: skip
+    head = head or load_head(config.root, config.remote_name)
+    return {"exclude": exclude, "include": include, "gen": head.gen,
+            "mine": places.copy_id(config.root), "since": head.listing}  # fmt: skip
 
 
 def _listing_path(config: Config) -> Path:
@@ -256,10 +221,13 @@ def _kept_listing(config: Config) -> dict[str, Any]:
     return data if ok and isinstance(data.get("id"), str) else {}
 
 
-def _whole(config: Config, listing: protocol.TreeListing) -> protocol.TreeListing | None:
+def _whole(
+    config: Config, listing: protocol.TreeListing, archive: Archive
+) -> protocol.TreeListing | None:
     """A listing made whole: a diff (`base`) applied to the last listing kept here, which it
     must have been made from (else None: ask for all of it). The whole is kept for the next
-    time, as the remote sent it (checking its names comes after, every time)."""
+    time, as the remote sent it (checking its names comes after, every time); the archive
+    names it."""
     files = listing.files
     if listing.base is not None:
         kept = _kept_listing(config)
@@ -267,9 +235,9 @@ def _whole(config: Config, listing: protocol.TreeListing) -> protocol.TreeListin
             return None
         gone_names = {name for name in listing.gone if isinstance(name, str)}
         files = {k: v for k, v in kept["files"].items() if k not in gone_names} | files
-    if listing.id is not None and listing.id != _marks(config).get("listing"):
+    if listing.id is not None and listing.id != archive.listing:
         places.write_private(_listing_path(config), json.dumps({"id": listing.id, "files": files}))
-        _mark(config, listing=listing.id)
+        archive.listing = listing.id
     return dataclasses.replace(listing, files=files)
 
 
@@ -310,40 +278,40 @@ def run(
         # A listing that came with another answer (a probe's, a run's), read as scan's is.
         given = (read(helper.host, protocol.TreeListing, "file listing", remote_tree)
                  if remote_tree is not None else None)  # fmt: skip
-        if _unchanged(config, given, scanned):
+        head = load_head(config.root, config.remote_name)
+        if _unchanged(head, given, scanned):
             return Outcome()
-        record = load(config)
-        before = _state(record)
-        whole = _whole(config, given) if given else None
-        if whole is None or whole.gen != record["gen"]:
-            args = {"dir": remote_dir, **scan_args(config)}
-            whole = _whole(config, helper.scan(args))
+        archive = _archive(config, head, scanned)
+        before = (archive.gen, archive.listing, archive.clean, _state(archive))
+        whole = _whole(config, given, archive) if given else None
+        if whole is None or whole.gen != archive.gen:
+            args = {"dir": remote_dir, **scan_args(config, archive)}
+            whole = _whole(config, helper.scan(args), archive)
             if whole is None:  # the listing kept here changed meanwhile: ask for all of it
                 args["since"] = None
-                whole = _whole(config, helper.scan(args))
+                whole = _whole(config, helper.scan(args), archive)
             if whole is None:
                 raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
         there = _checked_listing(whole, exclude, include)
-        files: dict[str, Any] = record["files"]
-        if scanned and scanned.gen is not None and scanned.gen == record["gen"]:
+        if scanned and scanned.gen is not None and scanned.gen == archive.gen:
             here, here_digest = scanned.listing, scanned.digest
         else:
-            here = _scan_here(config, record)
+            here = _scan_here(config, archive)
             here_digest = _digest(here)
         if portable.folds_case(_own_folder(config)):
             there = _one_per_case(there, here["files"])
         # The remote version of a conflict, kept beside ours, is ours alone: it never goes out.
-        copies = {c["copy"] for c in record["conflicts"].values()}
+        copies = {c.copy for c in archive.conflicts.values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
-        new_pair = _pair(record, helper.host, remote_dir, there, here["files"])
-        agreed = {rel: a["hash"] for rel, a in files.items()}
+        new_pair = _pair(archive, helper.host, remote_dir, there, here["files"])
+        agreed = {rel: a.hash for rel, a in archive.files.items()}
         # A conflict whose copy the user deleted is resolved: the remote version they saw is
         # taken as agreed, so their local version goes out.
-        for rel, conflict in list(record["conflicts"].items()):
-            if not (config.root / conflict["copy"]).exists():
-                agreed[rel] = conflict["remote"]
-                del record["conflicts"][rel]
-        held = set(record["conflicts"])
+        for rel, conflict in list(archive.conflicts.items()):
+            if not (config.root / conflict.copy).exists():
+                agreed[rel] = conflict.remote
+                del archive.conflicts[rel]
+        held = set(archive.conflicts)
         # What one side cannot read is neither deleted there nor sent over: out of the plan.
         unreadable = {rel for side in (here["others"], there.others)
                       for rel, kind in side.items() if kind == "unreadable"}  # fmt: skip
@@ -363,20 +331,20 @@ def run(
                       [*free(here["others"]), *kept_here],
                       [*free(there.others), *(held & there.files.keys())])  # fmt: skip
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
-        outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, record,
+        outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, archive,
                          direction, progress)  # fmt: skip
-        # Written only when something changed: a pass with nothing to do writes nothing.
         moved = outcome.changed or outcome.merged or plan.agree or plan.forget
-        if moved or _state(record) != before:
-            record["gen"] += 1
-            _save(config, record)
+        if moved or _state(archive) != before[3]:
+            archive.gen += 1
         # A pass that found nothing to do, and left nothing for the user, is clean: until either
         # side changes, the next one can tell so from names and stamps alone (_unchanged).
         nothing = not any(getattr(plan, f.name) for f in fields(Plan))
-        clean = nothing and not (record["conflicts"] or deletions_held or new_pair or moved
+        clean = nothing and not (archive.conflicts or deletions_held or new_pair or moved
                                  or here["skipped"] or there.skipped)  # fmt: skip
-        _mark(config, clean={"here": here_digest, "listing": whole.id, "there": _bare(whole)}
-              if clean else None)  # fmt: skip
+        archive.clean = Clean(here_digest, whole.id, _bare(whole)) if clean else None
+        # Written only when something changed: a pass with nothing to do writes nothing.
+        if (archive.gen, archive.listing, archive.clean) != before[:3]:
+            save_archive(config.root, config.remote_name, archive)
     skipped = [("here", n, why) for n, why in here["skipped"]] + [
         ("there", n, why) for n, why in there.skipped
     ]
@@ -389,40 +357,55 @@ class HereScan:
     """This side's listing, made while the remote made its own (scan_here)."""
 
     digest: str  # of every name and stamp: equal to a clean pass's, nothing changed here
-    listing: dict[str, Any]  # list_tree's; hashes filled only where `gen` is set
-    gen: int | None  # the record generation the hashes were taken against
+    listing: dict[str, Any]  # list_tree's; hashes filled only where `archive` is set
+    archive: Archive | None  # the one the hashes were taken against (read for them)
+
+    @property
+    def gen(self) -> int | None:
+        return self.archive.gen if self.archive else None
 
 
 def scan_here(config: Config, pool: Executor) -> Future[HereScan]:
     """This side's listing, made in `pool` while the remote is asked for its own. Names and
     stamps first: where they are those of the last clean pass, nothing here changed, and
-    neither the record nor any file is read."""
+    neither the archive's files nor any file is read."""
 
     def scan() -> HereScan:
         exclude, include = filters(config)
         listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
         digest = _digest(listing)
-        if (_marks(config).get("clean") or {}).get("here") == digest:
+        clean = load_head(config.root, config.remote_name).clean
+        if clean and clean.here == digest:
             return HereScan(digest, listing, None)
-        record = load(config)
-        _hash_here(config, listing, record)
-        return HereScan(digest, listing, record["gen"])
+        archive = load_archive(config.root, config.remote_name)
+        _hash_here(config, listing, archive)
+        return HereScan(digest, listing, archive)
 
     return pool.submit(scan)
 
 
-def _scan_here(config: Config, record: dict[str, Any]) -> dict[str, Any]:
+def _archive(config: Config, head: Head, scanned: HereScan | None) -> Archive:
+    """The archive for this pass, read once: the one the scan of this side read, if no pass
+    changed it since (its files change only with its generation; the head is read anew)."""
+    if scanned is None or scanned.archive is None or scanned.archive.gen != head.gen:
+        return load_archive(config.root, config.remote_name)
+    archive = scanned.archive
+    archive.listing, archive.clean = head.listing, head.clean
+    archive.pair, archive.conflicts, archive.kept_there = head.pair, head.conflicts, head.kept_there
+    return archive
+
+
+def _scan_here(config: Config, archive: Archive) -> dict[str, Any]:
     """This side's listing with its hashes."""
     exclude, include = filters(config)
     listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
-    _hash_here(config, listing, record)
+    _hash_here(config, listing, archive)
     return listing
 
 
-def _hash_here(config: Config, listing: dict[str, Any], record: dict[str, Any]) -> None:
-    """A listing's hashes: files whose size and time the record knows keep its hash unread."""
-    files = record["files"]
-    known = {rel: [*a["local"], a["hash"]] for rel, a in files.items() if a.get("local")}
+def _hash_here(config: Config, listing: dict[str, Any], archive: Archive) -> None:
+    """A listing's hashes: files whose size and time the archive knows keep its hash unread."""
+    known = {rel: [*a.local, a.hash] for rel, a in archive.files.items()}
     helper_tree.hash_listed(str(config.root), listing["files"], known)
 
 
@@ -432,40 +415,36 @@ def _digest(listing: Mapping[str, Any]) -> str:
     return digest
 
 
-def _unchanged(config: Config, listing: protocol.TreeListing | None, here: HereScan | None) -> bool:
+def _unchanged(head: Head, listing: protocol.TreeListing | None, here: HereScan | None) -> bool:
     """Whether neither side changed since the last pass that left nothing to do: this side's
     names and stamps are that pass's, and the remote's listing is a diff with nothing in it
     against the listing that pass had (made since no other pass). Then there is nothing to do."""
-    marks = _marks(config)
-    clean = marks.get("clean")
-    if not clean or here is None or here.digest != clean.get("here"):
+    clean = head.clean
+    if not clean or here is None or here.digest != clean.here:
         return False
     return bool(
         listing is not None
-        and listing.base == listing.id == clean.get("listing")
+        and listing.base == listing.id == clean.listing
         and listing.files == {}
         and listing.gone == []
-        and listing.gen == marks.get("gen")
-        and _bare(listing) == clean.get("there")
+        and listing.gen == head.gen
+        and _bare(listing) == clean.there
     )
 
 
-def _state(record: dict[str, Any]) -> str:
-    """What of the record can change without a file moving."""
-    return json.dumps([record.get(k) for k in ("pair", "conflicts", "kept_there")])
+def _state(archive: Archive) -> tuple[Any, ...]:
+    """What of the archive can change without a file moving (a copy of it)."""
+    return archive.pair, dict(archive.conflicts), dict(archive.kept_there)
 
 
-def _pair(
-    record: dict[str, Any], host: str, remote_dir: str, there: Listing, here: Tree
-) -> str | None:
-    """Make the record this pair's: a different copy there (another folder, a new, emptied or
+def _pair(archive: Archive, host: str, remote_dir: str, there: Listing, here: Tree) -> str | None:
+    """Make the archive this pair's: a different copy there (another folder, a new, emptied or
     purged one) starts a new pair with nothing agreed, so nothing is deleted on either side,
     and says so once. So does a side that has no file left at all: a deletion of everything
     never travels."""
-    pair = {"host": host, "dir": remote_dir, "replica": there.replica}
-    known, files = record.get("pair"), record["files"]
-    record["pair"] = pair
-    if not files:
+    pair = Pair(host, remote_dir, there.replica)
+    known, archive.pair = archive.pair, pair
+    if not archive.files:
         return None
     where = f"{host}:{remote_dir}"
     if known is not None and known != pair:
@@ -475,9 +454,9 @@ def _pair(
     elif not here:
         why = "this folder has none of the project's files left"
     else:
-        return None  # the same pair (a record from before pairs were kept is taken as this one)
-    files.clear()
-    record["conflicts"].clear()
+        return None  # the same pair (an archive from before pairs were kept is taken as this one)
+    archive.files.clear()
+    archive.conflicts.clear()
     return f"{why}: nothing was deleted on either side; each side gets what the other has"
 
 
@@ -604,21 +583,21 @@ def _apply(
     plan: Plan,
     local_tree: Tree,
     remote_tree: Tree,
-    record: dict[str, Any],
+    archive: Archive,
     direction: str,
     progress: transfer.Progress | None,
 ) -> Outcome:
     """Carry out the plan, deletions before placements on each side (a folder a file replaces
-    must be empty first); the agreed record is built once, at the end, from what each
+    must be empty first); the archive's files are updated once, at the end, from what each
     transition reports it did."""
-    done: dict[str, dict[str, Any] | None] = {}  # rel -> its new agreed entry, None: forgotten
+    done: dict[str, Agreed | None] = {}  # rel -> its new agreed version, None: forgotten
     for rel in plan.agree:
         done[rel] = _entry(local_tree[rel], remote_tree[rel])
     for rel in plan.forget:
         done[rel] = None
-    said = record.get("kept_there") or {}
-    record["kept_there"] = {rel: remote_tree[rel][2] for rel in plan.kept_there}
-    kept_there = tuple(r for r in plan.kept_there if said.get(r) != record["kept_there"][r])
+    told = archive.kept_there
+    archive.kept_there = {rel: remote_tree[rel][2] for rel in plan.kept_there}
+    kept_there = tuple(r for r in plan.kept_there if told.get(r) != archive.kept_there[r])
     sends = direction != "pull"
     trashed_there: list[str] = []
     if sends and plan.trash_remote:
@@ -632,7 +611,7 @@ def _apply(
         else ([], [])
     )
     if direction == "push":
-        _record(config, record, done)
+        _agree(config, archive, done)
         return Outcome(pushed=tuple(pushed), trashed_there=tuple(trashed_there),
                        held=plan.conflict + plan.pull + plan.trash_local, raced=tuple(raced),
                        kept_there=kept_there)  # fmt: skip
@@ -656,20 +635,20 @@ def _apply(
             # have saved it again between its listing and the pull: then the next pass sees).
             if item.placed is not None and item.placed[2] == there[2]:
                 done[item.path] = _entry(item.placed, there)
-        elif item.path in plan.conflict and (merge := _merge(config, record["files"], item)):
+        elif item.path in plan.conflict and (merge := _merge(config, archive, item)):
             merges[item.path] = merge
         else:
-            record["conflicts"][item.path] = {"copy": item.conflict_copy, "remote": there[2]}
+            archive.conflicts[item.path] = Conflict(item.conflict_copy, there[2])
     merged_back, raced_merges = _send_merges(helper, config, remote_dir, merges, remote_tree,
                                              done, progress)  # fmt: skip
-    _record(config, record, done)
+    _agree(config, archive, done)
     return Outcome(
         pushed=tuple(pushed),
         pulled=tuple(p for p in pulled if p.path not in merges),
         trashed_here=tuple(trashed_here),
         trashed_there=tuple(trashed_there),
         merged=tuple(merged_back),
-        conflicts={rel: c["copy"] for rel, c in record["conflicts"].items()},
+        conflicts={rel: c.copy for rel, c in archive.conflicts.items()},
         unsent=() if sends else plan.push + plan.trash_remote,
         kept_there=kept_there,
         raced=tuple(raced + raced_merges),
@@ -683,7 +662,7 @@ def _push(
     names: Sequence[str],
     local_tree: Tree,
     remote_tree: Tree,
-    done: dict[str, dict[str, Any] | None],
+    done: dict[str, Agreed | None],
     progress: transfer.Progress | None,
 ) -> tuple[list[str], list[str]]:
     """Send files and have the helper place each only over the remote version the plan saw
@@ -700,18 +679,18 @@ def _push(
     return [r for r in names if r in answer.placed], [r for r in names if r in answer.kept]
 
 
-def _record(config: Config, record: dict[str, Any], done: dict[str, dict[str, Any] | None]) -> None:
-    """The new agreed record, from what the transitions did; a notebook's agreed version is
-    kept too, as the base of a later merge."""
-    files = record["files"]
-    for rel, entry in done.items():
-        if entry is None:
+def _agree(config: Config, archive: Archive, done: dict[str, Agreed | None]) -> None:
+    """The archive's agreed versions, from what the transitions did; a notebook's agreed
+    version is kept too, as the base of a later merge."""
+    files = archive.files
+    for rel, agreed in done.items():
+        if agreed is None:
             files.pop(rel, None)
             continue
-        files[rel] = entry
-        if rel.endswith(".ipynb") and not (_bases(config) / entry["hash"]).exists():
+        files[rel] = agreed
+        if rel.endswith(".ipynb") and not (_bases(config) / agreed.hash).exists():
             with contextlib.suppress(OSError):
-                _keep_base(config, (config.root / rel).read_bytes(), entry["hash"])
+                _keep_base(config, (config.root / rel).read_bytes(), agreed.hash)
 
 
 def _keep_base(config: Config, content: bytes, expected: str | None = None) -> str:
@@ -732,9 +711,9 @@ def _base(config: Config, digest: str) -> bytes | None:
     return content if hashlib.sha256(content).hexdigest() == digest else None
 
 
-def _entry(here: Sequence[Any], there: Sequence[Any]) -> dict[str, Any]:
+def _entry(here: Sequence[Any], there: Sequence[Any]) -> Agreed:
     """Both sides hold the same content: its stamp on each side and its hash."""
-    return {"local": list(here[:2]), "remote": list(there[:2]), "hash": here[2]}
+    return Agreed((here[0], here[1]), (there[0], there[1]), here[2])
 
 
 def _expected(entry: Sequence[Any] | None) -> tuple[int, int] | None:
@@ -775,14 +754,14 @@ class Merge:
     copy: str  # where the remote version was pulled beside it
 
 
-def _merge(config: Config, files: dict[str, Any], item: transfer.Pulled) -> Merge | None:
+def _merge(config: Config, archive: Archive, item: transfer.Pulled) -> Merge | None:
     """Merge a notebook changed on both sides, cell by cell, from the agreed base; None
     where that is not clean (then both versions are kept)."""
     rel, copy = item.path, item.conflict_copy
-    agreed = files.get(rel)
+    agreed = archive.files.get(rel)
     if not rel.endswith(".ipynb") or not agreed or copy is None:
         return None
-    base = _base(config, agreed["hash"])
+    base = _base(config, agreed.hash)
     if base is None:
         return None
     local_file = config.root / rel
@@ -806,7 +785,7 @@ def _send_merges(
     remote_dir: str,
     merges: dict[str, Merge],
     remote_tree: Tree,
-    done: dict[str, dict[str, Any] | None],
+    done: dict[str, Agreed | None],
     progress: transfer.Progress | None,
 ) -> tuple[list[str], list[str]]:
     """Place clean merges on both sides, each compare and swap: there only over the remote

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from helpers import Watcher
 
+from rjn.archive import load_archive
+
 NAMES = ["a", "b", "c", "d", "notes.txt", "nb.ipynb"]
 INNER = ["x", "y", "z.txt"]
 SKIP = {".rjn", ".git", "results", "figures", "__pycache__"}
@@ -62,7 +64,6 @@ class Harness:
 
     local: Path
     remote: Path
-    record: Path  # rjn's record of agreed versions for this project
     seed: int
     rng: random.Random = field(init=False)
     counter: int = 0
@@ -115,11 +116,8 @@ class Harness:
     # -- one sync, watched by the oracle -----------------------------------------------------
 
     def agreed(self) -> dict[str, str]:
-        try:
-            files = json.loads(self.record.read_text())["files"]
-        except (OSError, ValueError, KeyError):
-            return {}
-        return {rel: entry["hash"] for rel, entry in files.items()}
+        files = load_archive(self.local, None).files  # rjn's agreed versions
+        return {rel: agreed.hash for rel, agreed in files.items()}
 
     def sync(self, *, writer: bool, kill: bool, timeout: float = 300) -> str:
         """One `rjn sync`, checked. Returns its stderr."""

@@ -12,8 +12,6 @@ import pytest
 from harness import Harness
 from helpers import opened, run_rjn
 
-from rjn import state
-
 ROUNDS = int(os.environ.get("RJN_SOAK_ROUNDS", "10"))
 SEEDS = [int(os.environ["RJN_SOAK_SEED"])] if "RJN_SOAK_SEED" in os.environ else [7, 20261130]
 
@@ -25,8 +23,7 @@ def test_random_edits_on_both_sides_lose_nothing_and_converge(
     root = make_project(f"soak{seed}")
     opened(run_rjn("open", "--no-browser", "--no-watch", cwd=root))
     try:
-        harness = Harness(root, short_tmp / "remote" / f"soak{seed}",
-                          state.project_file(root, None, ".agreed"), seed)  # fmt: skip
+        harness = Harness(root, short_tmp / "remote" / f"soak{seed}", seed)
         harness.rounds(ROUNDS)
         harness.converge()
     finally:

@@ -1000,3 +1000,53 @@ def test_setup_lines_run_in_the_shell_that_runs_the_command() -> None:
     done = subprocess.run(with_setup(("true", "false"), ["true"]), capture_output=True, text=True)
     assert done.returncode == SETUP_FAILED
     assert done.stderr == "rjn: [remote] setup line 2 failed: false\n"
+
+
+# -- the sync archive -----------------------------------------------------------------------------
+
+
+def test_the_archive_round_trips_and_its_head_is_read_alone(tmp_path, monkeypatch) -> None:
+    from rjn import archive as kept
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    root = tmp_path / "p"
+    whole = kept.Archive(
+        gen=3, listing="L", clean=kept.Clean("h", "L", "t"), pair=kept.Pair("box", "~/p", "r"),
+        conflicts={"a.ipynb": kept.Conflict("a.box.ipynb", "x")}, kept_there={"remote.toml": "y"},
+        files={"a.py": kept.Agreed((1, 2), (1, 5), "z")},
+    )  # fmt: skip
+    kept.save_archive(root, "lab", whole)
+    assert kept.load_archive(root, "lab") == whole
+    path = kept.path(root, "lab")
+    head, files = path.read_text().splitlines()
+    assert json.loads(head)["version"] == kept.VERSION and "a.py" in files and "a.py" not in head
+    path.write_text(head + "\n" + "not JSON: the head never reads this line\n")
+    assert kept.load_head(root, "lab") == kept.Head(3, "L", whole.clean, whole.pair,
+                                                    whole.conflicts, whole.kept_there)  # fmt: skip
+    assert kept.load_archive(root, "lab") == kept.Archive()  # unreadable: a new pair, no loss
+    path.write_text(json.dumps({"version": kept.VERSION + 1}) + "\n{}\n")  # a newer rjn's
+    assert kept.load_head(root, "lab") == kept.Head()
+
+
+def test_the_archive_takes_over_the_files_older_rjn_kept(tmp_path, monkeypatch) -> None:
+    from rjn import archive as kept
+    from rjn import places, state
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    root = tmp_path / "p"
+    agreed = {"files": {"a.py": {"local": [1, 2], "remote": [1, 5], "hash": "z"},
+                        "bad": {"local": [1]}},  # a damaged entry: dropped, as never agreed
+              "conflicts": {"n.ipynb": {"copy": "n.box.ipynb", "remote": "x"}},
+              "pair": {"host": "box", "dir": "~/p", "replica": "r"}, "gen": 4}  # fmt: skip
+    places.write_private(state.project_file(root, None, ".agreed"), json.dumps(agreed))
+    marks = {"gen": 5, "listing": "L", "clean": {"here": "h"}}
+    places.write_private(state.project_file(root, None, ".marks"), json.dumps(marks))
+    assert kept.load_head(root, None).gen == 5  # the head alone migrates too
+    found = kept.load_archive(root, None)
+    assert (found.gen, found.listing, found.clean) == (5, "L", None)
+    assert found.files == {"a.py": kept.Agreed((1, 2), (1, 5), "z")}
+    assert found.conflicts == {"n.ipynb": kept.Conflict("n.box.ipynb", "x")}
+    assert found.pair == kept.Pair("box", "~/p", "r")
+    assert not state.project_file(root, None, ".agreed").exists()
+    assert not state.project_file(root, None, ".marks").exists()
+    assert kept.load_archive(root, None) == found  # from the archive now

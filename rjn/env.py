@@ -90,7 +90,7 @@ def _send_wheels(
     sent = f"{len(missing)} sent, {size / 1e6:.1f} MB" if missing else "its wheelhouse had them all"
     if missing:
         say(f"sending {len(missing)} of {len(hashes)} wheels to the remote's wheelhouse")
-        staged = transfer.stage(helper, config, remote_dir, missing, source=folder)
+        staged = transfer.Transfer(helper, config).stage(remote_dir, missing, source=folder)
     helper.notes.append(f"{helper.host} cannot reach the package index: its {len(hashes)} wheels "
                         f"came from here ({sent})")  # fmt: skip
     return {"wheels": [[name, digest] for name, digest in sorted(hashes.items())],

@@ -12,7 +12,7 @@ Every transition is compare and swap: a file is placed, replaced or trashed only
 destination still is what the plan was made from (type, size, time, and the hash where those
 are equal); otherwise it is left as it is and the next pass decides again. On the remote, rsync
 carries the bytes into a staging folder and the helper places them; here, pulls are staged and
-placed the same way (transfer.py). A new, emptied or purged remote folder is a new pair: nothing is
+placed the same way (transfer/). A new, emptied or purged remote folder is a new pair: nothing is
 deleted anywhere. One pass runs at a time per project (a lock): open's watch, sync and run take
 turns. Results folders are not part of this: they only come home (`transfer.pull`).
 """
@@ -622,7 +622,7 @@ def _apply(
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
     for item in (
-        transfer.pull_decided(helper, config, remote_dir, wanted, progress)
+        transfer.Transfer(helper, config).pull_decided(remote_dir, wanted, progress)
         if wanted
         else ()
     ):
@@ -671,7 +671,7 @@ def _push(
         return [], []
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
     sent = {rel: local_tree[rel] for rel in names}
-    staging = transfer.stage(helper, config, remote_dir, names, progress)
+    staging = transfer.Transfer(helper, config).stage(remote_dir, names, progress)
     answer = helper.place({"dir": remote_dir, "staging": staging, "files": wants})
     for rel, stamp in answer.placed.items():
         if rel in sent and isinstance(stamp, list) and len(stamp) == 2:
@@ -803,7 +803,7 @@ def _send_merges(
             os.utime(staging / rel, ns=(now, now))
         names = sorted(merges)
         wants = {rel: list(remote_tree[rel]) for rel in names}
-        sent = transfer.stage(helper, config, remote_dir, names, progress, source=staging)
+        sent = transfer.Transfer(helper, config).stage(remote_dir, names, progress, source=staging)
         answer = helper.place({"dir": remote_dir, "staging": sent, "files": wants})
         merged, raced = [], []
         for rel in names:

@@ -114,7 +114,7 @@ def watch(
                 on_ready(_ready(remote, message))
                 if catch_up:
                     started = time.monotonic()
-                    for pulled in transfer.pull(helper, config, remote_dir):
+                    for pulled in transfer.Transfer(helper, config).pull(remote_dir):
                         on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
@@ -208,12 +208,12 @@ def _results(
         except queue.Empty:
             pending = None
     if len(inline) + len(batch) >= config.sync.max_burst:
-        arrived = transfer.pull(helper, config, remote_dir, max_bytes=budget.left())
+        arrived = transfer.Transfer(helper, config).pull(remote_dir, max_bytes=budget.left())
     else:
         budget.spend(sum(len(data) for data, _ in inline.values()))
         arrived = transfer.receive(config, inline) if inline else []
         if batch:
-            arrived += transfer.pull(helper, config, remote_dir, files=sorted(batch),
+            arrived += transfer.Transfer(helper, config).pull(remote_dir, files=sorted(batch),
                                      max_bytes=budget.left())  # fmt: skip
     budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
     for item in arrived:
@@ -229,7 +229,7 @@ def _bring_home(
     """Everything home now (the job is about to end, or ended): results, and the project's
     files saved there."""
     started = time.monotonic()
-    for pulled in transfer.pull(helper, config, remote_dir):
+    for pulled in transfer.Transfer(helper, config).pull(remote_dir):
         on_pulled(pulled, time.monotonic() - started)
     _pull_tree(helper, config, remote_dir, on_pulled, started)
 

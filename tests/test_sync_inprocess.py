@@ -126,7 +126,7 @@ def test_the_helper_is_asked_through_its_typed_actions(pair: Pair) -> None:
 
 
 def arrivals(tmp_path: Path) -> Any:
-    from rjn.transfer import _Arrivals
+    from rjn.transfer.own import _Arrivals
 
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -174,8 +174,8 @@ def test_own_transfer_refuses_what_would_leave_staging(
 def test_placing_never_writes_through_a_link_in_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_path: bool
 ) -> None:
-    from rjn import transfer
     from rjn.helper import tree
+    from rjn.transfer import placing
 
     monkeypatch.setattr(tree, "BY_PATH", by_path)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
@@ -187,7 +187,7 @@ def test_placing_never_writes_through_a_link_in_the_project(
     staging = root / ".rjn-incoming-1-x"
     (staging / "results").mkdir(parents=True)
     (staging / "results" / "fig.png").write_bytes(b"png")
-    [pulled] = transfer._place(cfg.load(root / "remote.toml"), staging)
+    [pulled] = placing.place(cfg.load(root / "remote.toml"), staging)
     assert pulled.refused and "link" in pulled.refused
     assert not (outside / "fig.png").exists()
 
@@ -256,16 +256,16 @@ def test_a_save_here_right_after_a_pull_is_never_taken_for_the_pulled_version(
 
     pair.sync()
     bump(pair.there / "train.py", "print('there')\n")
-    placed = transfer.pull_decided
+    placed = transfer.Transfer.pull_decided
 
     def pull_then_save(*args: Any, **kwargs: Any) -> Any:
         found = placed(*args, **kwargs)
         bump(pair.here / "train.py", "print('saved here just after')\n")
         return found
 
-    monkeypatch.setattr(transfer, "pull_decided", pull_then_save)
+    monkeypatch.setattr(transfer.Transfer, "pull_decided", pull_then_save)
     assert [p.path for p in pair.sync().pulled] == ["train.py"]
-    monkeypatch.setattr(transfer, "pull_decided", placed)
+    monkeypatch.setattr(transfer.Transfer, "pull_decided", placed)
     bump(pair.there / "data" / "a.csv", "x\n5\n")  # another change there: a pass that pulls
     done = pair.sync()
     assert done.pushed == ("train.py",)
@@ -311,19 +311,19 @@ def test_a_save_here_during_a_merge_is_kept_and_merged_next(
     pair.sync()
     bump(pair.here / "nb.ipynb", nb("A", "b", "c"))
     bump(pair.there / "nb.ipynb", nb("a", "b", "C"))
-    staged = transfer.stage
+    staged = transfer.Transfer.stage
 
     def stage_then_save(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("source"):  # the merge on its way: the editor saves its buffer
             bump(pair.here / "nb.ipynb", nb("A", "B", "c"))
         return staged(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "stage", stage_then_save)
+    monkeypatch.setattr(transfer.Transfer, "stage", stage_then_save)
     done = pair.sync()
     assert not done.merged and done.raced == ("nb.ipynb",)
     assert cells(pair.here / "nb.ipynb") == ["A", "B", "c"]  # the save, untouched
     assert cells(pair.there / "nb.ipynb") == ["A", "b", "C"]  # the merge of what was read
-    monkeypatch.setattr(transfer, "stage", staged)
+    monkeypatch.setattr(transfer.Transfer, "stage", staged)
     assert pair.sync().merged == ("nb.ipynb",)
     for side in (pair.here, pair.there):
         assert cells(side / "nb.ipynb") == ["A", "B", "C"]
@@ -424,15 +424,15 @@ def test_two_clones_syncing_one_remote_folder_never_clean_up_each_others_staging
     second.sync()
     bump(pair.here / "train.py", "print('from the first clone')\n")
     bump(other / "data" / "a.csv", "x\n7\n")
-    staged = transfer.stage
+    staged = transfer.Transfer.stage
 
     def stage_then_other_pass(*args: Any, **kwargs: Any) -> Any:
         name = staged(*args, **kwargs)
-        monkeypatch.setattr(transfer, "stage", staged)
+        monkeypatch.setattr(transfer.Transfer, "stage", staged)
         assert second.sync().pushed == ("data/a.csv",)  # meanwhile, the other clone's pass
         return name
 
-    monkeypatch.setattr(transfer, "stage", stage_then_other_pass)
+    monkeypatch.setattr(transfer.Transfer, "stage", stage_then_other_pass)
     assert pair.sync().pushed == ("train.py",)
     assert (pair.there / "train.py").read_text() == "print('from the first clone')\n"
     assert (pair.there / "data" / "a.csv").read_text() == "x\n7\n"
@@ -461,12 +461,12 @@ def test_rsync_losing_its_delta_basis_mid_push_is_retried_whole(
     """rsync fails a push when the remote rewrites the file its delta is based on ("got a
     block match with no basis file", about 1 in 250 random rounds): rjn sends it again whole
     instead of failing the sync."""
-    from rjn import transfer
     from rjn.errors import RemoteError
+    from rjn.transfer import rsync
 
     pair.sync()
     bump(pair.here / "train.py", "print('pushed')\n")
-    real, calls = transfer._rsync, []
+    real, calls = rsync._run, []
 
     def failing_once(remote: Any, argv: list[str], *args: Any, **kwargs: Any) -> Any:
         calls.append(argv)
@@ -475,7 +475,7 @@ def test_rsync_losing_its_delta_basis_mid_push_is_retried_whole(
                               'file for ".rjn/incoming-x/train.py" [receiver]')  # fmt: skip
         return real(remote, argv, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "_rsync", failing_once)
+    monkeypatch.setattr(rsync, "_run", failing_once)
     assert pair.sync().pushed == ("train.py",)
     assert (pair.there / "train.py").read_text() == "print('pushed')\n"
     assert any(a.startswith("--copy-dest") for a in calls[0])

@@ -14,6 +14,7 @@ from rjn import config as cfg
 from rjn import requirements, transfer, tunnel
 from rjn.connection import RIDE_MASTER, Connection, explain
 from rjn.errors import ConfigError
+from rjn.transfer import placing, rsync
 
 TOML = '[remote]\nhost = "gpu-box"\n'
 
@@ -344,7 +345,7 @@ def test_plain_names_in_results_are_accepted() -> None:
      ("results/a.png", "", False), ("data/a.png", "b.png", False)],
 )  # fmt: skip
 def test_links_are_judged_by_where_they_point(rel: str, text: str, inside: bool) -> None:
-    assert transfer._link_stays_inside(rel, text, ("results",)) is inside
+    assert placing._link_stays_inside(rel, text, ("results",)) is inside
 
 
 def test_helper_lines_are_untrusted() -> None:
@@ -486,10 +487,10 @@ def test_a_missing_results_folder_is_no_failure_but_anything_else_is() -> None:
         "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n"
         "rsync: [Receiver] write error: Broken pipe (32)\n"
     )
-    assert transfer._only_missing(missing)
+    assert rsync._only_missing(missing)
     denied = 'rsync: [sender] opendir "/r/./results/x" failed: Permission denied (13)\n' + missing
-    assert not transfer._only_missing(denied)
-    assert not transfer._only_missing("")
+    assert not rsync._only_missing(denied)
+    assert not rsync._only_missing("")
 
 
 def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
@@ -719,7 +720,7 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
 
 
 def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monkeypatch) -> None:
-    from rjn import places, state, transfer
+    from rjn import places, state
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     config = load(tmp_path, '[remote]\nhost = "h"\n[sync]\nresults = ["results"]\n')
@@ -727,7 +728,7 @@ def test_a_pull_is_skipped_only_when_it_would_bring_nothing(tmp_path: Path, monk
     fig = tmp_path / "results" / "fig.png"
     fig.write_bytes(b"png")
     here = [fig.stat().st_mtime_ns, 3]
-    would = lambda listing: transfer._would_bring(config, listing)  # noqa: E731
+    would = lambda listing: placing.would_bring(config, listing)  # noqa: E731
     assert not would({"results/fig.png": here})  # all here as there: no rsync at all
     assert not would({})
     assert would({"results/new.png": here})  # a new file

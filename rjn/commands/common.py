@@ -173,7 +173,7 @@ def bring_home(
     master."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         results_home = pool.submit(
-            transfer.pull_changed, helper, config, remote_dir, results
+            transfer.Transfer(helper, config).pull_changed, remote_dir, results
         )
         tree = twoway.run(helper, config, remote_dir, listed, allow_deletions=allow_deletions,
                           progress=report.progress, here_scan=here_scan)  # fmt: skip

@@ -360,7 +360,7 @@ def foreground(argv: Sequence[str], *, cwd: Path | None = None) -> int:
 
 class Process(Protocol):
     """A command that runs on while we talk to it: a Background here, or one carried by
-    single mode's holder (hold.Running)."""
+    single mode's holder (connection.single.Running)."""
 
     @property
     def code(self) -> int | None: ...

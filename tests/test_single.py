@@ -37,7 +37,7 @@ def sessions(host: TestHost) -> list[str]:
     """The rjn processes holding a session to the test host, and any master."""
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     return [ln for ln in ps.splitlines() if str(host.ssh_config) in ln
-            and ("rjn.hold" in ln or "ControlMaster=yes" in ln)]  # fmt: skip
+            and ("rjn.connection.single" in ln or "ControlMaster=yes" in ln)]  # fmt: skip
 
 
 def logins(host: TestHost) -> int:
@@ -51,7 +51,7 @@ def test_open_serves_jupyter_through_one_held_session(project: Path, host: TestH
     port, token = lab(project)
     assert execute(port, token, "print(6 * 7)").strip() == "42"
     held = sessions(host)
-    assert len(held) == 1 and "rjn.hold" in held[0], held  # no ControlMaster anywhere
+    assert len(held) == 1 and "rjn.connection.single" in held[0], held  # no ControlMaster anywhere
 
 
 def test_sync_run_and_status_ride_that_one_login(

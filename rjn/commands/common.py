@@ -78,7 +78,7 @@ def reach(config: Config) -> HelperClient:
     project on that host; `.connection` is it)."""
     how = config.remote.multiplex
     if how == "single" or (how == "auto" and portable.WINDOWS):
-        from rjn.hold import SingleConnection
+        from rjn.connection.single import SingleConnection
 
         kind: type[Connection] = SingleConnection
     else:

@@ -45,7 +45,7 @@ def list_open(show_token: bool = False) -> list[Listed]:
 
 def _holder_pid(control_path: str) -> int | None:
     """Single mode: the process that holds the host's session."""
-    from rjn.hold import held, hold_file
+    from rjn.connection.single import held, hold_file
 
     found = held(hold_file(control_path)) if hold_file(control_path).exists() else None
     return found.pid if found else None

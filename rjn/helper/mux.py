@@ -1,12 +1,13 @@
 """The remote end of one ssh session that carries many (single mode: an ssh client without
-ControlMaster, as Windows' OpenSSH). rjn's holder (rjn/hold.py) sends frames on our stdin; we
-run commands and open sockets, and frame their output back on stdout: one login carries every
-command, transfer and the Jupyter tunnel.
+ControlMaster, as Windows' OpenSSH). rjn's holder (rjn/connection/single.py) sends frames on
+our stdin; we run commands and open sockets, and frame their output back on stdout: one login
+carries every command, transfer and the Jupyter tunnel.
 
 A frame is a 9-byte header (channel: 4 bytes, kind: 1, length: 4, big-endian) and that many
 bytes. Sent by itself (`python3 -c`, not from the helper's zipapp): standard library, Python
 3.6 and later. Ends, with everything it runs, when its stdin ends (the connection went).
-rjn/hold.py speaks the same frames: it imports them from here (one definition of the wire).
+rjn/connection/single.py speaks the same frames: it imports them from here (one definition of
+the wire).
 """
 
 import os

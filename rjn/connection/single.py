@@ -9,7 +9,8 @@ other's fresh nonce, and the token itself never crosses the socket. A listener t
 prove it is not our holder: nothing is sent to it. It ends when its ssh does (a stall ends
 that, as it ends a master), when idle, on SIGTERM, and on `rjn close`.
 
-`python -m rjn.hold SPEC` is the holder; the rest is its client (SingleConnection, below).
+`python -m rjn.connection.single SPEC` is the holder; the rest is its client
+(SingleConnection, below).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rjn import proc
-from rjn.connection import Connection
+from rjn.connection.master import Connection
 from rjn.errors import ConfigError, Timeout
 from rjn.helper.mux import (  # the wire format, one definition for both ends
     DATA,
@@ -464,7 +465,7 @@ class SingleConnection(Connection):
             "-T", "--", self.host, shlex.join([python, "-c", mux]),
         ]  # fmt: skip
         spec = {"argv": ssh, "control": str(self.hold_path), "log": str(self.log_path)}
-        holder = [sys.executable, "-m", "rjn.hold", json.dumps(spec)]
+        holder = [sys.executable, "-m", "rjn.connection.single", json.dumps(spec)]
         wait = timeout + (600 if interactive else 30)
         said = proc.start_held(holder, log=self.log_path, timeout=wait)
         if said != "ready" or not self.master_alive():

@@ -1,7 +1,7 @@
-"""The connection: one OpenSSH ControlMaster per host carries every command, rsync and tunnel.
+"""One OpenSSH ControlMaster per host carries every command, rsync and tunnel.
 
-What rides on it (rjn's helper and its actions) is helper_client's; this module knows ssh
-only: the master, one command, a forward, a terminal session, and what ssh's failures mean.
+This module knows ssh only: the master, one command, a forward, a terminal session, and what
+ssh's failures mean. Single mode (single.py) is the same interface over a held session.
 """
 
 from __future__ import annotations

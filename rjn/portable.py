@@ -35,20 +35,20 @@ _FOLDS: dict[int, bool] = {}
 
 
 def folds_case(folder: Path) -> bool:
-    """Whether the filesystem holding `folder` (one of rjn's own: a probe file is made there
+    """Whether the filesystem holding `folder` (one of rjn's own: a marker file is made there
     for a moment) takes names that differ only by case for one (a Mac's and Windows' disks,
     by default): asked of the disk itself, once per device."""
     if "fold-case" in FORCED:
         return True
     device = folder.stat().st_dev
     if device not in _FOLDS:
-        probe = folder / f"case-probe-{os.getpid()}"
+        marker = folder / f"case-marker-{os.getpid()}"
         try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             try:
-                _FOLDS[device] = os.path.lexists(folder / probe.name.upper())
+                _FOLDS[device] = os.path.lexists(folder / marker.name.upper())
             finally:
-                probe.unlink()
+                marker.unlink()
         except OSError:
             return WINDOWS or sys.platform == "darwin"  # cannot ask: the platform's default
     return _FOLDS[device]

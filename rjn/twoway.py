@@ -283,15 +283,7 @@ def run(
             return Outcome()
         archive = _archive(config, head, scanned)
         before = (archive.gen, archive.listing, archive.clean, _state(archive))
-        whole = _whole(config, given, archive) if given else None
-        if whole is None or whole.gen != archive.gen:
-            args = {"dir": remote_dir, **scan_args(config, archive)}
-            whole = _whole(config, helper.scan(args), archive)
-            if whole is None:  # the listing kept here changed meanwhile: ask for all of it
-                args["since"] = None
-                whole = _whole(config, helper.scan(args), archive)
-            if whole is None:
-                raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
+        whole = _remote_listing(helper, config, remote_dir, given, archive)
         there = _checked_listing(whole, exclude, include)
         if scanned and scanned.gen is not None and scanned.gen == archive.gen:
             here, here_digest = scanned.listing, scanned.digest
@@ -304,32 +296,7 @@ def run(
         copies = {c.copy for c in archive.conflicts.values()}
         here["files"] = {k: v for k, v in here["files"].items() if k not in copies}
         new_pair = _pair(archive, helper.host, remote_dir, there, here["files"])
-        agreed = {rel: a.hash for rel, a in archive.files.items()}
-        # A conflict whose copy the user deleted is resolved: the remote version they saw is
-        # taken as agreed, so their local version goes out.
-        for rel, conflict in list(archive.conflicts.items()):
-            if not (config.root / conflict.copy).exists():
-                agreed[rel] = conflict.remote
-                del archive.conflicts[rel]
-        held = set(archive.conflicts)
-        # What one side cannot read is neither deleted there nor sent over: out of the plan.
-        unreadable = {rel for side in (here["others"], there.others)
-                      for rel, kind in side.items() if kind == "unreadable"}  # fmt: skip
-
-        def free(tree: Mapping[str, Any]) -> dict[str, Any]:
-            def out(rel: str) -> bool:
-                return rel in held or bool(unreadable and _under_any(rel, unreadable))
-
-            return {k: v for k, v in tree.items() if not out(k)}
-
-        # A conflicted name is out of the plan, but where it still holds a file (and here,
-        # where its copy lies), that file blocks its name as a link would: nothing may go
-        # beneath it, nor replace its folder (a clash, said, not a move refused at every pass).
-        lying = [copy for copy in copies if (config.root / copy).exists()]
-        kept_here = [*(held & here["files"].keys()), *lying]
-        plan = decide(free(here["files"]), free(there.files), free(agreed),
-                      [*free(here["others"]), *kept_here],
-                      [*free(there.others), *(held & there.files.keys())])  # fmt: skip
+        plan = _plan(config, archive, here, there, copies)
         plan, deletions_held = _limit_deletions(plan, here["files"], there.files, allow_deletions)
         outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, archive,
                          direction, progress)  # fmt: skip
@@ -350,6 +317,61 @@ def run(
     ]
     return dataclasses.replace(outcome, clashes=plan.clash, skipped=tuple(skipped),
                                deletions_held=deletions_held, new_pair=new_pair)  # fmt: skip
+
+
+def _remote_listing(
+    helper: HelperClient,
+    config: Config,
+    remote_dir: str,
+    given: protocol.TreeListing | None,
+    archive: Archive,
+) -> protocol.TreeListing:
+    """The remote's whole listing: the one given, made whole, if no pass ran since it was
+    made; else asked for (a diff against the listing kept here, or all of it)."""
+    whole = _whole(config, given, archive) if given else None
+    if whole is not None and whole.gen == archive.gen:
+        return whole
+    args = {"dir": remote_dir, **scan_args(config, archive)}
+    whole = _whole(config, helper.scan(args), archive)
+    if whole is None:  # the listing kept here changed meanwhile: ask for all of it
+        args["since"] = None
+        whole = _whole(config, helper.scan(args), archive)
+    if whole is None:
+        raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
+    return whole
+
+
+def _plan(
+    config: Config, archive: Archive, here: dict[str, Any], there: Listing, copies: set[str]
+) -> Plan:
+    """The decision table run over both sides against the agreed versions, with conflicts
+    still waiting for the user, and what one side cannot read, left out of it."""
+    agreed = {rel: a.hash for rel, a in archive.files.items()}
+    # A conflict whose copy the user deleted is resolved: the remote version they saw is
+    # taken as agreed, so their local version goes out.
+    for rel, conflict in list(archive.conflicts.items()):
+        if not (config.root / conflict.copy).exists():
+            agreed[rel] = conflict.remote
+            del archive.conflicts[rel]
+    held = set(archive.conflicts)
+    # What one side cannot read is neither deleted there nor sent over: out of the plan.
+    unreadable = {rel for side in (here["others"], there.others)
+                  for rel, kind in side.items() if kind == "unreadable"}  # fmt: skip
+
+    def free(tree: Mapping[str, Any]) -> dict[str, Any]:
+        def out(rel: str) -> bool:
+            return rel in held or bool(unreadable and _under_any(rel, unreadable))
+
+        return {k: v for k, v in tree.items() if not out(k)}
+
+    # A conflicted name is out of the plan, but where it still holds a file (and here, where
+    # its copy lies), that file blocks its name as a link would: nothing may go beneath it,
+    # nor replace its folder (a clash, said, not a move refused at every pass).
+    lying = [copy for copy in copies if (config.root / copy).exists()]
+    kept_here = [*(held & here["files"].keys()), *lying]
+    return decide(free(here["files"]), free(there.files), free(agreed),
+                  [*free(here["others"]), *kept_here],
+                  [*free(there.others), *(held & there.files.keys())])  # fmt: skip
 
 
 @record

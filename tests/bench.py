@@ -136,6 +136,8 @@ def start_up(base: Path) -> None:
         return min(once([sys.executable, *argv]) for _ in range(15))
 
     python = best("-c", "pass")
+    print(f"  {'start-up: --help over python -c pass':<44} "
+          f"{(best('-m', 'rjn', '--help') - python) * 1000:7.0f} ms")
     worst = max((best("-m", "rjn", command), command)
                 for command in ("open", "status", "sync", "run", "close"))  # fmt: skip
     print(f"  {'start-up over python -c pass, slowest: ' + worst[1]:<44} "
@@ -174,17 +176,17 @@ def main() -> None:
             stopped.append(rjn("open", "--no-browser", "--no-watch", cwd=project))
         row("open, server stopped (environment kept), median of 3",
             statistics.median(stopped), login)  # fmt: skip
-        fresh = base / "fresh"
-        fresh.mkdir()
-        (fresh / "remote.toml").write_text(host.remote_toml(base / "fresh-remote"))
-        (fresh / "analysis.py").write_text("import yaml\n")
-        row("open, a fresh remote folder (uv's cache there warm)",
-            rjn("open", "--no-browser", "--no-watch", cwd=fresh), login)  # fmt: skip
-        subprocess.run([sys.executable, "-m", "rjn", "close", "--server"], cwd=fresh,
-                       capture_output=True)  # fmt: skip
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rjn", "--help"], capture_output=True, check=True)
-        row("--help", time.perf_counter() - started, login)
+        opened = []
+        for n in range(3):  # each a new folder there: the environment made, Jupyter started
+            fresh = base / f"fresh{n}"
+            fresh.mkdir()
+            (fresh / "remote.toml").write_text(host.remote_toml(base / f"fresh-remote{n}"))
+            (fresh / "analysis.py").write_text("import yaml\n")
+            opened.append(rjn("open", "--no-browser", "--no-watch", cwd=fresh))
+            subprocess.run([sys.executable, "-m", "rjn", "close", "--server"], cwd=fresh,
+                           capture_output=True)  # fmt: skip
+        row("open, a fresh remote folder (uv's cache there warm), median of 3",
+            statistics.median(opened), login)  # fmt: skip
         start_up(base)
         single_mode(host, base, login)
         no_way_out(host, base, login)

@@ -88,7 +88,7 @@ def server_state(project):
         record.update(job_info(queue))
         alive = queue["state"] == "RUNNING" and ("port" in record or "sock" in record)
         record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
-        # A socket on the node cannot be asked from here: the tunnel's probe tells.
+        # A socket on the node cannot be asked from here: the tunnel's first request tells.
         record["alive"] = alive and ("sock" in record or http_status(record) == 200)
         return record
     alive = pid_is_server(record)
@@ -296,9 +296,9 @@ def stop_on_hangup(pid, folder, answered):
 
 
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop(args):

@@ -35,14 +35,14 @@ with open(os.path.join(rjn, "token.json")) as handle:
     token = json.load(handle)["token"]
 
 def interface_address(name):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
     return socket.inet_ntoa(packed[20:24])
 
 def route_source(target):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((target, 9))
-        return probe.getsockname()[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((target, 9))  # UDP: nothing is sent, the route is chosen
+        return sock.getsockname()[0]
 
 def choose():
     if spec.get("interface"):
@@ -87,9 +87,9 @@ try:
         listen = ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
     else:
         addr, why = choose()
-        with socket.socket() as probe:
-            probe.bind((addr, 0))
-            port = probe.getsockname()[1]
+        with socket.socket() as sock:
+            sock.bind((addr, 0))
+            port = sock.getsockname()[1]
         record.update(addr=addr, port=port, why=why)
         listen = ["--ServerApp.ip=" + addr, "--ServerApp.port=%d" % port,
                   "--ServerApp.port_retries=0"]

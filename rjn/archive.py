@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rjn import places, state
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 VERSION = 1
 

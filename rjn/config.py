@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rjn.errors import ConfigError
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 CONFIG_NAME = "remote.toml"
 
 # Directories never pushed: version control, environments, caches and rjn's own remote state.
-# (Any folder holding a pyvenv.cfg is an environment too, whatever its name: helper/tree.py.)
+# (Any folder holding a pyvenv.cfg is an environment too, whatever its name: shared/tree.py.)
 DEFAULT_EXCLUDES = (
     ".git/",
     ".hg/",

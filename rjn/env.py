@@ -8,10 +8,10 @@ from typing import Any
 
 from rjn import transfer, wheels
 from rjn.config import Config
-from rjn.helper import protocol
-from rjn.helper import tree as helper_tree
 from rjn.helper_client import HelperClient
 from rjn.requirements import Requirements
+from rjn.shared import protocol
+from rjn.shared import tree as shared_tree
 
 
 def serving(config: Config) -> list[str]:
@@ -81,7 +81,7 @@ def _send_wheels(
     found = wheels.fetch(helper.host, target, config.root / config.requirements.file,
                          packages(config))  # fmt: skip
     folder = wheels.cache(target)
-    hashes = {path.name: helper_tree.file_hash(str(path)) for path in found
+    hashes = {path.name: shared_tree.file_hash(str(path)) for path in found
               if path.parent == folder}  # fmt: skip
     have = set(asked.have or ())
     missing = sorted(name for name, digest in hashes.items() if digest not in have)

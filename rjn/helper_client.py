@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 from rjn import places, portable, proc
 from rjn.connection import Connection
 from rjn.errors import RemoteError, Timeout
-from rjn.helper import protocol
+from rjn.shared import protocol
 
 R = TypeVar("R", bound=protocol.Record)
 
-# The helper's package name inside its zipapp (its modules import each other relatively).
-HELPER_PACKAGE = "rjn_helper"
+# What the helper's zipapp holds: these packages of rjn, under a package `rjn` of their own
+# (an empty __init__), so that the helper's relative imports of the shared modules work there
+# as they do here.
+ZIPPED = ("helper", "shared")
 # Exit code of the boot when the helper it is told to run is not in the remote's cache.
 NEED_HELPER = 97
 # Exit code of the boot when the interpreter is older than the helper needs (3.8).
@@ -72,8 +74,8 @@ def setup_script(lines: Sequence[str]) -> str:
 
 @cache
 def helper_zipapp() -> tuple[bytes, str]:
-    """The remote helper (rjn/helper) as a zipapp, built the same way every time (sorted,
-    fixed times), and its content hash, which names it in the remote's cache."""
+    """The remote helper (rjn/helper, with rjn/shared) as a zipapp, built the same way every
+    time (sorted, fixed times), and its content hash, which names it in the remote's cache."""
     import io  # built once a command, and only by those that reach the remote
     import zipfile
     from importlib import resources
@@ -86,11 +88,13 @@ def helper_zipapp() -> tuple[bytes, str]:
             info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
             archive.writestr(info, data)
 
-        modules = resources.files("rjn.helper")
-        for name in sorted(p.name for p in modules.iterdir() if p.name.endswith(".py")):
-            add(f"{HELPER_PACKAGE}/{name}", (modules / name).read_bytes())
-        add("__main__.py", f"import sys\nfrom {HELPER_PACKAGE}.main import main\n"
-                           "sys.exit(main(sys.argv))\n".encode())  # fmt: skip
+        add("rjn/__init__.py", b"")
+        for package in ZIPPED:
+            modules = resources.files(f"rjn.{package}")
+            for name in sorted(p.name for p in modules.iterdir() if p.name.endswith(".py")):
+                add(f"rjn/{package}/{name}", (modules / name).read_bytes())
+        add("__main__.py", b"import sys\nfrom rjn.helper.main import main\n"
+                           b"sys.exit(main(sys.argv))\n")  # fmt: skip
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest()[:24]
 
@@ -139,7 +143,7 @@ if sys.argv[4].startswith("@"):
     sys.argv[4] = sys.stdin.buffer.read(int(sys.argv[4][1:])).decode()
 sys.argv = [p] + sys.argv[3:]
 sys.path.insert(0, p)
-from rjn_helper.main import main
+from rjn.helper.main import main
 sys.exit(main(sys.argv))
 """
 

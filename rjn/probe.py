@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rjn.errors import RemoteError
-from rjn.helper import protocol
-from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 from rjn.server import Server, checked_state
+from rjn.shared import protocol
+from rjn.shared.record import record
 
 
 @record

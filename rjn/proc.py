@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 from rjn import portable
 from rjn.errors import RjnError, Timeout
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 # Every exit status is data for the caller, signals included.
 _ALL_CODES = list(range(-64, 256))

@@ -1,6 +1,6 @@
 """The values rjn's use cases hand to the CLI, as plain records: what moved, what a sync
 did, how a watch runs (the values), and what each command returns (rendered by ui.py, printed
-by `--json`). They import nothing of rjn's but how a record is made (`rjn.helper.record`), so
+by `--json`). They import nothing of rjn's but how a record is made (`rjn.shared.record`), so
 that the records and their display need no action module."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 # Where deleted files go, on either side (in the project's .rjn/, with a .gitignore here).
 TRASH = ".rjn/trash"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from rjn.config import DEFAULT_EXCLUDES, Config, RequirementsConfig
 from rjn.errors import ConfigError
-from rjn.helper.record import record
-from rjn.helper.tree import is_environment
 from rjn.places import write_atomic
+from rjn.shared.record import record
+from rjn.shared.tree import is_environment
 
 HEADER = (
     "# Written by rjn from the project's imports; edit remote.toml [requirements], not this file."

@@ -8,9 +8,9 @@ from typing import Any
 
 from rjn.config import Config
 from rjn.errors import RemoteError
-from rjn.helper import common, protocol
-from rjn.helper.record import record
 from rjn.helper_client import HelperClient, setup_script
+from rjn.shared import folders, protocol
+from rjn.shared.record import record
 
 
 @record
@@ -123,9 +123,9 @@ def stop(helper: HelperClient, remote_dir: str) -> bool:
 def venv_python(remote_dir: str) -> str:
     """The environment's interpreter on the remote (remote_dir is absolute, from the probe);
     the helper's own function, so that the remote layout is spelled in one place."""
-    return common.venv_python(remote_dir)
+    return folders.venv_python(remote_dir)
 
 
 def venv_activate(remote_dir: str) -> str:
     """The environment's activate script on the remote."""
-    return common.venv_bin(remote_dir, "activate")
+    return folders.venv_bin(remote_dir, "activate")

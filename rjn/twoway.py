@@ -44,12 +44,12 @@ from rjn.archive import (
     save_archive,
 )
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
-from rjn.helper import protocol
-from rjn.helper import tree as helper_tree
-from rjn.helper.common import HelperError
-from rjn.helper.record import record
 from rjn.helper_client import HelperClient, read
 from rjn.records import Outcome
+from rjn.shared import protocol
+from rjn.shared import tree as shared_tree
+from rjn.shared.protocol import HelperError
+from rjn.shared.record import record
 
 # A file's state on one side: [size, mtime_ns, sha256].
 Tree = Mapping[str, Sequence[Any]]
@@ -394,7 +394,7 @@ def scan_here(config: Config, pool: Executor) -> Future[HereScan]:
 
     def scan() -> HereScan:
         exclude, include = filters(config)
-        listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
+        listing = shared_tree.list_tree(str(config.root), exclude, include, hashed=False)
         digest = _digest(listing)
         clean = load_head(config.root, config.remote_name).clean
         if clean and clean.here == digest:
@@ -420,7 +420,7 @@ def _archive(config: Config, head: Head, scanned: HereScan | None) -> Archive:
 def _scan_here(config: Config, archive: Archive) -> dict[str, Any]:
     """This side's listing with its hashes."""
     exclude, include = filters(config)
-    listing = helper_tree.list_tree(str(config.root), exclude, include, hashed=False)
+    listing = shared_tree.list_tree(str(config.root), exclude, include, hashed=False)
     _hash_here(config, listing, archive)
     return listing
 
@@ -428,12 +428,12 @@ def _scan_here(config: Config, archive: Archive) -> dict[str, Any]:
 def _hash_here(config: Config, listing: dict[str, Any], archive: Archive) -> None:
     """A listing's hashes: files whose size and time the archive knows keep its hash unread."""
     known = {rel: [*a.local, a.hash] for rel, a in archive.files.items()}
-    helper_tree.hash_listed(str(config.root), listing["files"], known)
+    shared_tree.hash_listed(str(config.root), listing["files"], known)
 
 
 def _digest(listing: Mapping[str, Any]) -> str:
     """Every name and stamp of a listing, and what else it holds, as one hash."""
-    digest: str = helper_tree.listing_digest(listing)
+    digest: str = shared_tree.listing_digest(listing)
     return digest
 
 
@@ -523,7 +523,7 @@ def _checked_listing(
     def folder_travels(folder: str) -> bool:
         if folder not in folders:
             parent = folder.rpartition("/")[0]
-            folders[folder] = helper_tree.travels(folder, True, exclude, include) and (
+            folders[folder] = shared_tree.travels(folder, True, exclude, include) and (
                 not parent or folder_travels(parent)
             )
         return folders[folder]
@@ -532,14 +532,14 @@ def _checked_listing(
         # Plain names (nearly all) pass a quick screen; checked_name judges the rest (a dot
         # after a slash, an empty part, a control character...): 100,000 names in a moment.
         if (not name or name[0] in "/." or name[-1] == "/" or "//" in name or "/." in name
-                or len(name) > 4096 or helper_tree.CONTROL.search(name)):  # fmt: skip
+                or len(name) > 4096 or shared_tree.CONTROL.search(name)):  # fmt: skip
             try:
                 transfer.checked_name(name, None)
             except transfer.Refused as refused:
                 skipped.append((name[:200], refused.message))
                 continue
         parent = name.rpartition("/")[0]
-        if not helper_tree.travels(name, False, exclude, include) or (
+        if not shared_tree.travels(name, False, exclude, include) or (
             parent and not folder_travels(parent)
         ):
             skipped.append((name, "it is not a file that travels"))
@@ -760,10 +760,10 @@ def _trash_here(config: Config, wants: dict[str, Sequence[Any]]) -> list[str]:
         return []
     _own_folder(config)
     try:
-        moved: list[str] = helper_tree.move_to_trash(str(config.root), wants)
+        moved: list[str] = shared_tree.move_to_trash(str(config.root), wants)
     except HelperError as failed:
         raise transfer.Refused(failed.message) from None
-    helper_tree.prune_trash(str(config.root), helper_tree.TRASH_DAYS, helper_tree.TRASH_BYTES)
+    shared_tree.prune_trash(str(config.root), shared_tree.TRASH_DAYS, shared_tree.TRASH_BYTES)
     return moved
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from rjn import probe, proc
 from rjn.errors import RjnError
-from rjn.helper.record import record
 from rjn.helper_client import HelperClient
+from rjn.shared.record import record
 
 POLL = 30.0
 POLL_NEAR_END = 5.0

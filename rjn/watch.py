@@ -12,9 +12,9 @@ from rjn import probe, server, state, transfer, tunnel, twoway, walltime
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError
-from rjn.helper import protocol
 from rjn.helper_client import HelperClient, helper_error
 from rjn.records import Ready
+from rjn.shared import protocol
 
 # Files closed within this window are pulled by one rsync (a notebook saving 20 figures at once).
 BATCH_WINDOW = 0.05

@@ -20,7 +20,7 @@ from typing import Any
 
 from rjn import proc
 from rjn.errors import RemoteError, RjnError
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 
 @record

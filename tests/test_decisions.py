@@ -12,6 +12,7 @@ import pytest
 
 from rjn.helper import tree
 from rjn.helper.common import PART
+from rjn.shared import tree as shared_tree
 from rjn.twoway import Plan, decide, too_many
 
 
@@ -113,7 +114,7 @@ def test_many_deletions_wait_for_the_users_word(count: int, side: int, asks: boo
 
 
 def stage(project: Path, files: dict[str, bytes]) -> str:
-    name = f"{tree.STAGING_PREFIX}test-{time.monotonic_ns()}"
+    name = f"{shared_tree.STAGING_PREFIX}test-{time.monotonic_ns()}"
     for rel, data in files.items():
         path = project / ".rjn" / name / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def stage(project: Path, files: dict[str, bytes]) -> str:
 
 def entry(path: Path) -> list:
     info = path.stat()
-    return [info.st_size, info.st_mtime_ns, tree.file_hash(str(path))]
+    return [info.st_size, info.st_mtime_ns, shared_tree.file_hash(str(path))]
 
 
 def test_placing_replaces_only_what_the_plan_saw(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_trash_takes_only_the_version_seen_and_is_pruned_oldest_first(tmp_path: 
         (trash / stamp / "blob").write_bytes(b"x" * 1000 * (n + 1))
     old = time.time() - 40 * 86400
     os.utime(trash / "20200101-000000", (old, old))
-    tree.prune_trash(str(tmp_path), days=30, limit=3500)
+    shared_tree.prune_trash(str(tmp_path), days=30, limit=3500)
     left = sorted(p.name for p in trash.iterdir())
     # The month-old one by age, the next oldest by size; the newest is always kept.
     assert "20200101-000000" not in left and "20200102-000000" not in left
@@ -203,7 +204,7 @@ def test_names_that_cannot_travel_are_skipped_and_said(tmp_path: Path) -> None:
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr\n")  # an environment does not
     (tmp_path / "link").symlink_to("plain.txt")
-    listed = tree.list_tree(str(tmp_path), [".rjn/"])
+    listed = shared_tree.list_tree(str(tmp_path), [".rjn/"])
     assert sorted(listed["files"]) == ["#hash.txt", "env/data.csv", "plain.txt"]
     assert listed["others"] == {"link": "link"}
     assert sorted(why for _, why in listed["skipped"]) == [

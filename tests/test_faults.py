@@ -24,7 +24,7 @@ def project(opened_project: Callable[..., Path]) -> Path:
 def remote_agents(remote_dir: Path, action: str) -> list[str]:
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     # The remote side only: on loopback the local ssh client's argv names the helper too.
-    return [ln for ln in ps.splitlines() if "rjn_helper" in ln and f" {action} " in ln
+    return [ln for ln in ps.splitlines() if "rjn.helper.main" in ln and f" {action} " in ln
             and str(remote_dir) in ln and "ssh" not in ln.split()[0]]  # fmt: skip
 
 
@@ -286,7 +286,7 @@ def serving_helpers(host: TestHost) -> list[int]:
     ps = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True)
     ours = set(host.processes())
     found = (line.split(None, 1) for line in ps.stdout.splitlines())
-    return [int(pid) for pid, args in found if int(pid) in ours and "rjn_helper" in args
+    return [int(pid) for pid, args in found if int(pid) in ours and "rjn.helper.main" in args
             and " serve " in args and "ssh" not in args.split()[0]]  # fmt: skip
 
 

@@ -1,10 +1,10 @@
-"""A record behaves as the frozen dataclass it stands for (rjn/helper/record.py)."""
+"""A record behaves as the frozen dataclass it stands for (rjn/shared/record.py)."""
 
 import dataclasses
 
 import pytest
 
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 
 def twins(**options: bool) -> tuple[type, type]:

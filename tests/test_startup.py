@@ -68,4 +68,4 @@ def test_frozen_records_are_made_the_cheap_way() -> None:
             frozen_dataclass = params is not None and params.frozen
             if isinstance(value, type) and value.__module__ == module.name and frozen_dataclass:
                 frozen.append(f"{module.name}.{value.__qualname__}")
-    assert not frozen, f"use rjn.helper.record.record for {frozen}"
+    assert not frozen, f"use rjn.shared.record.record for {frozen}"

@@ -36,7 +36,7 @@ class Pair:
 # with folders as checked paths instead of descriptors (Windows' route, portable.py).
 @pytest.fixture(params=["rsync", "rjn", "rjn-by-path"])
 def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> Iterator[Pair]:
-    from rjn.helper import tree
+    from rjn.shared import tree
 
     monkeypatch.setattr(tree, "BY_PATH", request.param == "rjn-by-path")
     how = request.param.split("-")[0]
@@ -174,7 +174,7 @@ def test_own_transfer_refuses_what_would_leave_staging(
 def test_placing_never_writes_through_a_link_in_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_path: bool
 ) -> None:
-    from rjn.helper import tree
+    from rjn.shared import tree
     from rjn.transfer import placing
 
     monkeypatch.setattr(tree, "BY_PATH", by_path)
@@ -355,9 +355,11 @@ def test_what_cannot_be_read_is_listed_as_unreadable_never_as_missing() -> None:
         pytest.skip("no system python3 another account can run")
     scratch = Path(tempfile.mkdtemp(prefix="rjn-unreadable-"))
     scratch.chmod(0o755)
-    # The helper's package as it travels (relative imports, named rjn_helper), where any
-    # account can read it.
-    shutil.copytree(Path(__file__).parent.parent / "rjn" / "helper", scratch / "rjn_helper")
+    # The helper as it travels (its zipapp), where any account can read it.
+    from rjn.helper_client import helper_zipapp
+
+    (scratch / "helper.pyz").write_bytes(helper_zipapp()[0])
+    (scratch / "helper.pyz").chmod(0o644)
     top = scratch / "project"
     top.mkdir()
     try:
@@ -369,9 +371,9 @@ def test_what_cannot_be_read_is_listed_as_unreadable_never_as_missing() -> None:
         (top / "locked").mkdir()
         (top / "locked" / "inner.txt").write_text("no\n")
         (top / "locked").chmod(0o000)
-        code = ("import json, sys; from rjn_helper import tree; "
+        code = ("import json, sys; from rjn.shared import tree; "
                 "print(json.dumps(tree.list_tree(sys.argv[1], [])))")  # fmt: skip
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch)}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch / "helper.pyz")}
         done = subprocess.run([python, "-c", code, str(top)], user="nobody", cwd=scratch,
                               capture_output=True, text=True, env=env)  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -389,7 +391,7 @@ def test_a_file_unreadable_there_is_not_taken_for_deleted(
 ) -> None:
     """What the remote cannot read (mode 000 for its user) stays here, named; it was taken
     for a remote deletion and moved to the trash here."""
-    from rjn.helper import tree
+    from rjn.shared import tree
 
     pair.sync()
     there = str(pair.there)

@@ -21,6 +21,8 @@ from rjn import config as cfg
 from rjn import places, requirements
 from rjn.errors import RjnError
 from rjn.helper import common as helper_common
+from rjn.shared import folders
+from rjn.shared.protocol import HelperError
 
 MALLORY = "rjn-mallory"
 
@@ -76,7 +78,7 @@ def victim_dir(tmp_path: Path) -> Iterator[Path]:
 
 # Where each side makes its sockets' folder, and the error it refuses a planted one with.
 SOCKET_FOLDERS = {
-    "remote": (helper_common.socket_folder, helper_common.HelperError),
+    "remote": (helper_common.socket_folder, HelperError),
     "local": (places.runtime_dir, RjnError),
 }
 
@@ -121,7 +123,7 @@ def test_an_own_folder_open_to_others_is_closed(tmp_path: Path) -> None:
     mine.chmod(0o755)
     assert places.private_dir(mine) == mine
     assert stat.S_IMODE(mine.stat().st_mode) == 0o700
-    theirs = Path(helper_common.private(str(tmp_path / "h")))
+    theirs = Path(folders.private(str(tmp_path / "h")))
     assert stat.S_IMODE(theirs.stat().st_mode) == 0o700
 
 

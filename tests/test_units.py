@@ -122,7 +122,7 @@ def test_rsync_shell_splits_back_into_the_ssh_argv(tmp_path: Path) -> None:
 
 
 def test_what_travels_both_ways_leaves_out_results_and_caches(tmp_path: Path) -> None:
-    from rjn.helper.tree import travels
+    from rjn.shared.tree import travels
     from rjn.twoway import filters
 
     config = load(tmp_path, TOML + "[sync]\ninclude = ['keep.ckpt']\nexclude = ['*.ckpt']\n")
@@ -385,7 +385,7 @@ def test_a_blob_after_its_line_comes_raw_whatever_bytes_it_holds() -> None:
 
 
 def test_what_travels_both_ways() -> None:
-    from rjn.helper.tree import travels
+    from rjn.shared.tree import travels
 
     exclude = [".git/", "*.ckpt", "/results/", ".rjn/", "__pycache__/"]
     assert travels("analysis.ipynb", False, exclude)
@@ -592,7 +592,7 @@ def test_a_probe_answer_becomes_a_typed_record() -> None:
         "server": {"alive": True, "pid": 12, "token": "t", "app": "lab", "sock": "/s",
                    "job": "7", "job_state": "RUNNING", "node": "n1", "time_left": "1:00"},
     }  # fmt: skip
-    from rjn.helper.protocol import ProbeAnswer
+    from rjn.shared.protocol import ProbeAnswer
 
     seen = probe.parse("box", ProbeAnswer.parse(answer))
     assert seen.server is not None and (seen.server.pid, seen.server.target) == (12, "/s")
@@ -621,8 +621,8 @@ MALFORMED_PROBES = [
 def test_a_malformed_probe_answer_names_its_field(field: str, change: dict | None) -> None:
     from rjn import probe
     from rjn.errors import RemoteError
-    from rjn.helper.protocol import ProbeAnswer
     from rjn.helper_client import read
+    from rjn.shared.protocol import ProbeAnswer
 
     def seen(answer: object) -> probe.Probe:  # as the helper client reads it
         return probe.parse("box", read("box", ProbeAnswer, "probe", answer))
@@ -636,7 +636,7 @@ def test_a_malformed_probe_answer_names_its_field(field: str, change: dict | Non
 
 
 def test_each_record_of_the_protocol_reads_back_what_it_writes() -> None:
-    from rjn.helper import protocol
+    from rjn.shared import protocol
 
     records = [
         protocol.ServerState(alive=True, pid=3, token="t", sock="/s", job="1", started=True),

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 from rjn import env, places, portable, probe, requirements, state, transfer, twoway
 from rjn.config import Config
 from rjn.connection import Connection
-from rjn.helper.record import record
 from rjn.helper_client import HelperClient
 from rjn.records import Away
 from rjn.requirements import Requirements
+from rjn.shared.record import record
 
 
 class Reporter(Protocol):

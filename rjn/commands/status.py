@@ -8,14 +8,14 @@ from typing import Any
 from rjn import probe, state, tunnel, twoway, walltime
 from rjn.commands.common import away_news, reach
 from rjn.config import Config
-from rjn.helper import tree as helper_tree
 from rjn.records import Away, Status
+from rjn.shared import tree as shared_tree
 
 
 def status(config: Config) -> Status:
     """Check master, tunnel and server; say what is wrong and how to repair it."""
     saved = state.load(config.root, config.remote_name)
-    trash = sum(size for _, size in helper_tree.trash_usage(str(config.root)))
+    trash = sum(size for _, size in shared_tree.trash_usage(str(config.root)))
     if saved is None:
         return Status(project=config.name, host=config.remote.host, open=False,
                       trash_bytes=trash)  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 from rjn import places, portable, proc
 from rjn.config import RemoteConfig
 from rjn.errors import ConfigError, ConnectionFailed, RjnError
-from rjn.helper.record import record
+from rjn.shared.record import record
 
 # When this process started: a close marked after it cut short what this process did.
 _STARTED = time.time()

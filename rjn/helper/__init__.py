@@ -2,7 +2,8 @@
 
 One module per concern (server, slurm, env, watch, runs, tree, probe, serve), entered through
 main.py: one action per call, answered with JSON lines on stdout ({"log": ...} while it
-works, then {"ok": {...}} or {"error": {...}}). It travels as a zipapp, cached on the remote
-under its content hash (see rjn.remote), and keeps its records in <project>/.rjn/, private
-to the user. Imports inside are relative: in the zipapp the package is named rjn_helper.
+works, then {"ok": {...}} or {"error": {...}}). It travels as a zipapp with rjn/shared (what
+both sides share), cached on the remote under its content hash (helper_client.py), and keeps
+its records in <project>/.rjn/, private to the user. Imports inside are relative, so they work
+the same in the zipapp and here.
 """

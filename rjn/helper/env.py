@@ -9,20 +9,9 @@ import subprocess
 import sys
 import time
 
-from .common import (
-    RJN_DIR,
-    HelperError,
-    data_home,
-    log,
-    private,
-    project_dir,
-    read_json,
-    rjn_dir,
-    run_logged,
-    venv_dir,
-    venv_python,
-    write_private,
-)
+from ..shared.folders import RJN_DIR, private, rjn_dir, venv_dir, venv_python
+from ..shared.protocol import HelperError
+from .common import data_home, log, project_dir, read_json, run_logged, write_private
 
 
 def env_record(project):

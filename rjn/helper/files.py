@@ -16,8 +16,10 @@ import struct
 import sys
 import zlib
 
-from .common import HelperError, emit, emit_blob, private, project_dir, rjn_dir
-from .tree import staging_path
+from ..shared.folders import private, rjn_dir
+from ..shared.protocol import HelperError
+from ..shared.tree import staging_path
+from .common import emit, emit_blob, project_dir
 
 CHUNK = 1 << 20
 

@@ -4,11 +4,11 @@ import errno
 import json
 import sys
 
-from .common import HelperError, emit
+from ..shared.protocol import Failure, HelperError
+from .common import emit
 from .env import ensure_env
 from .files import receive, send
 from .probe import probe
-from .protocol import Failure
 from .runs import logs, run
 from .serve import serve
 from .server import renew, start, stop

@@ -7,9 +7,10 @@ import os
 import shutil
 import sys
 
-from .common import RJN_DIR, project_dir, venv_python
+from ..shared.folders import RJN_DIR, venv_python
+from ..shared.protocol import ProbeAnswer
+from .common import project_dir
 from .env import env_record
-from .protocol import ProbeAnswer
 from .server import server_state
 from .slurm import scheduler
 from .tree import listings

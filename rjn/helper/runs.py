@@ -10,18 +10,9 @@ import sys
 import threading
 import time
 
-from .common import (
-    RJN_DIR,
-    HelperError,
-    emit,
-    exit_when_stdin_closes,
-    private,
-    project_dir,
-    stop_group,
-    venv_python,
-    wait_for_hangup,
-)
-from .protocol import Detached, RunEnd
+from ..shared.folders import RJN_DIR, private, venv_python
+from ..shared.protocol import Detached, HelperError, RunEnd
+from .common import emit, exit_when_stdin_closes, project_dir, stop_group, wait_for_hangup
 from .tree import listings
 
 

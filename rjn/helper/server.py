@@ -11,26 +11,21 @@ import subprocess
 import threading
 import time
 
+from ..shared.folders import RJN_DIR, private, rjn_dir, venv_dir, venv_python
+from ..shared.protocol import HelperError, Renewed, Stopped
 from .common import (
-    RJN_DIR,
-    HelperError,
     alive_pid,
     api,
     http_status,
-    private,
     process_start,
     project_dir,
     read_json,
-    rjn_dir,
     socket_path,
     stop_pid,
     tail,
-    venv_dir,
-    venv_python,
     wait_for_hangup,
     write_private,
 )
-from .protocol import Renewed, Stopped
 from .slurm import (
     NEVER_STARTS,
     job_info,

@@ -9,17 +9,9 @@ import subprocess
 import threading
 import time
 
-from .common import (
-    RJN_DIR,
-    HelperError,
-    http_status,
-    log,
-    read_json,
-    tail,
-    venv_python,
-    wait_for_hangup,
-    write_private,
-)
+from ..shared.folders import RJN_DIR, venv_python
+from ..shared.protocol import HelperError
+from .common import http_status, log, read_json, tail, wait_for_hangup, write_private
 
 # Runs on the compute node as the job's main process: picks the address the login node can
 # reach and a free port, records them, then becomes Jupyter (exec), so the scheduler tracks

@@ -5,9 +5,9 @@ import stat
 import threading
 import time
 
+from ..shared.protocol import Ready
+from ..shared.tree import is_environment, scan_tree, travels
 from .common import emit, emit_blob, exit_when_stdin_closes, project_dir
-from .protocol import Ready
-from .tree import is_environment, scan_tree, travels
 
 # Where inotify sees only this host's writes (or none): the writer is usually another node.
 NETWORK_FS = {

@@ -26,9 +26,9 @@ from typing import Any
 from rjn import places, state
 from rjn.config import Config, guarded
 from rjn.errors import RemoteError
-from rjn.helper import tree as helper_tree
-from rjn.helper.common import HelperError
 from rjn.records import Pulled
+from rjn.shared import tree as shared_tree
+from rjn.shared.protocol import HelperError
 
 
 class Refused(RemoteError):
@@ -41,7 +41,7 @@ def checked_name(name: object, folders: Sequence[str] | None) -> str:
     characters."""
     if not isinstance(name, str) or not 0 < len(name) <= 4096:
         raise Refused(f"the remote sent a file name that is not one: {name!r:.80}")
-    if name.startswith("/") or helper_tree.CONTROL.search(name):
+    if name.startswith("/") or shared_tree.CONTROL.search(name):
         raise Refused(f"the remote sent an absolute path or a control character: {name!r:.200}")
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
@@ -191,7 +191,7 @@ def place(
     version lands beside it."""
     index: dict[str, Any] = _load_index(config) if expected is None else {}
     placed: list[Pulled] = []
-    root_fd = helper_tree.open_root(str(config.root))
+    root_fd = shared_tree.open_root(str(config.root))
     try:
         for rel in _staged(staging):
             staged = staging / rel
@@ -223,9 +223,9 @@ def place(
                 placed += _place_one(index, rel, staged, info, folder, config.remote_name,
                                      hashed=expected is not None)  # fmt: skip
             finally:
-                helper_tree.close_folder(folder)
+                shared_tree.close_folder(folder)
     finally:
-        helper_tree.close_folder(root_fd)
+        shared_tree.close_folder(root_fd)
     if expected is None and any(p.refused is None for p in placed):
         places.write_private(_index_path(config), json.dumps(index))
     return placed
@@ -236,12 +236,12 @@ def _open_folder(root_fd: Any, rel: str) -> Any:
     none), made where missing; a component that is a link, or not a folder, refuses (it is
     never followed). The helper's walk, run here."""
     try:
-        return helper_tree.open_folder(root_fd, rel, make=True)
+        return shared_tree.open_folder(root_fd, rel, make=True)
     except HelperError as failed:
         raise Refused(failed.message) from None
 
 
-_lstat_at = helper_tree.lstat_at
+_lstat_at = shared_tree.lstat_at
 
 
 def _place_one(
@@ -261,7 +261,7 @@ def _place_one(
     local = _lstat_at(folder, name)
     if local is not None and stat.S_ISDIR(local.st_mode):
         try:
-            helper_tree.rmdir_at(folder, name)  # an empty folder gives way (it became a file)
+            shared_tree.rmdir_at(folder, name)  # an empty folder gives way (it became a file)
         except OSError:
             return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
         local = None
@@ -270,16 +270,16 @@ def _place_one(
         if record.get("remote") == remote_stamp:
             return []  # this remote version is already kept beside the local edit
         keep = _conflict_name(folder, name, remote_name or "remote")
-        helper_tree.move_in(staged, folder, keep)
+        shared_tree.move_in(staged, folder, keep)
         index[rel] = {**record, "remote": remote_stamp}
         copy = "/".join([*rel.split("/")[:-1], keep])
         return [Pulled(rel, info.st_size, copy)]
     content = None
     if hashed and stat.S_ISREG(info.st_mode):
         # Of the staged file, which rename() moves in as it is (its inode, size and time).
-        content = (info.st_size, info.st_mtime_ns, helper_tree.file_hash(str(staged)))
+        content = (info.st_size, info.st_mtime_ns, shared_tree.file_hash(str(staged)))
     # rename() replaces a link itself, never what it points at.
-    helper_tree.move_in(staged, folder, name)
+    shared_tree.move_in(staged, folder, name)
     placed = _lstat_at(folder, name)
     index[rel] = {"local": _stamp(placed) if placed else None, "remote": remote_stamp}
     return [Pulled(rel, info.st_size, placed=content)]
@@ -291,7 +291,7 @@ def replace_unchanged(
     """Move the staged `rel` over the project's `rel` only if that is still the version
     `expected` ((mtime_ns, size), what a merge was made from): the (size, mtime_ns) placed, or
     None where the user saved it again meanwhile (then nothing here changes)."""
-    root_fd = helper_tree.open_root(str(config.root))
+    root_fd = shared_tree.open_root(str(config.root))
     try:
         folder = _open_folder(root_fd, rel)
         try:
@@ -300,12 +300,12 @@ def replace_unchanged(
             if local is None or tuple(_stamp(local)) != expected:
                 return None
             staged = (staging / rel).lstat()
-            helper_tree.move_in(staging / rel, folder, name)
+            shared_tree.move_in(staging / rel, folder, name)
             return staged.st_size, staged.st_mtime_ns
         finally:
-            helper_tree.close_folder(folder)
+            shared_tree.close_folder(folder)
     finally:
-        helper_tree.close_folder(root_fd)
+        shared_tree.close_folder(root_fd)
 
 
 # The longest file name most filesystems take, in bytes (ext4, APFS, NTFS: 255).

@@ -16,7 +16,7 @@ from rjn import places, proc
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
-from rjn.helper.record import record
+from rjn.shared.record import record
 from rjn.transfer.route import Progress
 
 # rsync's output, read by patterns compiled (and cached by `re`) when first used: a command

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 if sys.version_info >= (3, 11):
     from typing import dataclass_transform

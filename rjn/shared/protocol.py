@@ -18,6 +18,16 @@ _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "l
           "None": type(None)}  # fmt: skip
 
 
+class HelperError(Exception):
+    """An expected failure of an action (the helper's RjnError): main answers it as a
+    Failure record, what went wrong and what to try."""
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
 class Malformed(ValueError):
     """A record that does not fit its type; `field` names what was wrong."""
 

@@ -427,7 +427,7 @@ def take_wheels(project, args):
     stored wheels of args["wheels"] ([name, sha256])."""
     import re
 
-    from .tree import file_hash, staging_path
+    from ..shared.tree import file_hash, staging_path
 
     store = wheel_store()
     staged = staging_path(project, args["staged"]) if args.get("staged") else None

@@ -438,10 +438,10 @@ class HelperClient:
         done = self.connection.run(self.remote(["sh", "-c", script, "rjn", version]), timeout=900)
         found = done.out.strip().splitlines()
         if done.code != 0 or not found or not found[-1].startswith("/"):
-            said = " / ".join(done.err.strip().splitlines()[-3:])[:300]
+            why = " / ".join(done.err.strip().splitlines()[-3:])[:300]
             raise RemoteError(
                 f"{self.host}: uv could not find or install Python {version} there"
-                + (f": {said}" if said else ""),
+                + (f": {why}" if why else ""),
                 hint="uv must be on the remote's PATH, and to install a Python it must reach "
                 "its downloads (GitHub, or a mirror in UV_PYTHON_INSTALL_MIRROR); else set "
                 "[remote] python to an interpreter the remote has",
@@ -463,10 +463,10 @@ class HelperClient:
         # Each is run, not just looked up: a stub or a broken shim on the PATH is no interpreter.
         script = " ".join(f"{name} -c 'import sys; print(sys.executable)' 2>/dev/null && exit 0;"
                           for name in NEWER_PYTHONS) + " exit 1"  # fmt: skip
-        said = self.connection.run(self.remote(["sh", "-c", script]), timeout=60)
-        if said.code == SETUP_FAILED:
-            raise _setup_failed(self.host, said.err)
-        found = said.out.strip().splitlines()
+        tried = self.connection.run(self.remote(["sh", "-c", script]), timeout=60)
+        if tried.code == SETUP_FAILED:
+            raise _setup_failed(self.host, tried.err)
+        found = tried.out.strip().splitlines()
         if not found or not found[-1].startswith("/"):
             raise RemoteError(
                 f"{self.host}: the remote's python3 is Python {version}, and no python3.8 or "
@@ -519,9 +519,9 @@ class HelperClient:
 
 
 def _setup_failed(host: str, err: str) -> RemoteError:
-    said = [line for line in err.splitlines() if line.strip()][-6:]
+    last = [line for line in err.splitlines() if line.strip()][-6:]
     return RemoteError(
-        f"{host}: " + (" / ".join(said)[:1000] or "[remote] setup failed"),
+        f"{host}: " + (" / ".join(last)[:1000] or "[remote] setup failed"),
         hint="run the line in a shell there (`rjn shell`) to see why; `module avail` lists "
         "the modules the cluster has",
     )

@@ -55,7 +55,7 @@ def folds_case(folder: Path) -> bool:
 
 
 class Said(Protocol):
-    """What a finished command said (proc.Completed is one)."""
+    """What a finished command listed (proc.Completed is one)."""
 
     @property
     def code(self) -> int: ...
@@ -155,20 +155,20 @@ def _from_proc(port: int, pid: int) -> bool | None:
 def _from_lsof(port: int, pid: int, run: Run) -> bool | None:
     """macOS and the BSDs: lsof (on every Mac) lists what the process listens on."""
     try:
-        said = run(["lsof", "-nP", "-a", "-p", str(pid), f"-iTCP@127.0.0.1:{port}",
+        listed = run(["lsof", "-nP", "-a", "-p", str(pid), f"-iTCP@127.0.0.1:{port}",
                     "-sTCP:LISTEN", "-Fp"])  # fmt: skip
     except RjnError:  # not installed: cannot tell
         return None
-    return f"p{pid}" in said.out.split()
+    return f"p{pid}" in listed.out.split()
 
 
 def _from_netstat(port: int, pid: int, run: Run) -> bool | None:
     """Windows: netstat -ano names each listening port's process."""
     try:
-        said = run(["netstat", "-ano", "-p", "TCP"])
+        listed = run(["netstat", "-ano", "-p", "TCP"])
     except RjnError:
         return None
-    return listening_pid(said.out, port) == pid if said.code == 0 else None
+    return listening_pid(listed.out, port) == pid if listed.code == 0 else None
 
 
 # Windows only: compiled (and cached by `re`) when first used.

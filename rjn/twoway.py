@@ -367,8 +367,8 @@ def _plan(
     # A conflicted name is out of the plan, but where it still holds a file (and here, where
     # its copy lies), that file blocks its name as a link would: nothing may go beneath it,
     # nor replace its folder (a clash, said, not a move refused at every pass).
-    lying = [copy for copy in copies if (config.root / copy).exists()]
-    kept_here = [*(held & here["files"].keys()), *lying]
+    copies_here = [copy for copy in copies if (config.root / copy).exists()]
+    kept_here = [*(held & here["files"].keys()), *copies_here]
     return decide(free(here["files"]), free(there.files), free(agreed),
                   [*free(here["others"]), *kept_here],
                   [*free(there.others), *(held & there.files.keys())])  # fmt: skip

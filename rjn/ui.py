@@ -173,8 +173,8 @@ class Steps:
         # Where ssh may ask something, a spinner would draw over its prompt: say what is
         # happening on a line of its own and leave the terminal to ssh.
         live: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        said = err.is_terminal and prompts
-        if said:
+        on_own_line = err.is_terminal and prompts
+        if on_own_line:
             err.print(f"[dim]…[/] {escape(title)}")
         elif err.is_terminal:
             live = bar
@@ -187,7 +187,7 @@ class Steps:
         finally:
             self._bar = self._task = None
         took = time.monotonic() - started
-        if said and took < ANSWERED_BY_NOBODY:
+        if on_own_line and took < ANSWERED_BY_NOBODY:
             # Too quick for anyone to have answered a prompt: nothing was asked below the
             # line, so the outcome takes its place instead of standing under it.
             err.file.write("\x1b[1A\x1b[2K")

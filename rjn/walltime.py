@@ -78,10 +78,10 @@ def ask(helper: HelperClient, job: str) -> JobTime | None:
     """The job as the scheduler has it; None once it has left the queue."""
     # (every state: an ended job's, TIMEOUT or PREEMPTED, stays listed for a few minutes)
     squeue = ["squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%L|%l|%N"]
-    said = helper.connection.run(helper.remote(squeue), timeout=30)
-    line = (said.out.strip().splitlines() or [""])[0]
-    if said.code != 0 or not line:
-        return None if said.code == 0 or "Invalid job id" in said.err else _unknown()
+    queued = helper.connection.run(helper.remote(squeue), timeout=30)
+    line = (queued.out.strip().splitlines() or [""])[0]
+    if queued.code != 0 or not line:
+        return None if queued.code == 0 or "Invalid job id" in queued.err else _unknown()
     state, left, limit, node = [*line.split("|"), "", "", "", ""][:4]
     return JobTime(state[:40], seconds(left), seconds(limit), node[:100])
 

@@ -25,27 +25,27 @@ from rjn.shared.record import record
 
 @record
 class Target:
-    """The remote's platform, as its helper said it (untrusted: checked before any use)."""
+    """The remote's platform, as its helper output it (untrusted: checked before any use)."""
 
     python: str  # 3.11.7
     machine: str  # x86_64, aarch64
     glibc: str  # 2.36
 
     @classmethod
-    def parse(cls, host: str, said: Any) -> Target:
+    def parse(cls, host: str, output: Any) -> Target:
         named = ("python", "machine", "libc", "libc_version")
-        if not (isinstance(said, dict) and all(isinstance(said.get(k), str) for k in named)):
+        if not (isinstance(output, dict) and all(isinstance(output.get(k), str) for k in named)):
             raise RemoteError(f"{host}: rjn's remote helper sent a malformed platform")
-        if said.get("system") != "linux" or said["libc"] != "glibc" or said.get(
+        if output.get("system") != "linux" or output["libc"] != "glibc" or output.get(
             "implementation"
         ) != "cpython":
             raise RemoteError(
                 f"{host} cannot reach the package index, and rjn brings wheels only for Linux "
-                f"with glibc and CPython (the remote: {said.get('system')}, {said['libc']}, "
-                f"{said.get('implementation')})",
+                f"with glibc and CPython (the remote: {output.get('system')}, {output['libc']}, "
+                f"{output.get('implementation')})",
                 hint="give the remote a route to the index (or a mirror: PIP_INDEX_URL there)",
             )
-        fields = [said["python"], said["machine"], said["libc_version"]]
+        fields = [output["python"], output["machine"], output["libc_version"]]
         patterns = (r"3\.\d+\.\d+", r"[a-z0-9_]{1,20}", r"\d+\.\d+")
         if not all(re.fullmatch(p, f) for p, f in zip(patterns, fields, strict=True)):
             raise RemoteError(f"{host}: rjn's remote helper sent a malformed platform")
@@ -104,9 +104,9 @@ def fetch(
             *(["-r", str(requirements)] if requirements and requirements.exists() else []),
             *packages, "uv"]  # fmt: skip
     done = proc.run(argv, timeout=3600)
-    said = done.out + "\n" + done.err
+    output = done.out + "\n" + done.err
     if done.code:
-        missing = re.findall(r"No matching distribution found for ([^\s]+)", said)
+        missing = re.findall(r"No matching distribution found for ([^\s]+)", output)
         if missing:
             raise RjnError(
                 f"{host} cannot reach the package index, and {missing[0]} has no wheel for it "
@@ -114,9 +114,9 @@ def fetch(
                 hint=f"pin a version of {missing[0]} that has one, build a wheel on a machine "
                 "like the remote, or leave it out ([requirements] ignore in remote.toml)",
             )
-        tail = " / ".join(said.strip().splitlines()[-3:])
+        tail = " / ".join(output.strip().splitlines()[-3:])
         raise RjnError(f"fetching wheels for {host} failed: {tail[:600]}",
                        hint="run it again; `rjn open -v` shows pip's output")  # fmt: skip
-    found = re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", said)
+    found = re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", output)
     return sorted({Path(name) for name in found}, key=lambda p: p.name)
 

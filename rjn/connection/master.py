@@ -309,9 +309,9 @@ class Connection:
                     if portable.lock(handle):  # nobody holds it: left by a process now gone
                         path.unlink(missing_ok=True)
                         continue
-                    said = json.loads(handle.read(4096))
-                    found.append(Use(int(path.name), str(said["what"]), str(said["project"]),
-                                     float(said["since"])))  # fmt: skip
+                    use = json.loads(handle.read(4096))
+                    found.append(Use(int(path.name), str(use["what"]), str(use["project"]),
+                                     float(use["since"])))  # fmt: skip
         return found
 
     def mark_closed(self) -> None:

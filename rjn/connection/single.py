@@ -310,10 +310,10 @@ class Held:
             reader = conn.makefile("rb")
             mine = secrets.token_hex(16)
             conn.sendall(json.dumps({"hello": mine}).encode() + b"\n")
-            said = _line(reader, HELLO_MAX)
-            theirs = said.get("nonce")
+            reply = _line(reader, HELLO_MAX)
+            theirs = reply.get("nonce")
             if not isinstance(theirs, str) or not hmac.compare_digest(
-                str(said.get("proof", "")), _proof(self.token, "holder", mine, theirs)
+                str(reply.get("proof", "")), _proof(self.token, "holder", mine, theirs)
             ):
                 raise Impostor(self.port)
             proof = _proof(self.token, "client", theirs, mine)
@@ -467,8 +467,8 @@ class SingleConnection(Connection):
         spec = {"argv": ssh, "control": str(self.hold_path), "log": str(self.log_path)}
         holder = [sys.executable, "-m", "rjn.connection.single", json.dumps(spec)]
         wait = timeout + (600 if interactive else 30)
-        said = proc.start_held(holder, log=self.log_path, timeout=wait)
-        if said != "ready" or not self.master_alive():
+        state = proc.start_held(holder, log=self.log_path, timeout=wait)
+        if state != "ready" or not self.master_alive():
             raise self.explain(self.log_path.read_text(errors="replace"))
         return True
 

@@ -164,9 +164,9 @@ def uses_own(helper: HelperClient, config: Config) -> bool:
         return False
     if found.capable:
         return False
-    said = (f"this machine's rsync ({found.version or found.path}) lacks what rjn needs"
+    why = (f"this machine's rsync ({found.version or found.path}) lacks what rjn needs"
             if found.path else "this machine has no rsync")  # fmt: skip
-    note = (f"{said}: files travel through rjn's own transfer (rsync 3.1+ is faster for large "
+    note = (f"{why}: files travel through rjn's own transfer (rsync 3.1+ is faster for large "
             "edits: `brew install rsync` on a Mac)")  # fmt: skip
     told = places.state_dir() / "own-transfer-told"
     with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ from rjn import server, state, tunnel, walltime
 from rjn.commands.common import Reporter, away_news, connect, prepare, reach
 from rjn.config import Config
 from rjn.errors import RjnError
+from rjn.helper_client import HelperClient
 from rjn.records import Opened
 
 
@@ -32,34 +33,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             where = " as a SLURM job" if config.slurm else ""
             with report.step(f"Starting Jupyter {config.jupyter.app}{where}"):
                 live = server.start(helper, config, remote_dir, on_log=report.log)
-        try:
-            carrier = remote
-            if live.via_node:
-                carrier = remote.to_node(live.via_node)
-                connect(carrier, report)
-            with report.step("Opening the tunnel"):
-                port = tunnel.ensure(
-                    carrier,
-                    config,
-                    live.target,
-                    live.token,
-                    previous.local_port if previous else None,
-                    previous.forward_target if previous else None,
-                    known_good=still_up
-                    and previous is not None
-                    and (
-                        (live.token, live.target, live.via_node)
-                        == (previous.token, previous.forward_target, previous.via_node)
-                    ),
-                    # Through a hop, the tunnel is the first to ask Jupyter: give it its time.
-                    wait=config.jupyter.ready_timeout if live.via_node else 15,
-                )
-        except BaseException:
-            if live.started and live.job:
-                # A job this open submitted must not burn its allocation unused.
-                with report.step(f"Cancelling SLURM job {live.job}"):
-                    server.stop(helper, remote_dir)
-            raise
+        port = _tunnel(config, report, helper, remote_dir, live, previous, still_up)
         record = state.ProjectState(
             root=str(root),
             host=remote.host,
@@ -97,6 +71,47 @@ def open_project(config: Config, report: Reporter) -> Opened:
         notes=tuple(notes),
         away=away_news(config, ready.probe.away),
     )
+
+
+def _tunnel(
+    config: Config,
+    report: Reporter,
+    helper: HelperClient,
+    remote_dir: str,
+    live: server.Server,
+    previous: state.ProjectState | None,
+    still_up: bool,
+) -> int:
+    """The tunnel to the server, on the last open's local port where it can be: kept as it is
+    where it still answers for this server. A job this open submitted is cancelled if the
+    tunnel cannot be made (it must not burn its allocation unused)."""
+    try:
+        carrier = helper.connection
+        if live.via_node:
+            carrier = carrier.to_node(live.via_node)
+            connect(carrier, report)
+        with report.step("Opening the tunnel"):
+            return tunnel.ensure(
+                carrier,
+                config,
+                live.target,
+                live.token,
+                previous.local_port if previous else None,
+                previous.forward_target if previous else None,
+                known_good=still_up
+                and previous is not None
+                and (
+                    (live.token, live.target, live.via_node)
+                    == (previous.token, previous.forward_target, previous.via_node)
+                ),
+                # Through a hop, the tunnel is the first to ask Jupyter: give it its time.
+                wait=config.jupyter.ready_timeout if live.via_node else 15,
+            )
+    except BaseException:
+        if live.started and live.job:
+            with report.step(f"Cancelling SLURM job {live.job}"):
+                server.stop(helper, remote_dir)
+        raise
 
 
 def _tunnel_answers(config: Config, saved: state.ProjectState | None) -> bool:

@@ -51,29 +51,9 @@ def status(config: Config) -> Status:
             away = away_news(config, info.away)
             alive = info.server is not None
             pid = info.server.pid if info.server else None
-    problems = []
-    if job.id and job.ended == "idle":
-        idle = f"{config.jupyter.idle_timeout:g} min" if config.jupyter.idle_timeout else "long"
-        problems.append(f"SLURM job {job.id} ended: idle for {idle} ([jupyter] idle_timeout); "
-                        "`rjn open` starts a new one")  # fmt: skip
-    elif job.id and job.state not in ("RUNNING", None):
-        problems.append(f"SLURM job {job.id} is {job.state}")
-    if not master:
-        problems.append(f"no SSH master to {remote.host}: `rjn open` reconnects")
-    elif alive is False:
-        problems.append("the Jupyter server is not running: `rjn open` starts it")
-    elif squatted:
-        problems.append(
-            f"local port {saved.local_port} is taken by another process (not rjn's tunnel): "
-            "`rjn open` moves to another port"
-        )
-    elif not tunnel_ok and saved.local_port:
-        problems.append("the tunnel does not answer: `rjn open` repairs it")
     conflicts = twoway.conflicts(config)
-    problems += [
-        f"{rel} changed on both sides: the remote version is {copy} (delete one to resolve)"
-        for rel, copy in conflicts.items()
-    ]
+    problems = _problems(config, saved, job, host=remote.host, master=master, alive=alive,
+                         squatted=squatted, tunnel_ok=tunnel_ok, conflicts=conflicts)  # fmt: skip
     return Status(
         project=config.name,
         host=remote.host,
@@ -86,7 +66,7 @@ def status(config: Config) -> Status:
         url=saved.url,
         tokened_url=saved.tokened_url() if tunnel_ok else None,
         server_pid=pid,
-        problems=tuple(problems),
+        problems=problems,
         job=job.id,
         job_state=job.state,
         node=job.node,
@@ -100,3 +80,42 @@ def status(config: Config) -> Status:
         trash_bytes=trash,
         away=away,
     )
+
+
+def _problems(
+    config: Config,
+    saved: state.ProjectState,
+    job: probe.Job,
+    *,
+    host: str,
+    master: bool,
+    alive: bool | None,
+    squatted: bool,
+    tunnel_ok: bool,
+    conflicts: dict[str, str],
+) -> tuple[str, ...]:
+    """What is wrong, each with what fixes it: the job, the link, the server, the tunnel (the
+    first of those three that fails: the others depend on it), and every conflict."""
+    problems = []
+    if job.id and job.ended == "idle":
+        idle = f"{config.jupyter.idle_timeout:g} min" if config.jupyter.idle_timeout else "long"
+        problems.append(f"SLURM job {job.id} ended: idle for {idle} ([jupyter] idle_timeout); "
+                        "`rjn open` starts a new one")  # fmt: skip
+    elif job.id and job.state not in ("RUNNING", None):
+        problems.append(f"SLURM job {job.id} is {job.state}")
+    if not master:
+        problems.append(f"no SSH master to {host}: `rjn open` reconnects")
+    elif alive is False:
+        problems.append("the Jupyter server is not running: `rjn open` starts it")
+    elif squatted:
+        problems.append(
+            f"local port {saved.local_port} is taken by another process (not rjn's tunnel): "
+            "`rjn open` moves to another port"
+        )
+    elif not tunnel_ok and saved.local_port:
+        problems.append("the tunnel does not answer: `rjn open` repairs it")
+    problems += [
+        f"{rel} changed on both sides: the remote version is {copy} (delete one to resolve)"
+        for rel, copy in conflicts.items()
+    ]
+    return tuple(problems)

@@ -99,10 +99,10 @@ def watch(
             if time.monotonic() - checked > HEALTH_INTERVAL:
                 health()
                 checked = time.monotonic()
-                said = clock.tick() if clock else None
-                if said in ("last", "ended"):
+                moment = clock.tick() if clock else None
+                if moment in ("last", "ended"):
                     _bring_home(helper, config, remote_dir, on_pulled)
-                if said == "ended":
+                if moment == "ended":
                     return
             try:
                 message = backlog.popleft() if backlog else messages.get(timeout=0.2)

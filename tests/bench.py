@@ -60,6 +60,19 @@ def wait(check: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.001)
 
 
+def watched(process: subprocess.Popen[str]) -> list[str]:
+    """A process's stderr lines, read as they come (in a thread) into the list returned."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stderr
+        for line in process.stderr:
+            lines.append(line.rstrip())
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def row(what: str, seconds: float, login: float) -> None:
     print(f"  {what:<44} {seconds:7.2f} s  {seconds / login:5.2f}x ssh")
 
@@ -159,6 +172,7 @@ def main() -> None:
         json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
     )
     watcher = None
+    said: list[str] = []
     try:
         ssh = ["ssh", "-F", str(host.ssh_config), "-o", "ControlPath=none", ALIAS, "true"]
         login = statistics.median(timed(ssh, project) for _ in range(5))
@@ -194,12 +208,17 @@ def main() -> None:
         watcher = subprocess.Popen(
             [sys.executable, "-m", "rjn", "watch"], cwd=project, stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
+            # SIGABRT then prints every thread's stack: a watch that does not stop says where.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+            # Ctrl-C reaches it however the bench was started (a job started in the background
+            # by a shell without job control ignores SIGINT, and so would the watch).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
-        assert watcher.stderr
-        deadline = time.monotonic() + 60
-        while "watching results" not in watcher.stderr.readline():
-            if watcher.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bench: the watcher did not start")
+        # Its output is read all along: a pipe nobody reads fills, and the watch then waits
+        # on its next line (as no terminal would make it).
+        said = watched(watcher)
+        wait(lambda: any("watching results" in line for line in said) or watcher.poll(), 60,
+             "the watcher to start")  # fmt: skip
         (remote / "results").mkdir(exist_ok=True)
         figures = []
         for n in range(FIGURES):
@@ -319,7 +338,14 @@ def main() -> None:
     finally:
         if watcher:
             watcher.send_signal(2)
-            watcher.wait(timeout=30)
+            try:
+                watcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                watcher.send_signal(signal.SIGABRT)
+                watcher.wait(timeout=30)
+                time.sleep(1)  # the reader takes the last lines
+                print("bench: rjn watch did not stop within 30 s of Ctrl-C; its last lines:\n"
+                      + "\n".join(said[-150:]))  # fmt: skip
         subprocess.run([sys.executable, "-m", "rjn", "close", "--server"], cwd=project,
                        capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
         host.teardown()

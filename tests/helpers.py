@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -163,6 +164,9 @@ class Watcher:
             text=True,
             # SIGABRT then prints every thread's stack: a watch that does not stop says where.
             env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+            # Ctrl-C reaches it however the tests were started (a job started in the
+            # background by a shell without job control ignores SIGINT, and so would the watch).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         threading.Thread(target=self._read, daemon=True).start()
         wait_for(

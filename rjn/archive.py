@@ -90,7 +90,7 @@ def load_head(root: Path, remote: str | None) -> Head:
         with where.open("rb") as handle:
             return _head(Head(), json.loads(handle.readline()))
     except FileNotFoundError:
-        return _head(Head(), _migrated(root, remote).get("head"))
+        return _migrated(root, remote) or Head()
     except (OSError, ValueError, TypeError, KeyError):
         return Head()
 
@@ -102,7 +102,7 @@ def load_archive(root: Path, remote: str | None) -> Archive:
         head_line, files_line = where.read_bytes().split(b"\n", 2)[:2]
         found = {"head": json.loads(head_line), "files": json.loads(files_line)}
     except FileNotFoundError:
-        found = _migrated(root, remote)
+        return _migrated(root, remote) or Archive()
     except (OSError, ValueError):
         return Archive()
     try:
@@ -145,14 +145,14 @@ def _head(into: Any, data: Any) -> Any:
     return into
 
 
-def _migrated(root: Path, remote: str | None) -> dict[str, Any]:
+def _migrated(root: Path, remote: str | None) -> Archive | None:
     """The files older rjn kept (`.agreed`: the files, pair, conflicts; `.marks`: the
-    generation, the listing's id, the clean marks) as an archive, written once; {} if none."""
+    generation, the listing's id, the clean marks) as an archive, written once; None if none."""
     old = [state.project_file(root, remote, kind) for kind in (".agreed", ".marks")]
     try:
         agreed = json.loads(old[0].read_text())
     except FileNotFoundError:
-        return {}
+        return None
     except (OSError, ValueError):
         agreed = {}
     try:
@@ -172,10 +172,8 @@ def _migrated(root: Path, remote: str | None) -> dict[str, Any]:
         with contextlib.suppress(TypeError, KeyError, ValueError, IndexError):
             local, there = entry["local"], entry["remote"]
             archive.files[rel] = Agreed((local[0], local[1]), (there[0], there[1]), entry["hash"])
-    text = _text(archive)
-    places.write_private(path(root, remote), text)
+    save_archive(root, remote, archive)
     for gone in old:
         with contextlib.suppress(OSError):
             gone.unlink()
-    head, files = text.split("\n")[:2]
-    return {"head": json.loads(head), "files": json.loads(files)}
+    return archive

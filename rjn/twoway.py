@@ -282,7 +282,7 @@ def run(
         if _unchanged(head, given, scanned):
             return Outcome()
         archive = _archive(config, head, scanned)
-        before = (archive.gen, archive.listing, archive.clean, _state(archive))
+        marks_before, state_before = (archive.gen, archive.listing, archive.clean), _state(archive)
         whole = _remote_listing(helper, config, remote_dir, given, archive)
         there = _checked_listing(whole, exclude, include)
         if scanned and scanned.gen is not None and scanned.gen == archive.gen:
@@ -301,7 +301,7 @@ def run(
         outcome = _apply(helper, config, remote_dir, plan, here["files"], there.files, archive,
                          direction, progress)  # fmt: skip
         moved = outcome.changed or outcome.merged or plan.agree or plan.forget
-        if moved or _state(archive) != before[3]:
+        if moved or _state(archive) != state_before:
             archive.gen += 1
         # A pass that found nothing to do, and left nothing for the user, is clean: until either
         # side changes, the next one can tell so from names and stamps alone (_unchanged).
@@ -310,7 +310,7 @@ def run(
                                  or here["skipped"] or there.skipped)  # fmt: skip
         archive.clean = Clean(here_digest, whole.id, _bare(whole)) if clean else None
         # Written only when something changed: a pass with nothing to do writes nothing.
-        if (archive.gen, archive.listing, archive.clean) != before[:3]:
+        if (archive.gen, archive.listing, archive.clean) != marks_before:
             save_archive(config.root, config.remote_name, archive)
     skipped = [("here", n, why) for n, why in here["skipped"]] + [
         ("there", n, why) for n, why in there.skipped
@@ -411,10 +411,8 @@ def _archive(config: Config, head: Head, scanned: HereScan | None) -> Archive:
     changed it since (its files change only with its generation; the head is read anew)."""
     if scanned is None or scanned.archive is None or scanned.archive.gen != head.gen:
         return load_archive(config.root, config.remote_name)
-    archive = scanned.archive
-    archive.listing, archive.clean = head.listing, head.clean
-    archive.pair, archive.conflicts, archive.kept_there = head.pair, head.conflicts, head.kept_there
-    return archive
+    fresh = {spec.name: getattr(head, spec.name) for spec in fields(Head)}
+    return Archive(**fresh, files=scanned.archive.files)
 
 
 def _scan_here(config: Config, archive: Archive) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -42,20 +43,21 @@ def ensure(
 ) -> None:
     """Create or update the environment unless the remote already has exactly this one; with
     [remote] env, check the user's own and use it as it is (what it lacks becomes a note)."""
-    args = {
-        "dir": remote_dir,
-        "hash": wanted,
-        "requirements": config.requirements.file,
-        "packages": packages(config),
-        "serve": serving(config),
-        "no_uv": config.remote.installer == "pip",
-        "env": config.remote.env,
-        "offline": config.remote.offline,
-    }
-    done = helper.ensure_env(args, on_log)
+    request = protocol.EnvRequest(
+        dir=remote_dir,
+        hash=wanted,
+        requirements=config.requirements.file,
+        packages=packages(config),
+        serve=serving(config),
+        no_uv=config.remote.installer == "pip",
+        env=config.remote.env,
+        offline=config.remote.offline,
+    )
+    done = helper.ensure_env(request, on_log)
     if done.need_wheels is not None:
-        done = helper.ensure_env({**args, **_send_wheels(helper, config, remote_dir, done, on_log)},
-                                 on_log)  # fmt: skip
+        wheels, staged = _send_wheels(helper, config, remote_dir, done, on_log)
+        request = dataclasses.replace(request, wheels=wheels, staged=staged)
+        done = helper.ensure_env(request, on_log)
     if done.env and done.missing:
         lacking = " ".join(str(name)[:100] for name in done.missing[:50])
         helper.notes.append(
@@ -70,10 +72,10 @@ def _send_wheels(
     remote_dir: str,
     asked: protocol.EnvDone,
     on_log: Callable[[str], Any] | None,
-) -> dict[str, Any]:
+) -> tuple[list[list[str]], str | None]:
     """The remote cannot reach the package index: the wheels it needs, fetched here for its
-    platform, those its wheelhouse lacks sent into a staging folder; the helper's arguments
-    that name them."""
+    platform, those its wheelhouse lacks sent into a staging folder; their names and hashes,
+    and that folder (None: nothing was sent)."""
     say = on_log or (lambda line: None)
     target = wheels.Target.parse(helper.host, asked.need_wheels)
     say(f"{helper.host} cannot reach the package index: fetching wheels here for Python "
@@ -93,5 +95,4 @@ def _send_wheels(
         staged = transfer.Transfer(helper, config).stage(remote_dir, missing, source=folder)
     helper.notes.append(f"{helper.host} cannot reach the package index: its {len(hashes)} wheels "
                         f"came from here ({sent})")  # fmt: skip
-    return {"wheels": [[name, digest] for name, digest in sorted(hashes.items())],
-            "staged": staged}  # fmt: skip
+    return [[name, digest] for name, digest in sorted(hashes.items())], staged

@@ -261,8 +261,7 @@ class HelperClient:
 
     def call(
         self,
-        action: str,
-        args: dict[str, Any],
+        request: protocol.Request,
         *,
         python: str | None = None,
         on_log: Callable[[str], Any] | None = None,
@@ -272,13 +271,14 @@ class HelperClient:
         on_data: Callable[[dict[str, Any]], Any] | None = None,
         stream: Iterable[bytes] = (),
     ) -> dict[str, Any]:
-        """Run one action of rjn's remote helper in one exec; return its JSON answer (the
-        typed methods below read it as its record: use them). `on_data` is handed the
+        """Run one action of rjn's remote helper (the request's) in one exec; return its JSON
+        answer (the typed methods below read it as its record: use them). `on_data` is handed the
         action's other messages as they come (files it sends); `stream` follows its arguments
         on stdin (files it takes in).
 
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.python
+        action, args = request.action, request.to_json()
         answer = Answer(self.host, on_log, on_data)
         if action in self.SERVED and python == self.python and not hold and not send:
             served = self._served(action, args, timeout or 300)
@@ -320,11 +320,11 @@ class HelperClient:
         if code == NEED_HELPER and "need" in answer.fields and not size:
             # The host no longer keeps this helper (a cleaned cache): send it, once.
             self._helper_lost()
-            return self.call(action, args, python=python, on_log=on_log, timeout=timeout,
+            return self.call(request, python=python, on_log=on_log, timeout=timeout,
                              hold=hold, send=True, on_data=on_data, stream=stream)  # fmt: skip
         if code == OLD_PYTHON and "old_python" in answer.fields:
             newer = self._newer_python(python, str(answer.fields["old_python"])[:20])
-            return self.call(action, args, python=newer, on_log=on_log, timeout=timeout,
+            return self.call(request, python=newer, on_log=on_log, timeout=timeout,
                              hold=hold, send=send, on_data=on_data, stream=stream)  # fmt: skip
         if "ok" in answer.fields or "error" in answer.fields:
             self._helper_kept(size)
@@ -342,67 +342,68 @@ class HelperClient:
         tail = " / ".join(err.strip().splitlines()[-5:])
         raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
 
-    # -- the actions, one method each: arguments in, a checked record out ----------------------
+    # -- the actions, one method each: a request in, a checked record out ---------------------
 
-    def probe(self, args: dict[str, Any], *, timeout: float) -> protocol.ProbeAnswer:
+    def probe(self, request: protocol.ProbeRequest, *, timeout: float) -> protocol.ProbeAnswer:
         """One look at the project (helper/probe.py)."""
-        return self._read(protocol.ProbeAnswer, "probe", self.call("probe", args, timeout=timeout))
+        return self._read(protocol.ProbeAnswer, "probe", self.call(request, timeout=timeout))
 
-    def scan(self, args: dict[str, Any]) -> protocol.TreeListing:
-        """The project's tree, or its diff since the listing `args["since"]`."""
-        answer = self.call("scan", args, timeout=300)
+    def scan(self, request: protocol.ScanRequest) -> protocol.TreeListing:
+        """The project's tree, or its diff since the listing the request names."""
+        answer = self.call(request, timeout=300)
         return self._read(protocol.TreeListing, "file listing", answer.get("tree"))
 
-    def place(self, args: dict[str, Any]) -> protocol.Placed:
+    def place(self, request: protocol.PlaceRequest) -> protocol.Placed:
         """Move a push's staged files in, each only if its destination is as the plan saw it."""
-        return self._read(protocol.Placed, "placing", self.call("place", args, timeout=600))
+        return self._read(protocol.Placed, "placing", self.call(request, timeout=600))
 
-    def trash(self, args: dict[str, Any]) -> protocol.Moved:
+    def trash(self, request: protocol.TrashRequest) -> protocol.Moved:
         """Move files to the project's trash, each only if it is as the plan saw it."""
-        return self._read(protocol.Moved, "trashing", self.call("trash", args, timeout=600))
+        return self._read(protocol.Moved, "trashing", self.call(request, timeout=600))
 
     def ensure_env(
-        self, args: dict[str, Any], on_log: Callable[[str], Any] | None
+        self, request: protocol.EnvRequest, on_log: Callable[[str], Any] | None
     ) -> protocol.EnvDone:
         """Create or update the project's environment unless it is the one wanted already (a
         user's own: check it, and point the project at it)."""
-        return self._read(protocol.EnvDone, "environment", self.call("env", args, on_log=on_log))
+        return self._read(protocol.EnvDone, "environment", self.call(request, on_log=on_log))
 
     def start(
-        self, args: dict[str, Any], *, python: str, on_log: Callable[[str], Any] | None,
-        timeout: float,
+        self, request: protocol.StartRequest, *, python: str,
+        on_log: Callable[[str], Any] | None, timeout: float,
     ) -> protocol.ServerState:  # fmt: skip
         """Start the project's Jupyter server (or find it running); held until it answers: if
         we go away meanwhile, the helper undoes what it started."""
-        answer = self.call("start", args, python=python, on_log=on_log, hold=True,
-                           timeout=timeout)  # fmt: skip
+        answer = self.call(request, python=python, on_log=on_log, hold=True, timeout=timeout)
         return self._read(protocol.ServerState, "server", answer)
 
     def stop(self, remote_dir: str) -> protocol.Stopped:
         """Shut the project's server down through its API, kernels too."""
-        answer = self.call("stop", {"dir": remote_dir}, timeout=60)
+        answer = self.call(protocol.StopRequest(dir=remote_dir), timeout=60)
         return self._read(protocol.Stopped, "stop", answer)
 
-    def renew(self, args: dict[str, Any], *, python: str) -> protocol.Renewed:
+    def renew(self, request: protocol.RenewRequest, *, python: str) -> protocol.Renewed:
         """Queue a follow-on job for the project's SLURM job (or find the one queued)."""
-        answer = self.call("renew", args, python=python, timeout=120)
+        answer = self.call(request, python=python, timeout=120)
         return self._read(protocol.Renewed, "renewal", answer)
 
-    def run_detached(self, args: dict[str, Any], *, python: str) -> protocol.Detached:
+    def run_detached(self, remote_dir: str, argv: list[str], *, python: str) -> protocol.Detached:
         """Start a run that goes on without the connection."""
-        answer = self.call("run", {**args, "detach": True}, python=python, timeout=60)
-        return self._read(protocol.Detached, "run", answer)
+        request = protocol.RunRequest(dir=remote_dir, argv=argv, detach=True)
+        return self._read(protocol.Detached, "run", self.call(request, python=python, timeout=60))
 
     def send_files(
-        self, args: dict[str, Any], on_file: Callable[[dict[str, Any]], Any]
+        self, request: protocol.SendRequest, on_file: Callable[[dict[str, Any]], Any]
     ) -> dict[str, Any]:
         """rjn's own transfer, out of the remote: each file's messages (helper/files.py) go to
         `on_file` as they come; the answer counts them."""
-        return self.call("send", args, on_data=on_file)
+        return self.call(request, on_data=on_file)
 
-    def receive_files(self, args: dict[str, Any], stream: Iterable[bytes]) -> dict[str, Any]:
+    def receive_files(
+        self, request: protocol.ReceiveRequest, stream: Iterable[bytes]
+    ) -> dict[str, Any]:
         """rjn's own transfer, into the remote's staging: `stream` is the files' frames."""
-        return self.call("receive", args, stream=stream)
+        return self.call(request, stream=stream)
 
     def _read(self, record: type[R], what: str, answer: object) -> R:
         return read(self.host, record, what, answer)
@@ -484,8 +485,7 @@ class HelperClient:
 
     def stream(
         self,
-        action: str,
-        args: dict[str, Any],
+        request: protocol.Request,
         *,
         python: str,
         on_message: Callable[[dict[str, Any]], Any],
@@ -495,7 +495,7 @@ class HelperClient:
         It stops when we close its stdin (or the connection drops).
         """
         payload, size = self._helper_payload(send=False)
-        command, rest = _agent_command(python, action, args, size)
+        command, rest = _agent_command(python, request.action, request.to_json(), size)
         command = self.remote(command)
         payload += rest
         started = [False]

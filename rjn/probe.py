@@ -54,7 +54,7 @@ def look(
     remote_dir: str,
     *,
     env_hash: str | None = None,
-    tree: dict[str, Any] | None = None,
+    tree: protocol.TreeQuery | None = None,
     machine: bool = False,
     results: Sequence[str] | None = None,
     away: bool = False,
@@ -62,17 +62,14 @@ def look(
     timeout: float = 60,
 ) -> Probe:
     """Ask the helper once. `env_hash` is the environment wanted (else it is not current);
-    `tree` the listing's arguments (twoway.scan_args); `machine` adds the machine's state;
+    `tree` what to list of the tree (twoway.tree_query); `machine` adds the machine's state;
     `results` (the results folders) lists their files; `away` the cells that finished while
     no browser was attached; `make`: folders to make first, where missing."""
-    args: dict[str, Any] = {"dir": remote_dir, "machine": machine, "away": away, **(tree or {})}
-    if results is not None:
-        args["results"] = list(results)
-    if make:
-        args["make"] = list(make)
-    if env_hash:
-        args["env_hash"] = env_hash
-    return parse(helper.host, helper.probe(args, timeout=timeout))
+    request = protocol.ProbeRequest(
+        dir=remote_dir, env_hash=env_hash or None, machine=machine, away=away,
+        make=list(make) or None, tree=tree, results=None if results is None else list(results),
+    )  # fmt: skip
+    return parse(helper.host, helper.probe(request, timeout=timeout))
 
 
 def parse(host: str, seen: protocol.ProbeAnswer) -> Probe:

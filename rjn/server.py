@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from rjn.config import Config
 from rjn.errors import RemoteError
 from rjn.helper_client import HelperClient, setup_script
 from rjn.shared import folders, protocol
 from rjn.shared.record import record
+
+Start = TypeVar("Start", bound=protocol.StartRequest)
 
 
 @record
@@ -78,7 +80,7 @@ def start(
     With [slurm] it is a batch job whose main process is Jupyter; the wait covers the queue.
     """
     state = helper.start(
-        _args(config, remote_dir),
+        _request(protocol.StartRequest, config, remote_dir),
         python=venv_python(remote_dir),
         on_log=on_log,
         timeout=config.jupyter.ready_timeout + 60
@@ -95,24 +97,25 @@ def start(
 def renew(helper: HelperClient, config: Config, remote_dir: str) -> protocol.Renewed:
     """Queue the job that takes over from the project's SLURM job when it ends, with the same
     token (the one queued already, if there is)."""
-    return helper.renew(_args(config, remote_dir), python=venv_python(remote_dir))
+    request = _request(protocol.RenewRequest, config, remote_dir)
+    return helper.renew(request, python=venv_python(remote_dir))
 
 
-def _args(config: Config, remote_dir: str) -> dict[str, Any]:
-    """What the helper needs to start the project's server."""
+def _request(kind: type[Start], config: Config, remote_dir: str) -> Start:
+    """What the helper needs to start the project's server (or queue its follow-on job)."""
     jupyter = config.jupyter
-    return {
-        "dir": remote_dir,
-        "app": jupyter.app,
-        "listen": jupyter.listen,
-        "idle_timeout": jupyter.idle_timeout,
-        "ready_timeout": jupyter.ready_timeout,
-        "away": jupyter.away_outputs,
-        "slurm": dataclasses.asdict(config.slurm) if config.slurm else None,
+    return kind(
+        dir=remote_dir,
+        app=jupyter.app,
+        listen=jupyter.listen,
+        idle_timeout=jupyter.idle_timeout,
+        ready_timeout=jupyter.ready_timeout,
+        away=jupyter.away_outputs,
+        slurm=dataclasses.asdict(config.slurm) if config.slurm else None,
         # The job's script starts as every command does: the user's sbatch settings may not
         # pass this environment on (--export=NONE).
-        "setup": setup_script(config.remote.setup) if config.remote.setup else None,
-    }
+        setup=setup_script(config.remote.setup) if config.remote.setup else None,
+    )
 
 
 def stop(helper: HelperClient, remote_dir: str) -> bool:

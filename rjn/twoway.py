@@ -195,16 +195,16 @@ def conflicts(config: Config) -> dict[str, str]:
     return {rel: c.copy for rel, c in found.items() if (config.root / c.copy).exists()}
 
 
-def scan_args(config: Config, head: Head | None = None) -> dict[str, Any]:
-    """The helper's arguments for listing the remote tree (in a probe, a run's end, or alone):
+def tree_query(config: Config, head: Head | None = None) -> protocol.TreeQuery:
+    """What the helper lists of the remote tree (in a probe, a run's end, or alone):
     what travels; the archive's generation (echoed back, so that a listing made before another
     pass is told apart); this machine's id (the remote keeps the last listing it sent us, as
     its hash cache, and cleans our leftover staging) and that listing's id, `since` which only
     what changed is sent. `head` is the archive's, where the caller has it."""
     exclude, include = filters(config)
     head = head or load_head(config.root, config.remote_name)
-    return {"exclude": exclude, "include": include, "gen": head.gen,
-            "mine": places.copy_id(config.root), "since": head.listing}  # fmt: skip
+    return protocol.TreeQuery(exclude=exclude, include=include, gen=head.gen,
+                              mine=places.copy_id(config.root), since=head.listing)  # fmt: skip
 
 
 def _listing_path(config: Config) -> Path:
@@ -331,11 +331,12 @@ def _remote_listing(
     whole = _whole(config, given, archive) if given else None
     if whole is not None and whole.gen == archive.gen:
         return whole
-    args = {"dir": remote_dir, **scan_args(config, archive)}
-    whole = _whole(config, helper.scan(args), archive)
+    query = tree_query(config, archive)
+    whole = _whole(config, helper.scan(protocol.ScanRequest(dir=remote_dir, tree=query)), archive)
     if whole is None:  # the listing kept here changed meanwhile: ask for all of it
-        args["since"] = None
-        whole = _whole(config, helper.scan(args), archive)
+        query = dataclasses.replace(query, since=None)
+        request = protocol.ScanRequest(dir=remote_dir, tree=query)
+        whole = _whole(config, helper.scan(request), archive)
     if whole is None:
         raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
     return whole
@@ -622,7 +623,7 @@ def _apply(
     trashed_there: list[str] = []
     if sends and plan.trash_remote:
         wants = {rel: list(remote_tree[rel]) for rel in plan.trash_remote}
-        moved = helper.trash({"dir": remote_dir, "files": wants}).moved
+        moved = helper.trash(protocol.TrashRequest(dir=remote_dir, files=wants)).moved
         trashed_there = [rel for rel in moved if rel in wants]
         done.update(dict.fromkeys(trashed_there))
     pushed, raced = (
@@ -692,7 +693,7 @@ def _push(
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
     sent = {rel: local_tree[rel] for rel in names}
     staging = transfer.Transfer(helper, config).stage(remote_dir, names, progress)
-    answer = helper.place({"dir": remote_dir, "staging": staging, "files": wants})
+    answer = helper.place(protocol.PlaceRequest(dir=remote_dir, staging=staging, files=wants))
     for rel, stamp in answer.placed.items():
         if rel in sent and isinstance(stamp, list) and len(stamp) == 2:
             done[rel] = _entry(sent[rel], [*stamp, sent[rel][2]])
@@ -824,7 +825,7 @@ def _send_merges(
         names = sorted(merges)
         wants = {rel: list(remote_tree[rel]) for rel in names}
         sent = transfer.Transfer(helper, config).stage(remote_dir, names, progress, source=staging)
-        answer = helper.place({"dir": remote_dir, "staging": sent, "files": wants})
+        answer = helper.place(protocol.PlaceRequest(dir=remote_dir, staging=sent, files=wants))
         merged, raced = [], []
         for rel in names:
             merge = merges[rel]

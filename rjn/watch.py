@@ -78,16 +78,16 @@ def watch(
     """
     remote = helper.connection
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
+    exclude, include = twoway.filters(config)
     watcher = helper.stream(
-        "watch",
-        {
-            "dir": remote_dir,
-            "results": list(config.sync.results),
-            "patterns": list(config.sync.patterns),
-            "mode": mode,
-            "inline_max": INLINE_MAX,
-            "tree": dict(zip(("exclude", "include"), twoway.filters(config), strict=True)),
-        },
+        protocol.WatchRequest(
+            dir=remote_dir,
+            results=list(config.sync.results),
+            patterns=list(config.sync.patterns),
+            mode=mode,
+            inline_max=INLINE_MAX,
+            tree=protocol.TreeQuery(exclude=exclude, include=include),
+        ),
         python=server.venv_python(remote_dir),
         on_message=messages.put,
     )

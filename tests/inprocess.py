@@ -18,6 +18,7 @@ from rjn.config import RemoteConfig
 from rjn.connection import Connection
 from rjn.helper import main as helper_main
 from rjn.helper_client import Answer, HelperClient
+from rjn.shared import protocol
 
 
 class LocalConnection(Connection):
@@ -45,8 +46,7 @@ class InProcessHelper(HelperClient):
 
     def call(
         self,
-        action: str,
-        args: dict[str, Any],
+        request: protocol.Request,
         *,
         python: str | None = None,
         on_log: Callable[[str], Any] | None = None,
@@ -56,12 +56,12 @@ class InProcessHelper(HelperClient):
         on_data: Callable[[dict[str, Any]], Any] | None = None,
         stream: Iterable[bytes] = (),
     ) -> dict[str, Any]:
-        self.calls.append(action)
+        self.calls.append(request.action)
         raw = io.BytesIO()
         out = io.TextIOWrapper(raw, write_through=True)  # a blob goes to out.buffer, raw
         given = io.TextIOWrapper(io.BytesIO(b"".join(stream)))  # what follows the arguments
         with contextlib.redirect_stdout(out), _stdin(given):
-            helper_main.main(["helper", action, json.dumps(args)])
+            helper_main.main(["helper", request.action, json.dumps(request.to_json())])
         out.flush()
         answer = Answer(self.host, on_log, on_data)  # read as over a connection
         split = proc._splitter(answer.line, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from rjn.helper import tree
 from rjn.helper.common import PART
 from rjn.shared import tree as shared_tree
+from rjn.shared.protocol import PlaceRequest, TrashRequest, TreeQuery
 from rjn.twoway import Plan, decide, too_many
 
 
@@ -136,7 +138,7 @@ def test_placing_replaces_only_what_the_plan_saw(tmp_path: Path) -> None:
     (tmp_path / "saved.txt").write_text("autosaved")
     (tmp_path / "taken.txt").write_text("made meanwhile")
     name = stage(tmp_path, {rel: b"ours" for rel in wants})
-    answer = tree.place({"dir": str(tmp_path), "staging": name, "files": wants})
+    answer = tree.place(PlaceRequest(dir=str(tmp_path), staging=name, files=wants))
     assert sorted(answer["placed"]) == ["deep/er/x.txt", "new.txt", "same.txt"]
     assert sorted(answer["kept"]) == ["saved.txt", "taken.txt"]
     assert (tmp_path / "saved.txt").read_text() == "autosaved"
@@ -152,7 +154,7 @@ def test_a_same_size_same_time_rewrite_is_seen_by_its_hash(tmp_path: Path) -> No
     path.write_text("bbbb")
     os.utime(path, ns=(want[1], want[1]))  # a coarse clock: size and time are the same
     name = stage(tmp_path, {"f.txt": b"ours"})
-    answer = tree.place({"dir": str(tmp_path), "staging": name, "files": {"f.txt": want}})
+    answer = tree.place(PlaceRequest(dir=str(tmp_path), staging=name, files={"f.txt": want}))
     assert answer["kept"] and path.read_text() == "bbbb"
 
 
@@ -167,7 +169,7 @@ def test_placing_never_writes_through_a_link_and_a_folder_gives_way_only_empty(t
     (project / "full" / "keep.txt").write_text("keep")
     wants = {"data/x.txt": None, "empty": None, "full": None}
     name = stage(project, {rel: b"ours" for rel in wants})
-    answer = tree.place({"dir": str(project), "staging": name, "files": wants})
+    answer = tree.place(PlaceRequest(dir=str(project), staging=name, files=wants))
     assert list(answer["placed"]) == ["empty"] and (project / "empty").read_text() == "ours"
     assert "is a link or a file here" in answer["kept"]["data/x.txt"]
     assert "not empty" in answer["kept"]["full"]
@@ -179,7 +181,7 @@ def test_trash_takes_only_the_version_seen_and_is_pruned_oldest_first(tmp_path: 
         (tmp_path / name).write_text(name)
     wants = {"a": entry(tmp_path / "a"), "b": entry(tmp_path / "b")}
     (tmp_path / "b").write_text("edited since")
-    assert tree.trash({"dir": str(tmp_path), "files": wants})["moved"] == {"a": True}
+    assert tree.trash(TrashRequest(dir=str(tmp_path), files=wants))["moved"] == {"a": True}
     assert (tmp_path / "b").read_text() == "edited since"
     trash = tmp_path / ".rjn" / "trash"
     for n, stamp in enumerate(["20200101-000000", "20200102-000000", "20990101-000000"]):
@@ -223,19 +225,19 @@ def test_a_listing_sends_only_what_changed_since_the_one_the_caller_has(tmp_path
 
     for n in range(2500):  # more than one message's worth
         (tmp_path / f"f{n:04}.txt").write_text(str(n))
-    args = {"exclude": [".rjn/"], "mine": "m1"}
-    first = tree.tree_listing(str(tmp_path), {**args, "since": None})
+    query = TreeQuery(exclude=[".rjn/"], include=[], mine="m1")
+    first = tree.tree_listing(str(tmp_path), query)
     parts = [json.loads(line)["part"] for line in capsys.readouterr().out.splitlines()]
     assert len(parts) == 1 and len(parts[0]) == PART and "base" not in first
     assert len(parts[0]) + len(first["files"]) == 2500
-    same = tree.tree_listing(str(tmp_path), {**args, "since": first["id"]})
+    same = tree.tree_listing(str(tmp_path), replace(query, since=first["id"]))
     assert same["id"] == first["id"] and same["files"] == {} and same["gone"] == []
     (tmp_path / "f0001.txt").write_text("changed")
     (tmp_path / "f0002.txt").unlink()
-    diff = tree.tree_listing(str(tmp_path), {**args, "since": first["id"]})
+    diff = tree.tree_listing(str(tmp_path), replace(query, since=first["id"]))
     assert diff["base"] == first["id"] and diff["id"] != first["id"]
     assert list(diff["files"]) == ["f0001.txt"] and diff["gone"] == ["f0002.txt"]
     # Another machine (or a caller that lost its copy) gets all of it.
-    other = tree.tree_listing(str(tmp_path), {**args, "mine": "m2", "since": diff["id"]})
+    other = tree.tree_listing(str(tmp_path), replace(query, mine="m2", since=diff["id"]))
     assert "base" not in other
     capsys.readouterr()

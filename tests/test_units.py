@@ -471,7 +471,8 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
 
     # Patterns enough to pass Linux's 128 KiB limit on one argument: they go on stdin.
     many = [".rjn/", *(f"never-{n:05}-*.tmp" for n in range(8000))]
-    probe = helper("probe", {"dir": str(tmp_path / "p"), "machine": True, "exclude": many})
+    tree = {"exclude": many, "include": []}
+    probe = helper("probe", {"dir": str(tmp_path / "p"), "machine": True, "tree": tree})
     ok = probe["ok"]
     assert ok["python"].startswith("3.8.") and ok["dir"] == str(tmp_path / "p")
     assert ok["tree"]["files"]["data/a.csv"][0] == 2 and ok["server"] == {"alive": False}
@@ -479,6 +480,9 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
     assert ok["machine"]["disk_total"] > 0
     refused = helper("probe", {"dir": str(tmp_path / "p" / "data" / "a.csv" / "x")})
     assert refused["error"]["message"].startswith("cannot create the project directory")
+    # A request is read as its record: a field of the wrong kind is named, nothing runs.
+    malformed = helper("probe", {"dir": str(tmp_path / "p"), "tree": {"exclude": "x"}})
+    assert malformed["error"]["message"] == "probe: the request's tree.exclude is malformed"
 
 
 def test_a_missing_results_folder_is_no_failure_but_anything_else_is() -> None:
@@ -941,8 +945,10 @@ def test_renew_is_one_of_three_words(tmp_path: Path) -> None:
 
 def test_a_follow_on_job_waits_for_the_one_it_follows_and_every_job_takes_usr1() -> None:
     from rjn.helper.slurm import slurm_script
+    from rjn.shared.protocol import StartRequest
 
-    args = {"slurm": {"partition": "gpu", "time": "01:00:00", "setup": ["module load cuda"]}}
+    slurm = {"partition": "gpu", "time": "01:00:00", "setup": ["module load cuda"]}
+    args = StartRequest(dir="/p/demo", slurm=slurm)
     first = slurm_script("/p/demo", args, ["/p/demo/.rjn/venv/bin/jupyter", "lab"])
     follow_on = slurm_script("/p/demo", args, ["/p/demo/.rjn/venv/bin/jupyter", "lab"], "41")
     assert "#SBATCH --signal=B:USR1@60" in first and "--dependency" not in first

@@ -123,7 +123,7 @@ def _prepare(
         here = twoway.scan_here(config, pool)  # while the remote looks at its side
         with report.step("Checking the remote"):
             info = probe.look(helper, config.remote_dir, env_hash=wanted, away=True,
-                              tree=twoway.scan_args(config), make=config.sync.results,
+                              tree=twoway.tree_query(config), make=config.sync.results,
                               timeout=300)  # fmt: skip
         # The results folders exist on both sides from the start: a notebook that saves
         # ../results/fig.png works on a fresh remote.

@@ -49,16 +49,15 @@ def run(
         command = notebook_command(config, notebook, ready.remote_dir)
     if detach:
         python = server.venv_python(ready.remote_dir)
-        started = ready.helper.run_detached(
-            {"dir": ready.remote_dir, "argv": command}, python=python
-        )
+        started = ready.helper.run_detached(ready.remote_dir, command, python=python)
         return Ran(config.name, 0, run_id=started.run)
     # The run's answer lists what it left (the tree, the results), so that only what changed
     # costs a transfer.
-    listing = {**twoway.scan_args(config), "results": list(config.sync.results)}
+    request = protocol.RunRequest(dir=ready.remote_dir, argv=command,
+                                  tree=twoway.tree_query(config),
+                                  results=list(config.sync.results))  # fmt: skip
     with ready.helper.connection.in_use(what, root):
-        code, left = stream_run(ready.helper, ready.remote_dir, "run",
-                                {"argv": command, **listing}, on_output)  # fmt: skip
+        code, left = stream_run(ready.helper, request, on_output)
         with report.step(f"Pulling results from {ready.helper.host}"):
             pulled, tree = bring_home(ready.helper, config, ready.remote_dir, left.results,
                                        left.tree, report)  # fmt: skip
@@ -67,18 +66,14 @@ def run(
 
 def stream_run(
     helper: HelperClient,
-    remote_dir: str,
-    action: str,
-    args: dict[str, Any],
+    request: protocol.RunRequest | protocol.LogsRequest,
     on_output: Callable[[str, str], Any],
 ) -> tuple[int, protocol.RunEnd]:
     """Stream a helper action's output (a run, or a run's log); return the exit code (130 on
     Ctrl-C, which also interrupts a run) and the helper's end of it (what the run left)."""
     messages: queue.Queue[dict[str, Any]] = queue.Queue()
-    running = helper.stream(
-        action, {"dir": remote_dir, **args}, python=server.venv_python(remote_dir),
-        on_message=messages.put,
-    )  # fmt: skip
+    running = helper.stream(request, python=server.venv_python(request.dir),
+                            on_message=messages.put)  # fmt: skip
     interrupted = False
     parts = Parts(helper.host)
     try:
@@ -94,8 +89,8 @@ def stream_run(
                     raise ConnectionFailed(
                         f"the connection to {helper.host} was lost during the run",
                         hint="`rjn run --detach` keeps long runs going without a connection"
-                        if action == "run" else "run `rjn logs -f` again once the network is "
-                        "back (the run goes on there)",
+                        if request.action == "run" else "run `rjn logs -f` again once the "
+                        "network is back (the run goes on there)",
                     ) from None
                 continue
             except KeyboardInterrupt:
@@ -160,8 +155,8 @@ def logs(
     """Show a detached run's output (the latest by default); with follow, until it ends."""
     helper = reach(config)
     helper.connection.connect()
-    args = {"run": run_id, "follow": follow}
-    return stream_run(helper, remote_dir(config, helper), "logs", args, on_output)[0]
+    request = protocol.LogsRequest(dir=remote_dir(config, helper), run=run_id, follow=follow)
+    return stream_run(helper, request, on_output)[0]
 
 
 def shell(config: Config, command: list[str] | None) -> int:

@@ -42,7 +42,7 @@ def _sync(
     with step, ThreadPoolExecutor(max_workers=1) as pool:
         here = twoway.scan_here(config, pool)  # while the remote looks at its side
         # One look lists both (the tree, and the results): what has not changed costs nothing.
-        seen = probe.look(helper, where, tree=twoway.scan_args(config),
+        seen = probe.look(helper, where, tree=twoway.tree_query(config),
                           results=config.sync.results, timeout=300)  # fmt: skip
         pulled, tree = bring_home(helper, config, where, seen.results, seen.tree, report,
                                    allow_deletions=allow_deletions, here_scan=here)  # fmt: skip

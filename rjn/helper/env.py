@@ -174,14 +174,14 @@ def quiet_lab(venv):
     write_private(path, json.dumps(merged, indent=2))
 
 
-def ensure_env(args):
-    project = project_dir(args["dir"])
-    wanted = {"hash": args["hash"], "python": sys.version}
+def ensure_env(request):
+    project = project_dir(request.dir)
+    wanted = {"hash": request.hash, "python": sys.version}
     if env_record(project) == wanted and os.path.exists(venv_python(project)):
         return {"changed": False}
-    if args.get("env"):
-        return use_env(project, args, wanted)
-    if args.get("wheels") is None and (args.get("offline") or not index_reachable()):
+    if request.env:
+        return use_env(project, request, wanted)
+    if request.wheels is None and (request.offline or not index_reachable()):
         # No way out to the package index: the local side brings the wheels (what the
         # wheelhouse lacks), for this platform, and asks again with them.
         return {"changed": False, "need_wheels": platform_record(), "have": stored_wheels()}
@@ -190,19 +190,19 @@ def ensure_env(args):
         os.unlink(venv)
         if os.path.isdir(venv + ".rjn"):
             os.rename(venv + ".rjn", venv)
-    requirements = os.path.join(project, args["requirements"])
-    packages = list(args.get("packages", []))
+    requirements = os.path.join(project, request.requirements)
+    packages = list(request.packages)
     req = ["-r", requirements] if os.path.exists(requirements) else []
     offline = []  # the installers' arguments for the wheelhouse alone
     uv_wheel = None
-    if args.get("wheels") is not None:
-        house = take_wheels(project, args)
+    if request.wheels is not None:
+        house = take_wheels(project, request.wheels, request.staged)
         offline = ["--no-index", "--find-links", house]
-        uv_wheel = next((os.path.join(house, name) for name, _ in args["wheels"]
+        uv_wheel = next((os.path.join(house, name) for name, _ in request.wheels
                          if name.startswith("uv-")), None)  # fmt: skip
         log("installing from the wheels sent (the remote cannot reach the package index)")
     started = time.monotonic()
-    uv = None if args.get("no_uv") else find_uv(uv_wheel)
+    uv = None if request.no_uv else find_uv(uv_wheel)
     # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is in the system's.
     uv_env = dict(
         os.environ,
@@ -270,11 +270,11 @@ print(json.dumps({"missing": [w for w in wanted if re.sub(r"[-_.]+", "-", w).low
 """
 
 
-def use_env(project, args, wanted):
+def use_env(project, request, wanted):
     """[remote] env: the user's environment, used as it is. rjn installs nothing into it: it
     checks that it can serve (Jupyter, ipykernel), says which of the project's requirements
     it lacks, and points the project's environment (.rjn/venv) at it."""
-    spec = args["env"]
+    spec = request.env
     prefix = env_prefix(spec)
     python = os.path.join(prefix, "bin", "python")
     if not os.access(python, os.X_OK):
@@ -283,8 +283,8 @@ def use_env(project, args, wanted):
             "set [remote] env to the folder of a venv or conda environment (the one with "
             "bin/python), or conda:NAME",
         )
-    serve = list(args["serve"])  # the app (jupyterlab or notebook), ipykernel
-    extra = requirement_names(project, args) + list(args.get("packages", []))
+    serve = list(request.serve)  # the app (jupyterlab or notebook), ipykernel
+    extra = requirement_names(os.path.join(project, request.requirements)) + request.packages
     names = serve + [n for n in extra if n not in serve and n != "watchdog"]
     hint = ("check that the environment works in a shell there (`rjn shell`); a module it "
             "needs goes in [remote] setup")
@@ -324,13 +324,13 @@ def tail_of(text):
     return " / ".join(text.strip().splitlines()[-3:]) or "no output"
 
 
-def requirement_names(project, args):
-    """The package names of the project's requirements file (options and URLs left out)."""
+def requirement_names(path):
+    """The package names of a requirements file (options and URLs left out)."""
     import re
 
     names = []
     try:
-        with open(os.path.join(project, args["requirements"])) as handle:
+        with open(path) as handle:
             for line in handle:
                 found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#")[0])
                 if found and not line.lstrip().startswith("-"):
@@ -421,21 +421,21 @@ def stored_wheels():
     return sorted(n[:-4] for n in os.listdir(wheel_store()) if n.endswith(".whl") and len(n) == 68)
 
 
-def take_wheels(project, args):
+def take_wheels(project, wheels, staged):
     """The wheels sent (in a staging folder) into the store, each checked against its hash;
     then this install's wheelhouse: a folder of links, named as the installers need, to the
-    stored wheels of args["wheels"] ([name, sha256])."""
+    stored wheels of `wheels` ([name, sha256]), sent into the staging folder `staged`."""
     import re
 
     from ..shared.tree import file_hash, staging_path
 
     store = wheel_store()
-    staged = staging_path(project, args["staged"]) if args.get("staged") else None
+    staged = staging_path(project, staged) if staged else None
     house = os.path.join(rjn_dir(project), "wheelhouse")
     shutil.rmtree(house, ignore_errors=True)
     os.mkdir(house, 0o700)
     try:
-        for name, digest in args["wheels"]:
+        for name, digest in wheels:
             plain = re.match(r"^[A-Za-z0-9_.+!-]+\.whl$", name)
             if not plain or not re.match(r"^[0-9a-f]{64}$", digest):
                 raise HelperError("not a wheel: %r" % (name[:200],))

@@ -52,20 +52,18 @@ def _wanted(project, names, folders):
             dirs[:] = sorted(d for d in dirs if d not in linked)
 
 
-def send(args):
-    project = project_dir(args["dir"])
-    max_size = int(args.get("max_size") or 0)
-    budget = args.get("max_bytes")
-    skip = args.get("skip") or {}  # rel -> [mtime_ns, size]: the copy there is that one
-    follow = bool(args.get("follow_links"))
+def send(request):
+    project = project_dir(request.dir)
+    max_size, budget = request.max_size, request.max_bytes
+    skip = request.skip or {}  # rel -> [mtime_ns, size]: the copy there is that one
     files = total = 0
-    for rel, path in _wanted(project, args.get("names"), args.get("folders")):
+    for rel, path in _wanted(project, request.names, request.folders):
         try:
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 target = os.readlink(path)
                 outside = os.path.isabs(target) or ".." in target.split("/")
-                if not (follow and outside):
+                if not (request.follow_links and outside):
                     emit(link=rel, target=target)
                     continue
                 info = os.stat(path)  # a link that leaves its folder comes as its content
@@ -101,17 +99,17 @@ def _send_one(rel, path):
     return size, digest.hexdigest()
 
 
-def receive(args):
-    """Files from stdin into .rjn/<staging>/: for each of args["files"] ([name, mode,
+def receive(request):
+    """Files from stdin into .rjn/<staging>/: for each of `files` ([name, mode,
     mtime_ns]), frames of a 4-byte length and that many zlib-compressed bytes, an empty frame,
     then its 32-byte SHA-256. A file whose content does not match its hash is dropped (and
     so does not arrive: placing says so)."""
-    project = project_dir(args["dir"])
+    project = project_dir(request.dir)
     rjn_dir(project)  # .rjn/ itself checked: a real folder of ours, never a link
-    base = private(staging_path(project, args["staging"]))
+    base = private(staging_path(project, request.staging))
     stream = sys.stdin.buffer
     received, damaged = [], []
-    for name, mode, mtime_ns in args["files"]:
+    for name, mode, mtime_ns in request.files:
         if not _plain(name):
             raise HelperError("not a plain name: %r" % name[:200])
         target = os.path.join(base, name)

@@ -1,9 +1,13 @@
 """The entry point: one action per call; its answer, or an expected failure, as a JSON line."""
 
+from __future__ import annotations
+
 import errno
 import json
 import sys
+from typing import Any, Callable
 
+from ..shared import protocol
 from ..shared.protocol import Failure, HelperError
 from .common import emit
 from .env import ensure_env
@@ -15,23 +19,25 @@ from .server import renew, start, stop
 from .tree import place, scan, trash
 from .watch import watch
 
-ACTIONS = {
-    "probe": probe,
-    "scan": scan,
-    "trash": trash,
-    "place": place,
-    "send": send,
-    "receive": receive,
-    "env": ensure_env,
-    "start": start,
-    "stop": stop,
-    "renew": renew,
-    "watch": watch,
-    "run": run,
-    "logs": logs,
-    "serve": lambda args: serve(args, main),
-    "ping": lambda args: {},
-}
+# Each action: the request it reads (its arguments), the function that answers it.
+_ANSWERS: list[tuple[type[protocol.Request], Callable[[Any], Any]]] = [
+    (protocol.ProbeRequest, probe),
+    (protocol.ScanRequest, scan),
+    (protocol.TrashRequest, trash),
+    (protocol.PlaceRequest, place),
+    (protocol.SendRequest, send),
+    (protocol.ReceiveRequest, receive),
+    (protocol.EnvRequest, ensure_env),
+    (protocol.StartRequest, start),
+    (protocol.StopRequest, stop),
+    (protocol.RenewRequest, renew),
+    (protocol.WatchRequest, watch),
+    (protocol.RunRequest, run),
+    (protocol.LogsRequest, logs),
+    (protocol.ServeRequest, lambda request: serve(main)),
+    (protocol.PingRequest, lambda request: {}),
+]
+ACTIONS = {request.action: (request, function) for request, function in _ANSWERS}
 
 
 def main(argv):
@@ -42,7 +48,14 @@ def main(argv):
                 "the remote Python is %d.%d; rjn needs 3.8 or newer" % sys.version_info[:2],
                 "set [remote] python to a newer interpreter",
             )
-        emit(ok=ACTIONS[action](json.loads(raw)))
+        if action not in ACTIONS:
+            raise HelperError("rjn's helper has no action %r" % action[:40])
+        kind, function = ACTIONS[action]
+        try:
+            request = kind.parse(json.loads(raw))
+        except protocol.Malformed as exc:  # a bug: each rjn runs the helper of its own hash
+            raise HelperError("%s: the request's %s is malformed" % (action, exc.field)) from None
+        emit(ok=function(request))
     except HelperError as exc:
         emit(error=Failure(exc.message, exc.hint).to_json())
         return 3

@@ -53,10 +53,10 @@ def away(project):
     return cells if isinstance(cells, list) else []
 
 
-def probe(args):
+def probe(request):
     """Everything `rjn open` needs to decide what to skip, in one round trip."""
-    project = project_dir(args["dir"])
-    for folder in args.get("make") or ():  # the results folders: a notebook may save there
+    project = project_dir(request.dir)
+    for folder in request.make or ():  # the results folders: a notebook may save there
         parts = folder.strip("/").split("/")
         if folder and ".." not in parts and not os.path.isabs(folder):
             with contextlib.suppress(OSError):  # a file of that name: the sync says so
@@ -66,14 +66,14 @@ def probe(args):
         dir=project,
         python="%d.%d.%d" % sys.version_info[:3],
         env_current=(
-            env_record(project) == {"hash": args.get("env_hash"), "python": sys.version}
+            env_record(project) == {"hash": request.env_hash, "python": sys.version}
             and os.path.exists(venv_python(project))
         ),
         server=server_state(project),
         disk_free=usage.free,
         has_rsync=shutil.which("rsync") is not None,
-        machine=machine(project) if args.get("machine") else None,
-        away=away(project) if args.get("away") else None,
+        machine=machine(project) if request.machine else None,
+        away=away(project) if request.away else None,
         # The tree and the results, when asked: sync decides in the same round trip.
-        **listings(project, args),
+        **listings(project, request.tree, request.results),
     ).to_json()

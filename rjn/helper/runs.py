@@ -16,20 +16,20 @@ from .common import emit, exit_when_stdin_closes, project_dir, stop_group, wait_
 from .tree import listings
 
 
-def run(args):
+def run(request):
     """Run argv in the project with its environment; stream its output as JSON lines.
 
     The command gets a process group of its own: when our stdin closes (Ctrl-C or a lost
     connection on the other side) the whole group is interrupted, then terminated.
     """
-    project = project_dir(args["dir"])
+    project = project_dir(request.dir)
     venv_bin = os.path.dirname(venv_python(project))
     env = dict(os.environ, VIRTUAL_ENV=os.path.dirname(venv_bin), PYTHONUNBUFFERED="1")
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-    argv = list(args["argv"])
+    argv = list(request.argv)
     if os.path.exists(os.path.join(venv_bin, argv[0])):
         argv[0] = os.path.join(venv_bin, argv[0])
-    if args.get("detach"):
+    if request.detach:
         return detach(project, argv, env)
     try:
         proc = subprocess.Popen(
@@ -75,7 +75,8 @@ def run(args):
     for thread in pumps:
         thread.join()
     # What the run left, in the same answer: the local side pulls only if there is something.
-    return RunEnd(exit=code if code >= 0 else 128 - code, **listings(project, args)).to_json()
+    left = listings(project, request.tree, request.results)
+    return RunEnd(exit=code if code >= 0 else 128 - code, **left).to_json()
 
 
 # A detached run's supervisor: runs the command with output to the log, then records its exit code.
@@ -120,23 +121,23 @@ def detach(project, argv, env):
     return Detached(run_id).to_json()
 
 
-def logs(args):
+def logs(request):
     """Stream a run's log as {"out": line}; with follow, until the run ends or stdin closes."""
-    project = project_dir(args["dir"])
+    project = project_dir(request.dir)
     runs = os.path.join(project, RJN_DIR, "runs")
     names = (
         sorted(n[:-4] for n in os.listdir(runs) if n.endswith(".log"))
         if os.path.isdir(runs)
         else []
     )
-    run_id = args.get("run") or (names[-1] if names else None)
+    run_id = request.run or (names[-1] if names else None)
     if run_id not in names:
         raise HelperError(
             "no run %s" % run_id if run_id else "no detached runs yet",
             "start one with `rjn run --detach -- CMD`",
         )
     log_path, exit_path = (os.path.join(runs, run_id + ext) for ext in (".log", ".exit"))
-    if args.get("follow"):
+    if request.follow:
         exit_when_stdin_closes()
     with open(log_path, "rb") as log_file:
         pending = b""
@@ -149,7 +150,7 @@ def logs(args):
                 emit(out=line.decode(errors="replace"))
             if chunk:
                 continue
-            if finished or not args.get("follow"):
+            if finished or not request.follow:
                 break
             time.sleep(0.2)
         if pending:

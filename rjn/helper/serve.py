@@ -19,7 +19,7 @@ from .common import emit, socket_folder
 REQUEST_MAX = 16 * 1024 * 1024
 
 
-def serve(args, main):
+def serve(main):
     """Listen, say where, and answer until the connection that started us is gone; each
     request runs `main` (the entry point, passed in: serving is one of its actions)."""
 

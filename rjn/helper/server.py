@@ -98,8 +98,8 @@ def idle_ended(project, job):
     return "No kernels for" in tail(os.path.join(project, RJN_DIR, "slurm-%s.log" % job), 40)
 
 
-def start(args):
-    project = project_dir(args["dir"])
+def start(request):
+    project = project_dir(request.dir)
     current = server_state(project)
     if current["alive"]:
         current["started"] = False
@@ -110,19 +110,19 @@ def start(args):
     elif current.get("running"):
         stop_pid(current["pid"])
     folder = rjn_dir(project)
-    if args.get("slurm") is not None and current.get("next_state"):
+    if request.slurm is not None and current.get("next_state"):
         # A follow-on job (`rjn renew`) takes over, with the token the open browser has (its
         # script was written when it was queued).
-        return take_over(project, args, folder, current["next"])
-    argv, env = jupyter_command(project, args, folder)
+        return take_over(project, request, folder, current["next"])
+    argv, env = jupyter_command(project, request, folder)
     token = secrets.token_urlsafe(32)
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
-    if args.get("slurm") is not None:
-        return slurm_start(project, args, argv, folder, env)
-    record = {"app": args.get("app", "lab"), "dir": project}
+    if request.slurm is not None:
+        return slurm_start(project, request, argv, folder, env)
+    record = {"app": request.app, "dir": project}
     # The token travels in the environment, never in argv, and Jupyter logs it masked.
     env["JUPYTER_TOKEN"] = token
-    if args.get("listen", "socket") == "socket":
+    if request.listen == "socket":
         record["sock"] = socket_path(project)
         if os.path.exists(record["sock"]):
             os.unlink(record["sock"])
@@ -160,7 +160,7 @@ def start(args):
     record["token"] = token
     answered = threading.Event()
     stop_on_hangup(proc.pid, folder, answered)
-    deadline = time.monotonic() + float(args.get("ready_timeout", 120))
+    deadline = time.monotonic() + request.ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise HelperError(
@@ -174,12 +174,12 @@ def start(args):
         time.sleep(0.1)
     stop_pid(proc.pid)
     raise HelperError(
-        "Jupyter did not answer within %ss: %s" % (args.get("ready_timeout", 120), tail(logfile)),
+        "Jupyter did not answer within %ss: %s" % (request.ready_timeout, tail(logfile)),
         "raise [jupyter] ready_timeout if the remote is slow; the log is " + logfile,
     )
 
 
-def jupyter_command(project, args, folder):
+def jupyter_command(project, request, folder):
     """Jupyter's argv and environment for the project (where it listens comes later)."""
     python = venv_python(project)
     jupyter = os.path.join(os.path.dirname(python), "jupyter")
@@ -188,9 +188,9 @@ def jupyter_command(project, args, folder):
             "Jupyter is not installed in %s" % os.path.dirname(os.path.dirname(python)),
             "run `rjn open` again; it installs the environment first",
         )
-    app = args.get("app", "lab")
+    app = request.app
     argv = [jupyter, app, "--no-browser", "--ServerApp.root_dir=" + project]
-    idle = int(float(args.get("idle_timeout", 0)) * 60)
+    idle = int(request.idle_timeout * 60)
     if idle:
         argv += [
             "--ServerApp.shutdown_no_activity_timeout=%d" % idle,
@@ -203,10 +203,10 @@ def jupyter_command(project, args, folder):
     env["JUPYTER_RUNTIME_DIR"] = private(os.path.join(folder, "runtime"))
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
     env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
-    if args.get("away", True):
+    if request.away:
         keep_away_outputs(folder, env)
     if not os.path.islink(venv_dir(project)):  # nothing is written into a user's own
-        save_often(env["VIRTUAL_ENV"], args.get("slurm") is not None)
+        save_often(env["VIRTUAL_ENV"], request.slurm is not None)
     return argv, env
 
 
@@ -226,10 +226,10 @@ def save_often(prefix, cluster):
         os.unlink(path)
 
 
-def renew(args):
+def renew(request):
     """Queue a follow-on job that takes over when the project's job ends (same token, so the
     open browser tab works again once the tunnel moves to it); the one queued, if there is."""
-    project = project_dir(args["dir"])
+    project = project_dir(request.dir)
     current = server_state(project)
     if not (current.get("job") and current.get("running")):
         raise HelperError(
@@ -239,15 +239,15 @@ def renew(args):
     if current.get("next_state"):
         return Renewed(current["job"], current["next"], current["next_state"], False).to_json()
     folder = rjn_dir(project)
-    argv, env = jupyter_command(project, args, folder)
-    job = submit(project, args, argv, folder, env, after=current["job"])
+    argv, env = jupyter_command(project, request, folder)
+    job = submit(project, request, argv, folder, env, after=current["job"])
     record = read_json(os.path.join(folder, "server.json")) or {}
     record["next"] = job
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     queued = squeue(job) or {"state": "ENDED", "reason": ""}
     if queued["reason"] in NEVER_STARTS:
         scancel(job)
-        raise never_starts(job, queued["reason"], partition_of(args))
+        raise never_starts(job, queued["reason"], partition_of(request))
     return Renewed(current["job"], job, queued["state"], True).to_json()
 
 
@@ -296,8 +296,8 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def stop(args):
-    project = project_dir(args["dir"])
+def stop(request):
+    project = project_dir(request.dir)
     current = server_state(project)
     stopped = False
     if current.get("next_state"):

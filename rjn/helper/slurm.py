@@ -184,8 +184,8 @@ def said(queue):
     return queue["state"] + (" (%s)" % why if why else "")
 
 
-def partition_of(args):
-    return args["slurm"].get("partition") or "the default partition"
+def partition_of(request):
+    return request.slurm.get("partition") or "the default partition"
 
 
 def sacct_state(job):
@@ -201,12 +201,12 @@ def scancel(job):
     scheduler(["scancel", str(job)])
 
 
-def slurm_script(project, args, jupyter_argv, after=None):
+def slurm_script(project, request, jupyter_argv, after=None):
     """The batch script: directives from [slurm], the setup lines, then Jupyter (exec). A
     follow-on job starts `after` the given one ends."""
     import shlex
 
-    slurm = args["slurm"]
+    slurm = request.slurm
     lines = [
         "#!/bin/bash",
         "#SBATCH --job-name=" + shlex.quote("rjn-" + os.path.basename(project)),
@@ -227,8 +227,8 @@ def slurm_script(project, args, jupyter_argv, after=None):
         if slurm.get(key) not in (None, ""):
             lines.append("#SBATCH %s=%s" % (flag, shlex.quote(str(slurm[key]))))
     lines += ["#SBATCH " + extra for extra in slurm.get("extra", [])]
-    if args.get("setup"):
-        lines.append(args["setup"])  # [remote] setup, as every command of rjn's has it
+    if request.setup:
+        lines.append(request.setup)  # [remote] setup, as every command of rjn's has it
     lines += list(slurm.get("setup", []))
     spec = {
         "login": login_addresses(),
@@ -248,10 +248,10 @@ def slurm_script(project, args, jupyter_argv, after=None):
     return "\n".join(lines) + "\n"
 
 
-def submit(project, args, argv, folder, env, after=None):
+def submit(project, request, argv, folder, env, after=None):
     """Submit Jupyter as a batch job (after job `after`, for a follow-on); its id."""
     script = os.path.join(folder, "jupyter-next.sbatch" if after else "jupyter.sbatch")
-    write_private(script, slurm_script(project, args, argv, after))
+    write_private(script, slurm_script(project, request, argv, after))
     try:
         submitted = subprocess.run(
             ["sbatch", "--parsable", script],
@@ -277,24 +277,24 @@ def submit(project, args, argv, folder, env, after=None):
     return job
 
 
-def slurm_start(project, args, argv, folder, env):
+def slurm_start(project, request, argv, folder, env):
     """Submit Jupyter as a job; wait for RUNNING (reporting the queue) and for it to answer."""
-    return take_over(project, args, folder, submit(project, args, argv, folder, env))
+    return take_over(project, request, folder, submit(project, request, argv, folder, env))
 
 
-def take_over(project, args, folder, job):
+def take_over(project, request, folder, job):
     """Make `job` the project's server (a new job, or the follow-on of one that ended) and
     wait for it to run and answer."""
-    slurm = args["slurm"]
-    partition = partition_of(args)
-    record = {"app": args.get("app", "lab"), "dir": project, "job": job, "partition": partition}
+    slurm = request.slurm
+    partition = partition_of(request)
+    record = {"app": request.app, "dir": project, "job": job, "partition": partition}
     write_private(os.path.join(folder, "server.json"), json.dumps(record))
     job_log = os.path.join(folder, "slurm-%s.log" % job)
     # From here on, any way out but success cancels the job: a failed or abandoned open must
     # not leave an allocation burning until its time limit.
     cancel_on_hangup(job)
     try:
-        return wait_for_job(job, record, slurm, args, folder, job_log, partition)
+        return wait_for_job(job, record, slurm, request, folder, job_log, partition)
     except BaseException:
         scancel(job)
         raise
@@ -312,7 +312,7 @@ def cancel_on_hangup(job):
     threading.Thread(target=wait, daemon=True).start()
 
 
-def wait_for_job(job, record, slurm, args, folder, job_log, partition):
+def wait_for_job(job, record, slurm, request, folder, job_log, partition):
     """Wait for RUNNING (reporting the queue), then for Jupyter to answer from here."""
     queue_deadline = time.monotonic() + float(slurm.get("queue_timeout", 600))
     ready_deadline = None
@@ -331,7 +331,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
             log("job %s: %s" % (job, said(queue)))
         if queue["state"] == "RUNNING":
             if ready_deadline is None:
-                ready_deadline = time.monotonic() + float(args.get("ready_timeout", 120))
+                ready_deadline = time.monotonic() + request.ready_timeout
             placed = read_json(os.path.join(folder, "slurm-%s.json" % job))
             if placed:
                 check_placement(job, placed)
@@ -357,7 +357,7 @@ def wait_for_job(job, record, slurm, args, folder, job_log, partition):
                 raise HelperError(
                     "job %s runs on %s but Jupyter did not answer within %ss; the job was "
                     "cancelled: %s"
-                    % (job, queue["node"], args.get("ready_timeout", 120), tail(job_log)),
+                    % (job, queue["node"], request.ready_timeout, tail(job_log)),
                     "the job's log is %s on the cluster; raise [jupyter] ready_timeout if "
                     "the node is slow" % job_log,
                 )

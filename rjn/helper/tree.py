@@ -59,17 +59,17 @@ def replica(project):
     raise HelperError("cannot read or make %s" % path)
 
 
-def place(args):
+def place(request):
     """Move what a push left in a staging folder (in .rjn/) into the project, each file only
     if its place still holds what the plan was made from (`files`: {rel: None (absent) or
     [size, mtime_ns, sha256]}). A file changed since is left as it is, and said: the caller
     keeps its own version and decides again. The staging folder goes, whatever is left."""
-    project = project_dir(args["dir"])
-    staging = staging_path(project, args["staging"])
+    project = project_dir(request.dir)
+    staging = staging_path(project, request.staging)
     placed, kept = {}, {}
     root_fd = open_root(project)
     try:
-        for rel, want in sorted(args["files"].items()):
+        for rel, want in sorted(request.files.items()):
             src = os.path.join(staging, rel)
             try:
                 arrived = stat.S_ISREG(os.lstat(src).st_mode)
@@ -148,12 +148,12 @@ def results_listing(project, folders):
     return found
 
 
-def scan(args):
-    project = project_dir(args["dir"])
-    return {"tree": tree_listing(project, args)}
+def scan(request):
+    project = project_dir(request.dir)
+    return {"tree": tree_listing(project, request.tree)}
 
 
-def tree_listing(project, args):
+def tree_listing(project, query):
     """The tree, this copy's replica id, and the record generation the caller listed against
     (echoed: it tells a listing made before another pass from one made after); leftovers of
     cut-short pushes are cleaned first.
@@ -164,18 +164,18 @@ def tree_listing(project, args):
     or new, `gone`). Beside it, a digest of its names and stamps: where the tree still matches
     it, nothing is read or hashed at all. A large answer's files come first in pieces
     (common.in_parts)."""
-    mine = args.get("mine") or ""
+    mine = query.mine or ""
     clean_staging(project, STAGING_PREFIX + mine + "-" if mine else None)
     kept_at = os.path.join(rjn_dir(project), "listing-%s.json" % (mine if mine.isalnum() else "x"))
-    listed = list_tree(project, args["exclude"], args.get("include", ()), hashed=False)
+    listed = list_tree(project, query.exclude, query.include, hashed=False)
     digest = listing_digest(listed)
     answer = {
         "others": listed["others"],
         "skipped": listed["skipped"],
         "replica": replica(project),
-        "gen": args.get("gen", 0),
+        "gen": query.gen,
     }
-    since = args.get("since")
+    since = query.since
     mark = read_json(kept_at + ".digest")
     if since and isinstance(mark, dict) and (mark.get("id"), mark.get("digest")) == (since, digest):
         answer.update(id=since, base=since, gone=[], files={})  # nothing changed: nothing read
@@ -199,21 +199,20 @@ def tree_listing(project, args):
     return answer
 
 
-def trash(args):
+def trash(request):
     """Move files to <project>/.rjn/trash/<time>/ (recoverable), each only if it is still the
     version the caller saw (size, time and hash): a file changed since is left alone. Then
     prune the trash: by age, and the oldest first past its size."""
-    project = project_dir(args["dir"])
-    moved = move_to_trash(project, args["files"])
-    prune_trash(project, args.get("days", TRASH_DAYS), args.get("bytes", TRASH_BYTES))
+    project = project_dir(request.dir)
+    moved = move_to_trash(project, request.files)
+    prune_trash(project, request.days or TRASH_DAYS, request.bytes or TRASH_BYTES)
     return Moved(in_parts(dict.fromkeys(moved, True), "moved")).to_json()
 
 
-def listings(project, args):
-    """The project's tree (two-way sync) and the results' files, as far as `args` asks."""
+def listings(project, tree, results):
+    """The project's tree (two-way sync: `tree` a TreeQuery) and the results' files (in the
+    folders `results`), each where asked for."""
     return {
-        "tree": tree_listing(project, args) if "exclude" in args else None,
-        "results": (
-            results_listing(project, args["results"]) if args.get("results") is not None else None
-        ),
+        "tree": tree_listing(project, tree) if tree is not None else None,
+        "results": results_listing(project, results) if results is not None else None,
     }

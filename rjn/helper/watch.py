@@ -46,7 +46,7 @@ def fs_type(path):
     return kind
 
 
-def watch(args):
+def watch(request):
     """Stream {"file": relpath} for each result file closed after writing or moved into place.
 
     Runs until stdin closes (the local rjn went away). Falls back to polling where inotify
@@ -54,15 +54,12 @@ def watch(args):
     """
     import fnmatch
 
-    project = project_dir(args["dir"])
-    folders = [os.path.join(project, f) for f in args["results"]]
+    project = project_dir(request.dir)
+    folders = [os.path.join(project, f) for f in request.results]
     for folder in folders:
         os.makedirs(folder, exist_ok=True)
-    patterns = args["patterns"]
-    interval = float(args.get("interval", 1.0))
+    patterns, interval, inline_max = request.patterns, request.interval, request.inline_max
     lock = threading.Lock()
-
-    inline_max = int(args.get("inline_max", 0))
 
     def report(path):
         if not any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns):
@@ -75,9 +72,7 @@ def watch(args):
             else:
                 emit(file=rel)
 
-    tree = args.get("tree")
-    if tree:
-        tree = {"exclude": list(tree["exclude"]), "include": list(tree.get("include", []))}
+    tree = request.tree  # the project's own files, where asked for
 
     def changed(path):
         rel = os.path.relpath(path, project)
@@ -85,7 +80,7 @@ def watch(args):
             with lock:
                 emit(changed=rel)
 
-    mode, reason = args.get("mode", "auto"), ""
+    mode, reason = request.mode, ""
     kind = fs_type(project)
     if mode == "auto":
         mode = "poll" if kind in NETWORK_FS else "events"
@@ -138,7 +133,7 @@ def travels_path(rel, tree):
     """Whether a path and every folder above it travel both ways."""
     parts = rel.split("/")
     return all(
-        travels("/".join(parts[: i + 1]), i < len(parts) - 1, tree["exclude"], tree["include"])
+        travels("/".join(parts[: i + 1]), i < len(parts) - 1, tree.exclude, tree.include)
         for i in range(len(parts))
     )
 
@@ -153,7 +148,7 @@ def watch_tree(observer, project, tree, changed):
         if (
             "/" not in rel
             and os.path.isdir(path)
-            and travels(rel, True, **tree)
+            and travels(rel, True, tree.exclude, tree.include)
             and not is_environment(path)
         ):
             observer.schedule(Tree(), path, recursive=True)
@@ -179,10 +174,10 @@ def watch_tree(observer, project, tree, changed):
 
 def poll_tree(project, tree, changed, interval):
     """Polling for the project's own files: a change reported once it held still a round."""
-    previous = scan_tree(project, tree["exclude"], tree["include"])
+    previous = scan_tree(project, tree.exclude, tree.include)
     while True:
         time.sleep(interval)
-        current = scan_tree(project, tree["exclude"], tree["include"], previous)
+        current = scan_tree(project, tree.exclude, tree.include, previous)
         for rel in set(current) ^ set(previous) | {
             r for r in current if r in previous and current[r] != previous[r]
         }:

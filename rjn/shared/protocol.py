@@ -1,8 +1,10 @@
 """What the helper and the local rjn say to each other, in one place for both sides.
 
-Each answer and event is one record type: the helper builds it and writes `to_json()`; the
-local side reads it back with `parse()`, which checks every field, because what a remote sends
-is untrusted. A field renamed on one side fails a test, not a user's session. Fields are
+Each request, answer and event is one record type. A request names its action (`action`) and
+carries that action's arguments: the local side builds it, the helper reads it back with
+`parse()`. An answer or event goes the other way: the helper builds it and writes `to_json()`;
+the local side reads it back with `parse()`, which checks every field, because what a remote
+sends is untrusted. A field renamed on one side fails a test, not a user's session. Fields are
 declared once, as annotations; this module runs on the remote too (Python 3.8, standard
 library only).
 """
@@ -14,8 +16,9 @@ from typing import Any, TypeVar
 
 from .record import record
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list,
-          "None": type(None)}  # fmt: skip
+# The types a field's annotation may name; each record type adds itself.
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict,
+                           "list": list, "None": type(None)}  # fmt: skip
 
 
 class HelperError(Exception):
@@ -41,7 +44,12 @@ R = TypeVar("R", bound="Record")
 
 class Record:
     """A record of the protocol: a frozen dataclass whose annotations say what each field
-    may hold (`int | None`); a field that may be None may also be left out."""
+    may hold (`int | None`, or another record: `TreeQuery | None`); a field left out takes its
+    default, and one without a default may be left out where it may be None."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _TYPES[cls.__name__] = cls  # a record's fields may name it
 
     @classmethod
     def parse(cls: type[R], data: object) -> R:
@@ -51,10 +59,21 @@ class Record:
             raise Malformed(cls.__name__)
         values = {}
         for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
-            kinds = tuple(_TYPES[name.strip()] for name in str(spec.type).split("|"))
+            if spec.name not in data and spec.default is not dataclasses.MISSING:
+                values[spec.name] = spec.default
+                continue
             value = data.get(spec.name)
-            # bool is an int to isinstance; to the protocol it is not.
-            if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
+            kinds = tuple(_TYPES[name.strip()] for name in str(spec.type).split("|"))
+            inner = next((kind for kind in kinds if issubclass(kind, Record)), None)
+            if inner is not None and isinstance(value, dict):
+                try:
+                    value = inner.parse(value)
+                except Malformed as exc:
+                    raise Malformed("%s.%s" % (spec.name, exc.field)) from None
+            # bool is an int to isinstance, and an int no float; to JSON it is the other way.
+            elif not (isinstance(value, kinds) or (float in kinds and type(value) is int)) or (
+                type(value) is bool and bool not in kinds
+            ):
                 raise Malformed(spec.name)
             values[spec.name] = value
         return cls(**values)
@@ -202,3 +221,208 @@ class Failure(Record):
 
     message: str
     hint: str | None = None
+
+
+# -- requests: what the local side asks the helper, one record type per action ----------------
+
+
+class Request(Record):
+    """A request to the helper: `action` names the action (helper/main.py runs it), the
+    fields are its arguments. Every request but the serving helper's is about one project,
+    `dir` on the remote."""
+
+    action = ""
+
+
+@record
+class TreeQuery(Record):
+    """What a listing of the project's tree covers (the sync's filters), and what the caller
+    holds already: the archive's generation (`gen`, echoed back), this machine's id (`mine`:
+    the remote keeps the listing it last sent it) and that listing's id (`since`: then only
+    what changed is sent)."""
+
+    exclude: list
+    include: list
+    gen: int = 0
+    mine: str | None = None
+    since: str | None = None
+
+
+@record
+class ProbeRequest(Request):
+    """One look at the project: `env_hash` the environment wanted; the machine's state, the
+    tree, the results' files and the cells finished while away, each when asked for; `make`:
+    folders to make first, where missing."""
+
+    action = "probe"
+    dir: str
+    env_hash: str | None = None
+    machine: bool = False
+    away: bool = False
+    make: list | None = None
+    tree: TreeQuery | None = None
+    results: list | None = None
+
+
+@record
+class ScanRequest(Request):
+    """The project's tree alone."""
+
+    action = "scan"
+    dir: str
+    tree: TreeQuery
+
+
+@record
+class PlaceRequest(Request):
+    """Move a push's staged files (in `.rjn/<staging>`) into place: `files` is {rel: the
+    entry the plan saw there, or None for none}."""
+
+    action = "place"
+    dir: str
+    staging: str
+    files: dict
+
+
+@record
+class TrashRequest(Request):
+    """Move files into the project's trash, each only if it is as the plan saw it
+    ({rel: entry}); then prune the trash to `days` and `bytes`."""
+
+    action = "trash"
+    dir: str
+    files: dict
+    days: float | None = None
+    bytes: int | None = None
+
+
+@record
+class SendRequest(Request):
+    """rjn's own transfer out of the remote: the named files, or the `folders` whole; `skip`
+    those whose copy here is that one ({rel: [mtime_ns, size]}); none over `max_size` (0: no
+    limit), nor more than `max_bytes` in all."""
+
+    action = "send"
+    dir: str
+    names: list | None = None
+    folders: list | None = None
+    skip: dict | None = None
+    max_size: int = 0
+    max_bytes: int | None = None
+    follow_links: bool = False
+
+
+@record
+class ReceiveRequest(Request):
+    """rjn's own transfer into the remote's staging: the files ([name, mode, mtime_ns]) follow
+    on stdin, framed."""
+
+    action = "receive"
+    dir: str
+    staging: str
+    files: list
+
+
+@record
+class EnvRequest(Request):
+    """Make the project's environment the one wanted (`hash`, of the requirements and
+    packages), or check the user's own (`env`); `serve`: what serves Jupyter there. `wheels`
+    ([name, sha256]) and `staged`: a remote with no way out installs from wheels sent."""
+
+    action = "env"
+    dir: str
+    hash: str
+    requirements: str
+    packages: list
+    serve: list
+    no_uv: bool = False
+    env: str | None = None
+    offline: bool = False
+    wheels: list | None = None
+    staged: str | None = None
+
+
+@record
+class StartRequest(Request):
+    """Start the project's Jupyter server (or find it running): its app, where it listens
+    ("socket" or "port"), when it stops itself idle (minutes, 0: never), how long it may take
+    to answer, whether outputs are kept while away; `slurm` ([slurm] as a table): as a batch
+    job; `setup`: [remote] setup, for a job's script."""
+
+    action = "start"
+    dir: str
+    app: str = "lab"
+    listen: str = "socket"
+    idle_timeout: float = 0
+    ready_timeout: float = 120
+    away: bool = True
+    slurm: dict | None = None
+    setup: str | None = None
+
+
+@record
+class RenewRequest(StartRequest):
+    """Queue the job that takes over from the project's SLURM job, started the same way."""
+
+    action = "renew"
+
+
+@record
+class StopRequest(Request):
+    """Shut the project's server down."""
+
+    action = "stop"
+    dir: str
+
+
+@record
+class WatchRequest(Request):
+    """Watch the results folders for finished files matching `patterns` (inline: those up to
+    `inline_max` bytes), and the tree (`tree`) for edits; by file events, or by polling every
+    `interval` seconds (`mode`: "auto", "events" or "poll")."""
+
+    action = "watch"
+    dir: str
+    results: list
+    patterns: list
+    mode: str = "auto"
+    interval: float = 1.0
+    inline_max: int = 0
+    tree: TreeQuery | None = None
+
+
+@record
+class RunRequest(Request):
+    """Run `argv` in the project's environment: streamed, then its end with the listings
+    asked for (`tree`, `results`), as a probe's; or `detach`ed, going on without us."""
+
+    action = "run"
+    dir: str
+    argv: list
+    detach: bool = False
+    tree: TreeQuery | None = None
+    results: list | None = None
+
+
+@record
+class LogsRequest(Request):
+    """A detached run's log (`run`, else the last), and with `follow` until it ends."""
+
+    action = "logs"
+    dir: str
+    run: str | None = None
+    follow: bool = False
+
+
+@record
+class ServeRequest(Request):
+    """Become this connection's serving helper (helper/serve.py)."""
+
+    action = "serve"
+
+
+@record
+class PingRequest(Request):
+    """Nothing: an answer says the serving helper is there."""
+
+    action = "ping"

@@ -18,6 +18,7 @@ from rjn import portable
 from rjn.config import Config
 from rjn.errors import RemoteError, RjnError
 from rjn.helper_client import HelperClient
+from rjn.shared import protocol
 from rjn.transfer.placing import Refused, checked_name
 from rjn.transfer.route import Progress
 
@@ -53,13 +54,14 @@ def _fetch(
 ) -> list[str]:
     """Files from the remote into `staging` (named ones, or the results folders whole) by rjn's
     own transfer; the names of those over [sync] max_file_size."""
-    args = {"dir": remote_dir, "names": names, "skip": skip, "max_bytes": max_bytes,
-            "folders": None if names is not None else list(config.sync.results),
-            "max_size": config.sync.max_file_size,
-            "follow_links": config.sync.follow_symlinks}  # fmt: skip
+    request = protocol.SendRequest(
+        dir=remote_dir, names=names, skip=skip, max_bytes=max_bytes,
+        folders=None if names is not None else list(config.sync.results),
+        max_size=config.sync.max_file_size, follow_links=config.sync.follow_symlinks,
+    )  # fmt: skip
     arrivals = _Arrivals(staging, within, config.sync.max_file_size, max_bytes)
     try:
-        answer = helper.send_files(args, arrivals.take)
+        answer = helper.send_files(request, arrivals.take)
     finally:
         arrivals.close()
     if arrivals.failed:
@@ -212,7 +214,8 @@ def _send(
             yield struct.pack(">I", 0) + sealed
 
     files = [[name, info.st_mode, info.st_mtime_ns] for name, info in entries]
-    helper.receive_files({"dir": remote_dir, "staging": staging, "files": files}, frames())
+    helper.receive_files(protocol.ReceiveRequest(dir=remote_dir, staging=staging, files=files),
+                         frames())  # fmt: skip
 
 
 class OwnRoute:

@@ -382,12 +382,12 @@ def test_a_frame_longer_than_any_peer_sends_is_not_read() -> None:
     """Single mode's frames: a header that claims gigabytes ends the stream, nothing read."""
     import io
 
-    from rjn.helper import mux
+    from rjn.shared import frames
 
-    claims = mux.HEAD.pack(1, mux.OUT, 0x78787878) + b"x" * 100
-    assert mux.read_frame(io.BytesIO(claims)) is None
-    fine = mux.frame(1, mux.OUT, b"y" * mux.CHUNK)
-    assert mux.read_frame(io.BytesIO(fine)) == (1, mux.OUT, b"y" * mux.CHUNK)
+    claims = frames.HEAD.pack(1, frames.OUT, 0x78787878) + b"x" * 100
+    assert frames.read_frame(io.BytesIO(claims)) is None
+    fine = frames.frame(1, frames.OUT, b"y" * frames.CHUNK)
+    assert frames.read_frame(io.BytesIO(fine)) == (1, frames.OUT, b"y" * frames.CHUNK)
 
 
 @pytest.mark.parametrize("transfer", ["rjn", "rsync"])

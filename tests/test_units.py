@@ -1079,3 +1079,28 @@ def test_every_import_inside_the_helper_resolves_even_those_made_late() -> None:
                     missing += [f"{path.name}: {alias.name}" for alias in node.names
                                 if not hasattr(module, alias.name)]  # fmt: skip
     assert missing == []
+
+
+def test_single_modes_far_end_runs_alone_with_the_frames_in_place_of_its_import() -> None:
+    """helper/mux.py is sent as `python3 -c` text, without the package: the program built
+    for it holds the frames' definitions and runs a command over them."""
+    import subprocess
+    import sys
+
+    from rjn.connection.single import mux_program
+    from rjn.shared import frames
+
+    program = mux_program()
+    assert "shared.frames import" not in program
+    far = subprocess.Popen([_oldest_python() or sys.executable, "-c", program],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert far.stdin and far.stdout
+    try:
+        assert frames.read_frame(far.stdout) == (0, frames.READY, b"")
+        far.stdin.write(frames.frame(1, frames.EXEC, b"echo framed"))
+        far.stdin.flush()
+        seen = [frames.read_frame(far.stdout) for _ in range(2)]
+        assert seen == [(1, frames.OUT, b"framed\n"), (1, frames.EXIT, b"0")]
+    finally:
+        far.stdin.close()
+        assert far.wait(timeout=30) == 0

@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -35,7 +36,8 @@ from typing import Any
 from rjn import proc
 from rjn.connection.master import Connection
 from rjn.errors import ConfigError, Timeout
-from rjn.helper.mux import (  # the wire format, one definition for both ends
+from rjn.shared.frames import (  # the wire, one definition for both ends
+    CHUNK,
     DATA,
     EOF,
     ERR,
@@ -50,7 +52,6 @@ from rjn.helper.mux import (  # the wire format, one definition for both ends
     read_frame,
 )
 
-CHUNK = 1 << 16
 # With no forward and no command for this long, the holder ends (the next command logs in).
 IDLE = 600.0
 
@@ -458,7 +459,7 @@ class SingleConnection(Connection):
         interactive = sys.stdin.isatty()
         python = self.config.python if self.config.python and not self.config.python.startswith(
             "uv:") else "python3"  # fmt: skip
-        mux = resources.files("rjn.helper").joinpath("mux.py").read_text()
+        mux = mux_program()
         ssh = [
             "ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *self.options(),
             *self.session_options(timeout, interactive),
@@ -551,6 +552,19 @@ class SingleConnection(Connection):
         if command is not None:
             argv.append(shlex.join(command))
         return proc.foreground(argv)
+
+
+def mux_program() -> str:
+    """The far end's program, as `python3 -c` runs it there: helper/mux.py with the frames'
+    definitions (shared/frames.py) in place of its import of them."""
+    package = resources.files("rjn")
+    mux = package.joinpath("helper", "mux.py").read_text()
+    frames = package.joinpath("shared", "frames.py").read_text()
+    program, found = re.subn(r"^from \.\.shared\.frames import \([^)]*\)[^\n]*$",
+                             lambda _: frames, mux, count=1, flags=re.MULTILINE)  # fmt: skip
+    if not found:
+        raise RuntimeError("helper/mux.py no longer imports shared/frames.py as one statement")
+    return program
 
 
 def hold_file(control_path: Path | str) -> Path:

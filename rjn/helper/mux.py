@@ -3,51 +3,38 @@ ControlMaster, as Windows' OpenSSH). rjn's holder (rjn/connection/single.py) sen
 our stdin; we run commands and open sockets, and frame their output back on stdout: one login
 carries every command, transfer and the Jupyter tunnel.
 
-A frame is a 9-byte header (channel: 4 bytes, kind: 1, length: 4, big-endian) and that many
-bytes. Sent by itself (`python3 -c`, not from the helper's zipapp): standard library, Python
-3.6 and later. Ends, with everything it runs, when its stdin ends (the connection went).
-rjn/connection/single.py speaks the same frames: it imports them from here (one definition of
-the wire).
+The frames are rjn/shared/frames.py's. Sent by itself (`python3 -c`, not in the helper's
+zipapp), with frames.py's text in place of the import below (connection/single.py builds
+it): standard library, Python 3.6 and later. Ends, with everything it runs, when its stdin
+ends (the connection went).
 """
 
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 
-EXEC, SOCKET, DATA, EOF, OUT, ERR, EXIT, KILL, READY, FAIL = range(1, 11)
-HEAD = struct.Struct(">IBI")
-CHUNK = 1 << 16
+from ..shared.frames import (  # sent alone: frames.py's text stands in for this import
+    CHUNK,
+    DATA,
+    EOF,
+    ERR,
+    EXEC,
+    EXIT,
+    FAIL,
+    KILL,
+    OUT,
+    READY,
+    SOCKET,
+    frame,
+    read_frame,
+)
 
-out = None  # stdout, once main() runs (the holder imports the frames alone)
+out = None  # stdout, once main() runs
 out_lock = threading.Lock()
 channels = {}  # type: dict
-
-
-def frame(channel, kind, payload=b""):
-    return HEAD.pack(channel, kind, len(payload)) + payload
-
-
-# No frame either end sends is longer (output and input go in CHUNK blocks, a command line
-# is at most what a shell takes): a longer one is not our peer speaking, and is not read (its
-# length could ask for gigabytes).
-FRAME_MAX = 4 * 1024 * 1024
-
-
-def read_frame(stream):
-    """(channel, kind, payload) of the next frame, or None where the stream ends (or is not
-    frames: a header claiming more than FRAME_MAX)."""
-    head = exactly(stream, HEAD.size)
-    if head is None:
-        return None
-    channel, kind, length = HEAD.unpack(head)
-    if length > FRAME_MAX:
-        return None
-    payload = exactly(stream, length) if length else b""
-    return None if payload is None else (channel, kind, payload)
 
 
 def send(channel, kind, payload=b""):
@@ -135,16 +122,6 @@ def deliver(channel, kind, payload):
             held.kill()
     except (OSError, ValueError):
         pass
-
-
-def exactly(stream, count):
-    data = b""
-    while len(data) < count:
-        block = stream.read(count - len(data))
-        if not block:
-            return None
-        data += block
-    return data
 
 
 def main():

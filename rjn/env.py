@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +41,14 @@ def ensure(
     remote_dir: str,
     wanted: str,
     on_log: Callable[[str], Any] | None = None,
+    *,
+    early: bool = False,
 ) -> None:
     """Create or update the environment unless the remote already has exactly this one; with
-    [remote] env, check the user's own and use it as it is (what it lacks becomes a note)."""
+    [remote] env, check the user's own and use it as it is (what it lacks becomes a note).
+
+    `early`: the project's files may not be on the remote yet (this runs beside the sync),
+    so the requirements travel as text; only where standalone() says they can."""
     request = protocol.EnvRequest(
         dir=remote_dir,
         hash=wanted,
@@ -52,6 +58,7 @@ def ensure(
         no_uv=config.remote.installer == "pip",
         env=config.remote.env,
         offline=config.remote.offline,
+        requirements_text=_requirements_text(config) if early else None,
     )
     done = helper.ensure_env(request, on_log)
     if done.need_wheels is not None:
@@ -64,6 +71,42 @@ def ensure(
             f"[remote] env {done.env} lacks {lacking} ({config.requirements.file}); rjn installs "
             f"nothing there: add them with `{done.env}/bin/python -m pip install {lacking}`"
         )
+
+
+# A requirement that names a package on an index (a version, extras, markers): nothing of the
+# project's own files, nor an option (-e ., -r other.txt), a path or a URL.
+_FROM_INDEX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[A-Za-z0-9._,\s-]*\])?\s*[^@/:]*")
+
+
+def standalone(config: Config) -> bool:
+    """Whether the requirements can be installed before the project's files are on the
+    remote: each names a package of the index, and the file is small enough to send."""
+    text = _requirements_text(config)
+    if text is None or len(text) > REQUIREMENTS_SENT_MAX:
+        return False
+    lines = (line.split(" #", 1)[0].strip() for line in text.splitlines())
+    return all(
+        _FROM_INDEX.fullmatch(line) and not line.endswith(_ARCHIVES)
+        for line in lines
+        if line and not line.startswith("#")
+    )
+
+
+_ARCHIVES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2")  # a file of the project's, to pip
+
+
+# Requirements files longer than this are read on the remote, after the sync (never the case
+# for pipreqs' output).
+REQUIREMENTS_SENT_MAX = 64 * 1024
+
+
+def _requirements_text(config: Config) -> str | None:
+    try:
+        return (config.root / config.requirements.file).read_text()
+    except FileNotFoundError:
+        return ""  # none: the helper installs the packages alone, as from a missing file
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _send_wheels(

@@ -58,6 +58,9 @@ def test_open_pushes_code_notebooks_and_data_but_not_git(
     assert (remote / "data" / "points.csv").read_text() == "x,y\n1,2\n3,4\n"
     assert (remote / "requirements.txt").exists()
     assert not (remote / ".git").exists()
+    # Its requirements name packages alone: they went with the install, beside the sync.
+    sent = (remote / ".rjn" / "requirements.txt").read_text()
+    assert sent == (project / "requirements.txt").read_text()
 
 
 def test_the_results_folders_exist_on_both_sides_from_the_first_open(
@@ -191,6 +194,38 @@ def test_pip_installs_the_environment_where_uv_is_not_wanted(make_project, short
     venv = short_tmp / "remote" / "pipenv" / ".rjn" / "venv"
     assert (venv / "bin" / "pip").exists()  # a venv made by uv has no pip
     assert execute(port, token, "import yaml; print('ok')").strip() == "ok"
+    run_rjn("close", "--server", cwd=project)
+
+
+def test_requirements_naming_the_projects_own_files_are_installed_after_the_sync(
+    make_project, short_tmp
+) -> None:
+    """A first open installs beside the sync where the requirements name only packages of the
+    index (alpha's); a requirement that is a file of the project's waits for it to arrive."""
+    import base64
+    import hashlib
+    import zipfile
+
+    project = make_project("ownwheel")
+    files = {
+        "tinypkg/__init__.py": "ANSWER = 42\n",
+        "tinypkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1\n",
+        "tinypkg-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip("=")
+
+    record = [f"{name},sha256={digest(text)},{len(text)}" for name, text in files.items()]
+    files["tinypkg-0.1.dist-info/RECORD"] = "\n".join([*record, "tinypkg-0.1.dist-info/RECORD,,"])
+    (project / "wheels").mkdir()
+    with zipfile.ZipFile(project / "wheels" / "tinypkg-0.1-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    (project / "requirements.txt").write_text("pyyaml\n./wheels/tinypkg-0.1-py3-none-any.whl\n")
+    port, token = opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+    assert execute(port, token, "import tinypkg; print(tinypkg.ANSWER)").strip() == "42"
+    assert not (short_tmp / "remote" / "ownwheel" / ".rjn" / "requirements.txt").exists()
     run_rjn("close", "--server", cwd=project)
 
 

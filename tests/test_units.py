@@ -1104,3 +1104,27 @@ def test_single_modes_far_end_runs_alone_with_the_frames_in_place_of_its_import(
     finally:
         far.stdin.close()
         assert far.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "alone"),
+    [
+        ("# Written by rjn\npyyaml\nnumpy==1.26 # pinned\n", True),
+        ("pandas>=2,<3\ntorch[cuda] ~= 2.1\npyyaml ; python_version > '3.8'\n", True),
+        ("", True),
+        ("-e .\n", False),
+        ("pyyaml\n./wheels/tiny-0.1-py3-none-any.whl\n", False),
+        ("tiny-0.1-py3-none-any.whl\n", False),
+        ("pkg @ file:///home/me/pkg\n", False),
+        ("-r other.txt\n", False),
+        ("git+https://example.org/pkg\n", False),
+    ],
+)
+def test_only_requirements_that_name_index_packages_install_before_the_sync(
+    tmp_path: Path, text: str, alone: bool
+) -> None:
+    from rjn import env
+
+    config = load(tmp_path, '[remote]\nhost = "h"\n')
+    (tmp_path / "requirements.txt").write_text(text)
+    assert env.standalone(config) is alone

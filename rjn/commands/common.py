@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rjn import env, places, portable, probe, requirements, state, transfer, twoway
 from rjn.config import Config
@@ -16,6 +17,8 @@ from rjn.helper_client import HelperClient
 from rjn.records import Away
 from rjn.requirements import Requirements
 from rjn.shared.record import record
+
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -131,12 +134,21 @@ def _prepare(
             with contextlib.suppress(OSError):
                 (config.root / folder.strip("/")).mkdir(parents=True, exist_ok=True)
         remote_dir = info.dir
+        # The install needs none of the project's files where its requirements name only
+        # packages of the index: then it runs while the sync does.
+        installing = None
+        if not info.env_current and env.standalone(config):
+            installing = _beside(lambda: env.ensure(helper, config, remote_dir, wanted,
+                                                    on_log=report.log, early=True))  # fmt: skip
         with report.step(f"Syncing with {remote.host}:{remote_dir}"):
             synced = twoway.run(helper, config, remote_dir, info.tree, progress=report.progress,
                                 here_scan=here)  # fmt: skip
-    if not info.env_current:
-        with report.step("Installing the environment"):
-            env.ensure(helper, config, remote_dir, wanted, on_log=report.log)
+        if not info.env_current:
+            with report.step("Installing the environment"):
+                if installing is None:
+                    env.ensure(helper, config, remote_dir, wanted, on_log=report.log)
+                else:
+                    installing.result()
     return Prepared(
         helper,
         remote_dir,
@@ -148,6 +160,21 @@ def _prepare(
         synced,
         not info.env_current,
     )
+
+
+def _beside(work: Callable[[], T]) -> Future[T]:
+    """`work` run in a thread of its own while the caller goes on. The thread is a daemon: a
+    failure or a Ctrl-C meanwhile ends the command at once (a pool's worker is waited for)."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # handed to whoever waits for the result
+            done.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return done
 
 
 def remote_dir(config: Config, helper: HelperClient) -> str:

@@ -179,8 +179,12 @@ def ensure_env(request):
     wanted = {"hash": request.hash, "python": sys.version}
     if env_record(project) == wanted and os.path.exists(venv_python(project)):
         return {"changed": False}
+    requirements = os.path.join(project, request.requirements)
+    if request.requirements_text is not None:  # the project's own file may not be here yet
+        requirements = os.path.join(rjn_dir(project), "requirements.txt")
+        write_private(requirements, request.requirements_text)
     if request.env:
-        return use_env(project, request, wanted)
+        return use_env(project, request, requirements, wanted)
     if request.wheels is None and (request.offline or not index_reachable()):
         # No way out to the package index: the local side brings the wheels (what the
         # wheelhouse lacks), for this platform, and asks again with them.
@@ -190,7 +194,6 @@ def ensure_env(request):
         os.unlink(venv)
         if os.path.isdir(venv + ".rjn"):
             os.rename(venv + ".rjn", venv)
-    requirements = os.path.join(project, request.requirements)
     packages = list(request.packages)
     req = ["-r", requirements] if os.path.exists(requirements) else []
     offline = []  # the installers' arguments for the wheelhouse alone
@@ -214,9 +217,11 @@ def ensure_env(request):
             code, lines = run_logged([uv, "venv", "--python", sys.executable, venv], env=uv_env)
             if code:
                 raise HelperError("could not create the environment: " + failing_package(lines))
+        # In the project: a requirement that is a path of its own (./pkg, -e .) is found there.
         code, lines = run_logged(
             [uv, "pip", "install", "--python", venv_python(project)] + offline + req + packages,
             env=uv_env,
+            cwd=project,
         )
     else:
         if not os.path.exists(venv_python(project)):
@@ -230,7 +235,8 @@ def ensure_env(request):
             [venv_python(project), "-m", "pip", "install", "--disable-pip-version-check"]
             + offline
             + req
-            + packages
+            + packages,
+            cwd=project,
         )
     if code and any("No space left on device" in line for line in lines):
         usage = shutil.disk_usage(project)
@@ -270,7 +276,7 @@ print(json.dumps({"missing": [w for w in wanted if re.sub(r"[-_.]+", "-", w).low
 """
 
 
-def use_env(project, request, wanted):
+def use_env(project, request, requirements, wanted):
     """[remote] env: the user's environment, used as it is. rjn installs nothing into it: it
     checks that it can serve (Jupyter, ipykernel), says which of the project's requirements
     it lacks, and points the project's environment (.rjn/venv) at it."""
@@ -284,7 +290,7 @@ def use_env(project, request, wanted):
             "bin/python), or conda:NAME",
         )
     serve = list(request.serve)  # the app (jupyterlab or notebook), ipykernel
-    extra = requirement_names(os.path.join(project, request.requirements)) + request.packages
+    extra = requirement_names(requirements) + request.packages
     names = serve + [n for n in extra if n not in serve and n != "watchdog"]
     hint = ("check that the environment works in a shell there (`rjn shell`); a module it "
             "needs goes in [remote] setup")

@@ -79,8 +79,14 @@ class Record:
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
-        """The record as a JSON object; fields that are None are left out."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
+        """The record as a JSON object; fields that are None are left out (a record's fields
+        that are records too: their None fields too)."""
+        made = {}
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            if value is not None:
+                made[spec.name] = value.to_json() if isinstance(value, Record) else value
+        return made
 
 
 @record
@@ -326,8 +332,10 @@ class ReceiveRequest(Request):
 @record
 class EnvRequest(Request):
     """Make the project's environment the one wanted (`hash`, of the requirements and
-    packages), or check the user's own (`env`); `serve`: what serves Jupyter there. `wheels`
-    ([name, sha256]) and `staged`: a remote with no way out installs from wheels sent."""
+    packages), or check the user's own (`env`); `serve`: what serves Jupyter there. The
+    requirements are the project's file `requirements`, or, where they come before the
+    project's files (an install beside the first sync), their text. `wheels` ([name, sha256])
+    and `staged`: a remote with no way out installs from wheels sent."""
 
     action = "env"
     dir: str
@@ -335,6 +343,7 @@ class EnvRequest(Request):
     requirements: str
     packages: list
     serve: list
+    requirements_text: str | None = None
     no_uv: bool = False
     env: str | None = None
     offline: bool = False

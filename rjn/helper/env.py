@@ -194,50 +194,48 @@ def ensure_env(request):
         os.unlink(venv)
         if os.path.isdir(venv + ".rjn"):
             os.rename(venv + ".rjn", venv)
-    packages = list(request.packages)
-    req = ["-r", requirements] if os.path.exists(requirements) else []
-    offline = []  # the installers' arguments for the wheelhouse alone
+    wanted_here = ["-r", requirements] if os.path.exists(requirements) else []
     uv_wheel = None
-    if request.wheels is not None:
+    if request.wheels is not None:  # the wheelhouse alone
         house = take_wheels(project, request.wheels, request.staged)
-        offline = ["--no-index", "--find-links", house]
+        wanted_here = ["--no-index", "--find-links", house] + wanted_here
         uv_wheel = next((os.path.join(house, name) for name, _ in request.wheels
                          if name.startswith("uv-")), None)  # fmt: skip
         log("installing from the wheels sent (the remote cannot reach the package index)")
     started = time.monotonic()
     uv = None if request.no_uv else find_uv(uv_wheel)
-    # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is in the system's.
-    uv_env = dict(
-        os.environ,
-        UV_SYSTEM_CERTS=os.environ.get("UV_SYSTEM_CERTS", "1"),
-        UV_NATIVE_TLS=os.environ.get("UV_NATIVE_TLS", "1"),
-    )
+    install(project, uv, wanted_here + list(request.packages))
+    quiet_lab(venv)
+    write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
+    return {
+        "changed": True,
+        "seconds": round(time.monotonic() - started, 1),
+        "installer": "uv" if uv else "pip",
+    }
+
+
+def install(project, uv, arguments):
+    """Make the project's environment where it is missing and install into it (`arguments`:
+    what, and from where), with uv, else pip. The installer runs in the project folder: a
+    requirement that is a path of the project's own (./pkg, -e .) is found there."""
+    venv, python = venv_dir(project), venv_python(project)
     if uv:
-        if not os.path.exists(venv_python(project)):
-            code, lines = run_logged([uv, "venv", "--python", sys.executable, venv], env=uv_env)
-            if code:
-                raise HelperError("could not create the environment: " + failing_package(lines))
-        # In the project: a requirement that is a path of its own (./pkg, -e .) is found there.
-        code, lines = run_logged(
-            [uv, "pip", "install", "--python", venv_python(project)] + offline + req + packages,
-            env=uv_env,
-            cwd=project,
-        )
+        # uv trusts its own CA bundle by default; a site CA (proxies, clusters) is the system's.
+        env = dict(os.environ, UV_SYSTEM_CERTS=os.environ.get("UV_SYSTEM_CERTS", "1"),
+                   UV_NATIVE_TLS=os.environ.get("UV_NATIVE_TLS", "1"))  # fmt: skip
+        make = [uv, "venv", "--python", sys.executable, venv]
+        command = [uv, "pip", "install", "--python", python] + arguments
+        hint = None
     else:
-        if not os.path.exists(venv_python(project)):
-            code, lines = run_logged([sys.executable, "-m", "venv", venv])
-            if code:
-                raise HelperError(
-                    "could not create the environment: " + failing_package(lines),
-                    "install the venv module on the remote (Debian: python3-venv)",
-                )
-        code, lines = run_logged(
-            [venv_python(project), "-m", "pip", "install", "--disable-pip-version-check"]
-            + offline
-            + req
-            + packages,
-            cwd=project,
-        )
+        env = None
+        make = [sys.executable, "-m", "venv", venv]
+        command = [python, "-m", "pip", "install", "--disable-pip-version-check"] + arguments
+        hint = "install the venv module on the remote (Debian: python3-venv)"
+    if not os.path.exists(python):
+        code, lines = run_logged(make, env=env)
+        if code:
+            raise HelperError("could not create the environment: " + failing_package(lines), hint)
+    code, lines = run_logged(command, env=env, cwd=project)
     if code and any("No space left on device" in line for line in lines):
         usage = shutil.disk_usage(project)
         raise HelperError(
@@ -252,13 +250,6 @@ def ensure_env(request):
             "fix or pin that package in remote.toml [requirements] (extra, map, ignore) "
             "or in your own requirements.txt; `rjn open -v` shows the installer's output",
         )
-    quiet_lab(venv)
-    write_private(os.path.join(project, RJN_DIR, "env.json"), json.dumps(wanted))
-    return {
-        "changed": True,
-        "seconds": round(time.monotonic() - started, 1),
-        "installer": "uv" if uv else "pip",
-    }
 
 
 # Run by the user's environment's Python: which of the names given it lacks, and its version.

@@ -279,19 +279,11 @@ class HelperClient:
         With `hold`, its stdin stays open until it answers (see the helper's start)."""
         python = python or self.python
         action, args = request.action, request.to_json()
-        answer = Answer(self.host, on_log, on_data)
         if action in self.SERVED and python == self.python and not hold and not send:
-            served = self._served(action, args, timeout or 300)
-            if served is None:
-                if not self.connection.master_alive():
-                    raise self.connection.lost("")  # the connection went while we asked
-                self._start_serving()
-                served = self._served(action, args, timeout or 300)
-            for line in served or ():
-                answer.line(line)
-            if (done := answer.settled()) is not None:
-                return done
-            answer = Answer(self.host, on_log, on_data)  # asked again by exec: from the start
+            done = self._ask_served(action, args, Answer(self.host, on_log, on_data), timeout)
+            if done is not None:
+                return done  # else asked again by exec, from the start
+        answer = Answer(self.host, on_log, on_data)
         payload, size = self._helper_payload(send)
         command, rest = _agent_command(python, action, args, size)
         command = self.remote(command)
@@ -330,17 +322,36 @@ class HelperClient:
             self._helper_kept(size)
         if (done := answer.settled()) is not None:
             return done
+        raise self._failed(code, err, python)
+
+    def _ask_served(
+        self, action: str, args: dict[str, Any], answer: Answer, timeout: float | None
+    ) -> dict[str, Any] | None:
+        """The serving helper's answer (started first where it is not running), or None where
+        it gave none: then the caller asks by exec."""
+        served = self._served(action, args, timeout or 300)
+        if served is None:
+            if not self.connection.master_alive():
+                raise self.connection.lost("")  # the connection went while we asked
+            self._start_serving()
+            served = self._served(action, args, timeout or 300)
+        for line in served or ():
+            answer.line(line)
+        return answer.settled()
+
+    def _failed(self, code: int | None, err: str, python: str) -> RemoteError:
+        """What a helper that gave no answer means, from its exit code and its stderr."""
         if code == SETUP_FAILED:
-            raise _setup_failed(self.host, err)
+            return _setup_failed(self.host, err)
         if code == 127:
             cannot = next((ln for ln in err.splitlines() if "error while loading" in ln), "")
-            raise RemoteError(
+            return RemoteError(
                 f"{self.host}: the remote python '{python}' "
                 + (f"cannot start: {cannot.strip()[:300]}" if cannot else "was not found"),
                 hint="install Python 3.8+ on the remote, or set [remote] python to its path",
             )
         tail = " / ".join(err.strip().splitlines()[-5:])
-        raise RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
+        return RemoteError(f"{self.host}: rjn's remote helper failed (exit {code}): {tail}")
 
     # -- the actions, one method each: a request in, a checked record out ---------------------
 

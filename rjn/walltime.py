@@ -25,6 +25,8 @@ POLL = 30.0
 POLL_NEAR_END = 5.0
 # States in which the job still holds its node.
 RUNNING = ("RUNNING", "CONFIGURING", "SUSPENDED")
+# How many times, a second apart, an ended job still COMPLETING is asked how it ended.
+COMPLETING_LOOKS = 10
 
 
 def seconds(text: str) -> int | None:
@@ -188,10 +190,7 @@ class Clock:
         reason = seen.state if seen is not None and seen.state != "COMPLETING" else None
         if reason in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
             reason = f"{reason}: requeued by the scheduler, preempted or its node failed"
-        try:  # one look: the scheduler's word on the end, and a follow-on job, if queued
-            job = probe.look(self.helper, self.remote_dir, timeout=30).job
-        except RjnError:
-            job = probe.Job()
+        job = self._last_look()
         then = "`rjn open` starts a new job"
         if job.id == self.job:
             reason = reason or job.state
@@ -212,6 +211,21 @@ class Clock:
         self.say(message + then)
         self.notify(message + then)
         return "ended"
+
+
+    def _last_look(self) -> probe.Job:
+        """The scheduler's word on the end, and a follow-on job, if queued: a job still
+        COMPLETING (its processes being cleaned up) is asked again, for a while, for how
+        it ended."""
+        for _ in range(COMPLETING_LOOKS):
+            try:
+                job = probe.look(self.helper, self.remote_dir, timeout=30).job
+            except RjnError:
+                return probe.Job()
+            if job.id != self.job or job.state != "COMPLETING":
+                break
+            time.sleep(1)
+        return job
 
 
 def desktop_notice(message: str) -> None:

@@ -263,6 +263,31 @@ RECONNECT_TIMEOUT = 3
 CLOCK_JUMP = 20.0
 
 
+def _tunnel_back(
+    remote: Connection, config: Config, saved: state.ProjectState, on_link: Callable[[str], Any]
+) -> bool:
+    """The server's tunnel up again, on its local port where it is still free (an open
+    browser tab then works again), else on another, said and saved; False if the project
+    has no tunnel."""
+    target, token = saved.forward_target, saved.token
+    if not (saved.local_port and target and token):
+        return False
+    carrier = tunnel.carrier(remote, saved.via_node)
+    carrier.connect()
+    port = tunnel.ensure(
+        carrier, config, target, token, saved.local_port, target,
+        # Through a hop (a job's socket on its node, a job that just took over), the tunnel
+        # is the first to ask Jupyter: give it its time.
+        wait=config.jupyter.ready_timeout if saved.via_node else 15,
+    )  # fmt: skip
+    if port != saved.local_port:
+        on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
+        saved.local_port = port
+        with state.locked(config.root, config.remote_name):
+            state.save(saved)
+    return True
+
+
 def follow(
     helper: HelperClient,
     config: Config,
@@ -298,25 +323,10 @@ def follow(
                     on_link(f"{config.name} was closed: stopped watching")
                     return
                 saved = _current_server(config, helper, current, on_link)
-            if saved.local_port and saved.forward_target and saved.token:
-                carrier = tunnel.carrier(remote, saved.via_node)
-                carrier.connect()
-                port = tunnel.ensure(
-                    carrier, config, saved.forward_target, saved.token,
-                    saved.local_port, saved.forward_target,
-                    # Through a hop (a job's socket on its node, a job that just took over),
-                    # the tunnel is the first to ask Jupyter: give it its time.
-                    wait=config.jupyter.ready_timeout if saved.via_node else 15,
-                )  # fmt: skip
-                if port != saved.local_port:
-                    on_link(f"the old port was taken: the server is now at 127.0.0.1:{port}")
-                    saved.local_port = port
-                    with state.locked(config.root, config.remote_name):
-                        state.save(saved)
-                if took_over:
-                    on_link(f"job {saved.job} took over: {saved.url} works again (kernels "
-                            "start afresh; notebooks are as last saved)")  # fmt: skip
-                    took_over = False
+            if _tunnel_back(remote, config, saved, on_link) and took_over:
+                on_link(f"job {saved.job} took over: {saved.url} works again (kernels "
+                        "start afresh; notebooks are as last saved)")  # fmt: skip
+                took_over = False
             failures, timeout = 0, None
             if config.slurm and saved.job and (clock is None or clock.job != saved.job):
                 clock = _clock(helper, config, saved, on_link)

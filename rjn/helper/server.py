@@ -119,6 +119,12 @@ def start(request):
     write_private(os.path.join(folder, "token.json"), json.dumps({"token": token}))
     if request.slurm is not None:
         return slurm_start(project, request, argv, folder, env)
+    return start_here(project, folder, request, argv, env, token)
+
+
+def start_here(project, folder, request, argv, env, token):
+    """Jupyter started on this machine, in a session of its own (it outlives the connection),
+    listening where asked; its record once it answers, else it is stopped and we say why."""
     record = {"app": request.app, "dir": project}
     # The token travels in the environment, never in argv, and Jupyter logs it masked.
     env["JUPYTER_TOKEN"] = token

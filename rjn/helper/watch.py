@@ -80,44 +80,10 @@ def watch(request):
             with lock:
                 emit(changed=rel)
 
-    mode, reason = request.mode, ""
-    kind = fs_type(project)
-    if mode == "auto":
-        mode = "poll" if kind in NETWORK_FS else "events"
-        if mode == "poll":
-            reason = "%s does not report other hosts' writes to inotify" % kind
-    if mode == "events":
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers.inotify import InotifyObserver
-        except ImportError:
-            mode, reason = "poll", "watchdog with inotify is not available here"
+    mode, kind, reason = watch_mode(project, request.mode)
     exit_when_stdin_closes()
     if mode == "events":
-
-        class Handler(FileSystemEventHandler):
-            def on_closed(self, event):  # closed after writing: complete
-                report(event.src_path)
-
-            def on_moved(self, event):  # renamed into place: complete
-                report(event.dest_path)
-
-            def on_created(self, event):
-                # Files written into a brand-new folder before its watch was added send no
-                # close event of their own: report those no process still has open to write.
-                if event.is_directory:
-                    for root, _, files in os.walk(event.src_path):
-                        for name in files:
-                            path = os.path.join(root, name)
-                            if not open_for_writing(path):
-                                report(path)
-
-        observer = InotifyObserver()
-        for folder in folders:
-            observer.schedule(Handler(), folder, recursive=True)
-        if tree:
-            watch_tree(observer, project, tree, changed)
-        observer.start()
+        watch_events(project, folders, tree, report, changed)
         emit(ready=Ready(mode="events", fs=kind, reason=reason).to_json())
         while True:
             time.sleep(3600)
@@ -127,6 +93,54 @@ def watch(request):
         polling.daemon = True
         polling.start()
     poll(folders, report, interval)
+
+
+def watch_mode(project, wanted):
+    """How to watch ("events" or "poll"), the project's file system, and why it is polled:
+    inotify does not see other hosts' writes on a network file system, and needs watchdog."""
+    mode, reason = wanted, ""
+    kind = fs_type(project)
+    if mode == "auto":
+        mode = "poll" if kind in NETWORK_FS else "events"
+        if mode == "poll":
+            reason = "%s does not report other hosts' writes to inotify" % kind
+    if mode == "events":
+        try:
+            import watchdog.observers.inotify  # noqa: F401
+        except ImportError:
+            mode, reason = "poll", "watchdog with inotify is not available here"
+    return mode, kind, reason
+
+
+def watch_events(project, folders, tree, report, changed):
+    """Report each result file complete by inotify's events, in threads of watchdog's (and
+    the tree's changes, where `tree` asks for them)."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers.inotify import InotifyObserver
+
+    class Handler(FileSystemEventHandler):
+        def on_closed(self, event):  # closed after writing: complete
+            report(event.src_path)
+
+        def on_moved(self, event):  # renamed into place: complete
+            report(event.dest_path)
+
+        def on_created(self, event):
+            # Files written into a brand-new folder before its watch was added send no close
+            # event of their own: report those no process still has open to write.
+            if event.is_directory:
+                for root, _, files in os.walk(event.src_path):
+                    for name in files:
+                        path = os.path.join(root, name)
+                        if not open_for_writing(path):
+                            report(path)
+
+    observer = InotifyObserver()
+    for folder in folders:
+        observer.schedule(Handler(), folder, recursive=True)
+    if tree:
+        watch_tree(observer, project, tree, changed)
+    observer.start()
 
 
 def travels_path(rel, tree):

@@ -26,7 +26,7 @@ class Pulled:
     trashed: bool = False  # deleted on the remote: moved to the local trash folder
     merged: bool = False  # changed on both sides: merged cell by cell (a notebook)
     # What a two-way pull placed here: [size, mtime_ns, sha256] of the file as it was moved in
-    # (the sync record takes it from here, never from a second look at a file the user may
+    # (the sync archive takes it from here, never from a second look at a file the user may
     # have saved again meanwhile).
     placed: tuple[int, int, str] | None = None
 

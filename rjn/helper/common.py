@@ -118,20 +118,20 @@ def write_private(path, text):
     os.replace(tmp, path)
 
 
-def api(record, method, path, timeout):
-    """One request to the server in `record` (its socket, or address and port), with its
-    token; the HTTP status, or None if nothing answered."""
+def api(server, method, path, timeout):
+    """One request to `server` (as server.json has it: its socket, or address and port), with
+    its token; the HTTP status, or None if nothing answered."""
     request = (
         "%s %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: token %s\r\n"
-        "Content-Length: 0\r\nConnection: close\r\n\r\n" % (method, path, record.get("token", ""))
+        "Content-Length: 0\r\nConnection: close\r\n\r\n" % (method, path, server.get("token", ""))
     ).encode()
     try:
-        if record.get("sock"):
+        if server.get("sock"):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.settimeout(timeout)
-            conn.connect(record["sock"])
+            conn.connect(server["sock"])
         else:
-            address = (record.get("addr", "127.0.0.1"), record["port"])
+            address = (server.get("addr", "127.0.0.1"), server["port"])
             conn = socket.create_connection(address, timeout=timeout)
         with conn:
             conn.sendall(request)
@@ -141,9 +141,9 @@ def api(record, method, path, timeout):
         return None
 
 
-def http_status(record, timeout=3.0):
+def http_status(server, timeout=3.0):
     """GET /api/status: 200 when the server is up and the token is right."""
-    return api(record, "GET", "/api/status", timeout)
+    return api(server, "GET", "/api/status", timeout)
 
 
 def process_start(pid):

@@ -1,5 +1,5 @@
 """The project's Jupyter server: started detached on a private socket (or loopback), found
-again by its record, stopped through its API."""
+again by what it wrote of it (.rjn/server.json), stopped through its API."""
 
 import contextlib
 import json
@@ -41,16 +41,16 @@ from .slurm import (
 )
 
 
-def pid_is_server(record):
-    """Whether the recorded pid is still the server rjn started: a reused pid (another
+def pid_is_server(server):
+    """Whether server.json's pid is still the server rjn started: a reused pid (another
     project's Jupyter, anything) has another start time, and is never signalled."""
-    pid = record.get("pid", -1)
-    if record.get("pid_start") is not None:
-        return process_start(pid) == record["pid_start"]
+    pid = server.get("pid", -1)
+    if server.get("pid_start") is not None:
+        return process_start(pid) == server["pid_start"]
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
             cmdline = handle.read()
-        return b"jupyter" in cmdline and record.get("dir", "").encode() in cmdline
+        return b"jupyter" in cmdline and server.get("dir", "").encode() in cmdline
     except OSError:
         # No /proc (macOS): signal 0 tells whether the process exists at all.
         try:
@@ -61,36 +61,36 @@ def pid_is_server(record):
 
 
 def server_state(project):
-    """The project's server as recorded, with whether it is alive and answering."""
-    record = read_json(os.path.join(project, RJN_DIR, "server.json"))
-    if not record:
+    """The project's server as server.json has it, with whether it is alive and answering."""
+    server = read_json(os.path.join(project, RJN_DIR, "server.json"))
+    if not server:
         return {"alive": False}
     token = read_json(os.path.join(project, RJN_DIR, "token.json")) or {}
-    record["token"] = token.get("token", "")
-    if record.get("job"):
-        if record.get("next"):
-            queued = squeue(record["next"])
+    server["token"] = token.get("token", "")
+    if server.get("job"):
+        if server.get("next"):
+            queued = squeue(server["next"])
             if queued is None:
-                del record["next"]  # it ran and ended, or was cancelled: nothing follows
+                del server["next"]  # it ran and ended, or was cancelled: nothing follows
             else:
-                record["next_state"] = said(queued)
-        queue = squeue(record["job"])
+                server["next_state"] = said(queued)
+        queue = squeue(server["job"])
         if queue is None:
-            record.update(job_state=sacct_state(record["job"]), alive=False, running=False)
-            if idle_ended(project, record["job"]):
-                record["ended"] = "idle"
-            return record
-        record.update(job_info(queue))
-        alive = queue["state"] == "RUNNING" and ("port" in record or "sock" in record)
-        record["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
+            server.update(job_state=sacct_state(server["job"]), alive=False, running=False)
+            if idle_ended(project, server["job"]):
+                server["ended"] = "idle"
+            return server
+        server.update(job_info(queue))
+        alive = queue["state"] == "RUNNING" and ("port" in server or "sock" in server)
+        server["running"] = queue["state"] in ("RUNNING", "PENDING", "CONFIGURING", "UNKNOWN")
         # A socket on the node cannot be asked from here: the tunnel's first request tells.
-        record["alive"] = alive and ("sock" in record or http_status(record) == 200)
-        return record
-    alive = pid_is_server(record)
-    status = http_status(record) if alive else None
-    record["alive"] = status == 200
-    record["running"] = alive
-    return record
+        server["alive"] = alive and ("sock" in server or http_status(server) == 200)
+        return server
+    alive = pid_is_server(server)
+    status = http_status(server) if alive else None
+    server["alive"] = status == 200
+    server["running"] = alive
+    return server
 
 
 def idle_ended(project, job):
@@ -124,20 +124,21 @@ def start(request):
 
 def start_here(project, folder, request, argv, env, token):
     """Jupyter started on this machine, in a session of its own (it outlives the connection),
-    listening where asked; its record once it answers, else it is stopped and we say why."""
-    record = {"app": request.app, "dir": project}
+    listening where asked; what server.json says of it once it answers, else it is stopped
+    and we say why."""
+    server = {"app": request.app, "dir": project}
     # The token travels in the environment, never in argv, and Jupyter logs it masked.
     env["JUPYTER_TOKEN"] = token
     if request.listen == "socket":
-        record["sock"] = socket_path(project)
-        if os.path.exists(record["sock"]):
-            os.unlink(record["sock"])
-        argv += ["--ServerApp.sock=" + record["sock"], "--ServerApp.sock_mode=0600"]
+        server["sock"] = socket_path(project)
+        if os.path.exists(server["sock"]):
+            os.unlink(server["sock"])
+        argv += ["--ServerApp.sock=" + server["sock"], "--ServerApp.sock_mode=0600"]
     else:
-        record["port"] = free_port()
+        server["port"] = free_port()
         argv += [
             "--ServerApp.ip=127.0.0.1",
-            "--ServerApp.port=%d" % record["port"],
+            "--ServerApp.port=%d" % server["port"],
             "--ServerApp.port_retries=0",
         ]
     logfile = os.path.join(folder, "jupyter.log")
@@ -159,11 +160,11 @@ def start_here(project, folder, request, argv, env, token):
             )
     finally:
         os.umask(umask)
-    record["pid"] = proc.pid
-    record["pid_start"] = process_start(proc.pid)
-    record["started_at"] = time.time()
-    write_private(os.path.join(folder, "server.json"), json.dumps(record))
-    record["token"] = token
+    server["pid"] = proc.pid
+    server["pid_start"] = process_start(proc.pid)
+    server["started_at"] = time.time()
+    write_private(os.path.join(folder, "server.json"), json.dumps(server))
+    server["token"] = token
     answered = threading.Event()
     stop_on_hangup(proc.pid, folder, answered)
     deadline = time.monotonic() + request.ready_timeout
@@ -173,10 +174,10 @@ def start_here(project, folder, request, argv, env, token):
                 "Jupyter exited at start (code %s): %s" % (proc.returncode, tail(logfile)),
                 "the full log is %s on the remote" % logfile,
             )
-        if http_status(record, timeout=2) == 200:
+        if http_status(server, timeout=2) == 200:
             answered.set()
-            record.update(alive=True, running=True, started=True)
-            return record
+            server.update(alive=True, running=True, started=True)
+            return server
         time.sleep(0.1)
     stop_pid(proc.pid)
     raise HelperError(
@@ -247,9 +248,9 @@ def renew(request):
     folder = rjn_dir(project)
     argv, env = jupyter_command(project, request, folder)
     job = submit(project, request, argv, folder, env, after=current["job"])
-    record = read_json(os.path.join(folder, "server.json")) or {}
-    record["next"] = job
-    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    server = read_json(os.path.join(folder, "server.json")) or {}
+    server["next"] = job
+    write_private(os.path.join(folder, "server.json"), json.dumps(server))
     queued = squeue(job) or {"state": "ENDED", "reason": ""}
     if queued["reason"] in NEVER_STARTS:
         scancel(job)
@@ -257,7 +258,7 @@ def renew(request):
     return Renewed(current["job"], job, queued["state"], True).to_json()
 
 
-# Loads away.py, copied beside the project's records, into the server (not its kernels).
+# Loads away.py, copied into the project's .rjn/, into the server (not its kernels).
 AWAY_CONFIG = """\
 import sys
 sys.path.insert(0, %s)
@@ -281,13 +282,13 @@ def keep_away_outputs(folder, env):
 
 def stop_on_hangup(pid, folder, answered):
     """If the local rjn goes away (Ctrl-C, a dropped link) before the server answered, stop
-    the server we started and forget it: an interrupted open leaves nothing running that no
-    record shows."""
+    the server we started and forget it: an interrupted open leaves nothing running that
+    server.json does not name."""
 
     def wait():
         wait_for_hangup()
         if not answered.is_set():
-            # The record first: the main thread may end the process once the server is gone.
+            # server.json first: the main thread may end the process once the server is gone.
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, "server.json"))
             stop_pid(pid, grace=3.0)
@@ -332,6 +333,6 @@ def stop(request):
     return Stopped(stopped).to_json()
 
 
-def shutdown(record):
+def shutdown(server):
     """Ask Jupyter to shut down through its API: kernels are stopped cleanly."""
-    api(record, "POST", "/api/shutdown", timeout=5)
+    api(server, "POST", "/api/shutdown", timeout=5)

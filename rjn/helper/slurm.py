@@ -71,28 +71,28 @@ def private_socket():
         os.unlink(path)
     return path
 
-record = {"node": socket.gethostname().split(".")[0], "host": socket.gethostname()}
+server = {"node": socket.gethostname().split(".")[0], "host": socket.gethostname()}
 try:
     if spec.get("socket"):
         sock = private_socket()
-        record.update(sock=sock, why="a private socket on the node")
+        server.update(sock=sock, why="a private socket on the node")
         listen = ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
     else:
         addr, why = choose()
         with socket.socket() as sock:
             sock.bind((addr, 0))
             port = sock.getsockname()[1]
-        record.update(addr=addr, port=port, why=why)
+        server.update(addr=addr, port=port, why=why)
         listen = ["--ServerApp.ip=" + addr, "--ServerApp.port=%d" % port,
                   "--ServerApp.port_retries=0"]
 except OSError as exc:
-    record["fault"] = "cannot pick where to listen: %s" % exc
+    server["fault"] = "cannot pick where to listen: %s" % exc
 tmp = os.path.join(rjn, "slurm-%s.json.tmp" % job)
 with open(tmp, "w") as handle:
-    json.dump(record, handle)
+    json.dump(server, handle)
 os.replace(tmp, os.path.join(rjn, "slurm-%s.json" % job))
-if "fault" in record:
-    sys.exit(record["fault"])
+if "fault" in server:
+    sys.exit(server["fault"])
 argv = json.loads(sys.argv[2]) + listen
 env = dict(os.environ, JUPYTER_TOKEN=token)
 # SLURM signals the job (USR1) ahead of its time limit: ignored unless rjn's server extension
@@ -140,10 +140,10 @@ def login_addresses():
     return [a for i, a in enumerate(found) if a not in found[:i] and ":" not in a]
 
 
-def connect_error(record, timeout=2.0):
-    """None if a TCP connection to the record's address opens, else the errno (or 'timeout')."""
+def connect_error(server, timeout=2.0):
+    """None if a TCP connection to the server's address opens, else the errno (or 'timeout')."""
     try:
-        with socket.create_connection((record["addr"], record["port"]), timeout=timeout):
+        with socket.create_connection((server["addr"], server["port"]), timeout=timeout):
             return None
     except socket.timeout:
         return "timed out"
@@ -287,14 +287,14 @@ def take_over(project, request, folder, job):
     wait for it to run and answer."""
     slurm = request.slurm
     partition = partition_of(request)
-    record = {"app": request.app, "dir": project, "job": job, "partition": partition}
-    write_private(os.path.join(folder, "server.json"), json.dumps(record))
+    server = {"app": request.app, "dir": project, "job": job, "partition": partition}
+    write_private(os.path.join(folder, "server.json"), json.dumps(server))
     job_log = os.path.join(folder, "slurm-%s.log" % job)
     # From here on, any way out but success cancels the job: a failed or abandoned open must
     # not leave an allocation burning until its time limit.
     cancel_on_hangup(job)
     try:
-        return wait_for_job(job, record, slurm, request, folder, job_log, partition)
+        return wait_for_job(job, server, slurm, request, folder, job_log, partition)
     except BaseException:
         scancel(job)
         raise
@@ -312,7 +312,7 @@ def cancel_on_hangup(job):
     threading.Thread(target=wait, daemon=True).start()
 
 
-def wait_for_job(job, record, slurm, request, folder, job_log, partition):
+def wait_for_job(job, server, slurm, request, folder, job_log, partition):
     """Wait for RUNNING (reporting the queue), then for Jupyter to answer from here."""
     queue_deadline = time.monotonic() + float(slurm.get("queue_timeout", 600))
     ready_deadline = None
@@ -335,24 +335,24 @@ def wait_for_job(job, record, slurm, request, folder, job_log, partition):
             placed = read_json(os.path.join(folder, "slurm-%s.json" % job))
             if placed:
                 check_placement(job, placed)
-                record.update(placed)
-                write_private(os.path.join(folder, "server.json"), json.dumps(record))
-                record["token"] = read_json(os.path.join(folder, "token.json"))["token"]
-                if "sock" in record:
+                server.update(placed)
+                write_private(os.path.join(folder, "server.json"), json.dumps(server))
+                server["token"] = read_json(os.path.join(folder, "token.json"))["token"]
+                if "sock" in server:
                     # A socket on the node: only a connection to the node can ask it. The
                     # local side does, through the tunnel, and cancels the job if it fails.
-                    record.update(alive=True, running=True, started=True, **job_info(queue))
-                    return record
-                if http_status(record, timeout=2) == 200:
-                    record.update(alive=True, running=True, started=True, **job_info(queue))
-                    return record
-                error = connect_error(record)
+                    server.update(alive=True, running=True, started=True, **job_info(queue))
+                    return server
+                if http_status(server, timeout=2) == 200:
+                    server.update(alive=True, running=True, started=True, **job_info(queue))
+                    return server
+                error = connect_error(server)
                 if error is None or error == errno.ECONNREFUSED:
                     unreachable_since = None  # reached the node: Jupyter is still starting
                 elif unreachable_since is None:
                     unreachable_since = time.monotonic()
                 elif time.monotonic() - unreachable_since > UNREACHABLE_AFTER:
-                    raise unreachable(job, record, error)
+                    raise unreachable(job, server, error)
             if time.monotonic() > ready_deadline:
                 raise HelperError(
                     "job %s runs on %s but Jupyter did not answer within %ss; the job was "
@@ -401,12 +401,12 @@ def check_placement(job, placed):
         raise unreachable(job, placed, "a loopback address of another host")
 
 
-def unreachable(job, record, error):
+def unreachable(job, server, error):
     why = os.strerror(error) if isinstance(error, int) else error
     return HelperError(
         "job %s: Jupyter on node %s listens on %s:%s (%s), which this login node cannot "
         "reach (%s); the job was cancelled"
-        % (job, record.get("node"), record["addr"], record["port"], record.get("why"), why),
+        % (job, server.get("node"), server["addr"], server["port"], server.get("why"), why),
         "set [slurm] interface to the compute nodes' network interface that the login node "
         'reaches (e.g. "ib0" or "eth1"; `ip -br addr` on a node lists them)',
     )

@@ -154,9 +154,9 @@ def scan(request):
 
 
 def tree_listing(project, query):
-    """The tree, this copy's replica id, and the record generation the caller listed against
-    (echoed: it tells a listing made before another pass from one made after); leftovers of
-    cut-short pushes are cleaned first.
+    """The tree (as `query` says), this copy's replica id, and the sync archive's generation
+    the caller listed against (echoed: it tells a listing made before another pass from one
+    made after); leftovers of cut-short pushes are cleaned first.
 
     The last listing sent to each machine (`mine`) is kept in .rjn/: it is the hash cache
     (a file whose size and time did not change is not read again), and, when the caller still

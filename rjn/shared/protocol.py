@@ -151,7 +151,7 @@ class TreeListing(Record):
     others: dict  # path -> "link" | "other": there, never travels, blocks that name
     skipped: list  # [[name, why]]: names that cannot travel
     replica: str | None = None  # the id of this copy of the project (remote side)
-    gen: int | None = None  # the record generation the listing was asked against
+    gen: int | None = None  # the sync archive's generation the listing was asked against
     id: str | None = None  # this listing's id: ask `since` it next time for a diff
     base: str | None = None  # a diff: `files` changed or new since listing `base`, `gone` gone
     gone: list | None = None

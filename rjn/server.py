@@ -60,10 +60,10 @@ class Server:
         )
 
 
-def checked_state(record: object) -> protocol.ServerState:
+def checked_state(answer: object) -> protocol.ServerState:
     """The helper's report of the server, checked (protocol.Malformed names what is wrong):
     a live server has its token."""
-    state = protocol.ServerState.parse(record)
+    state = protocol.ServerState.parse(answer)
     if state.alive and state.token is None:
         raise protocol.Malformed("token")
     return state

@@ -1,4 +1,4 @@
-"""The record of each open project on this machine (port, token, server, job), kept atomically."""
+"""What rjn keeps of each open project on this machine (port, token, server, job), atomically."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from rjn import places
 
-# How a record's name ends: project_key's digest, and a remote's name (config's _NAME).
+# How a state file's name ends: project_key's digest, and a remote's name (config's _NAME).
 _RECORD = re.compile(r"-[0-9a-f]{10}(@[A-Za-z0-9_-]+)?$")
 
 
@@ -61,7 +61,7 @@ class ProjectState:
 
 
 def project_file(root: Path, remote: str | None = None, kind: str = "") -> Path:
-    """A file of the project in `root` (on its named `remote`): its record, or with `kind`
+    """A file of the project in `root` (on its named `remote`): its state, or with `kind`
     (".archive", ".pulled", ...) another file of it. Only a path: writers make the folder."""
     return places.state_dir() / "projects" / f"{project_key(root, remote)}{kind}.json"
 

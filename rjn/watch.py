@@ -384,7 +384,7 @@ def _current_server(
 ) -> state.ProjectState:
     """The project's server as it is now (one probe): the one running, or, if the remote lost
     it (a reboot, an idle shutdown, an ended job), a new one (a follow-on job, if one is
-    queued); the record follows. `gone` is said when there is none."""
+    queued); the project's saved state follows. `gone` is said when there is none."""
     live = probe.look(helper, saved.remote_dir).server
     if live is None:
         if gone:

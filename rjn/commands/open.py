@@ -34,7 +34,7 @@ def open_project(config: Config, report: Reporter) -> Opened:
             with report.step(f"Starting Jupyter {config.jupyter.app}{where}"):
                 live = server.start(helper, config, remote_dir, on_log=report.log)
         port = _tunnel(config, report, helper, remote_dir, live, previous, still_up)
-        record = state.ProjectState(
+        saved = state.ProjectState(
             root=str(root),
             host=remote.host,
             control_path=str(remote.control_path),
@@ -53,14 +53,14 @@ def open_project(config: Config, report: Reporter) -> Opened:
             via_node=live.via_node,
             job_ends_at=walltime.ends_at(live.time_left),
         )
-        state.save(record)
+        state.save(saved)
     return Opened(
         project=config.name,
         host=remote.host,
         remote_dir=remote_dir,
         port=port,
-        url=record.url or "",
-        tokened_url=record.tokened_url() or "",
+        url=saved.url or "",
+        tokened_url=saved.tokened_url() or "",
         logged_in=ready.logged_in,
         synced=ready.synced,
         env_installed=ready.env_installed,

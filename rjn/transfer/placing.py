@@ -117,11 +117,11 @@ def would_bring(config: Config, listing: object) -> bool:
         ok = isinstance(stamp, list) and len(stamp) == 2 and all(type(v) is int for v in stamp)
         if not ok or not plain(rel.rpartition("/")[0]):
             return True
-        here, record = _stamp(local), index.get(rel)
-        record = record if isinstance(record, dict) else {}
+        here, last = _stamp(local), index.get(rel)
+        last = last if isinstance(last, dict) else {}
         if stat.S_ISREG(local.st_mode) and here == stamp:
             continue  # rsync's --compare-dest skips it
-        if record.get("remote") == stamp and here != record.get("local"):
+        if last.get("remote") == stamp and here != last.get("local"):
             continue  # this remote version is already kept beside the local edit
         return True
     return False
@@ -257,7 +257,7 @@ def _place_one(
     edit. `hashed`: say what was placed, hash included (two-way pulls)."""
     name = rel.rsplit("/", 1)[-1]
     remote_stamp = _stamp(info)
-    record = index.get(rel, {})
+    last = index.get(rel, {})  # what the last pull of it placed
     local = _lstat_at(folder, name)
     if local is not None and stat.S_ISDIR(local.st_mode):
         try:
@@ -265,13 +265,13 @@ def _place_one(
         except OSError:
             return [Pulled(rel, info.st_size, refused="a folder of that name is here")]
         local = None
-    edited = local is not None and _stamp(local) != record.get("local")
+    edited = local is not None and _stamp(local) != last.get("local")
     if edited:
-        if record.get("remote") == remote_stamp:
+        if last.get("remote") == remote_stamp:
             return []  # this remote version is already kept beside the local edit
         keep = _conflict_name(folder, name, remote_name or "remote")
         shared_tree.move_in(staged, folder, keep)
-        index[rel] = {**record, "remote": remote_stamp}
+        index[rel] = {**last, "remote": remote_stamp}
         copy = "/".join([*rel.split("/")[:-1], keep])
         return [Pulled(rel, info.st_size, copy)]
     content = None

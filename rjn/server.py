@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 from rjn.config import Config
 from rjn.errors import RemoteError
-from rjn.helper_client import HelperClient, setup_script
+from rjn.helper_client import HelperClient
+from rjn.helper_client.boot import setup_script
 from rjn.shared import folders, protocol
 from rjn.shared.record import record
 

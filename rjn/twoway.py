@@ -44,7 +44,8 @@ from rjn.archive import (
     save_archive,
 )
 from rjn.config import DEFAULT_EXCLUDES, Config, guarded
-from rjn.helper_client import HelperClient, read
+from rjn.helper_client import HelperClient
+from rjn.helper_client.answers import read
 from rjn.records import Outcome
 from rjn.shared import protocol
 from rjn.shared import tree as shared_tree

@@ -12,7 +12,8 @@ from rjn import probe, server, state, transfer, tunnel, twoway, walltime
 from rjn.config import Config
 from rjn.connection import Connection
 from rjn.errors import ConnectionFailed, RemoteError
-from rjn.helper_client import HelperClient, helper_error
+from rjn.helper_client import HelperClient
+from rjn.helper_client.answers import helper_error
 from rjn.records import Ready
 from rjn.shared import protocol
 

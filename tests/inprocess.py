@@ -17,7 +17,8 @@ from rjn import proc
 from rjn.config import RemoteConfig
 from rjn.connection import Connection
 from rjn.helper import main as helper_main
-from rjn.helper_client import Answer, HelperClient
+from rjn.helper_client import HelperClient
+from rjn.helper_client.answers import Answer
 from rjn.shared import protocol
 
 

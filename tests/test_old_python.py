@@ -143,12 +143,12 @@ def test_uv_that_cannot_get_the_python_says_so(bins, uv_bin, short_tmp, project)
 def test_the_boot_fails_politely_on_python_2(tmp_path: Path) -> None:
     import json
 
-    from rjn.helper_client import OLD_PYTHON, _agent_command
+    from rjn.helper_client.boot import OLD_PYTHON, boot_command
 
     python2 = sorted(Path("/root/.pyenv/versions").glob("2.7.*/bin/python2.7"))
     if not python2:
         pytest.skip("needs pyenv's Python 2.7 (/root/.pyenv/versions/2.7.*), as this machine has")
-    argv, _ = _agent_command(str(python2[-1]), "probe", {"dir": str(tmp_path)}, 0)
+    argv, _ = boot_command(str(python2[-1]), "probe", {"dir": str(tmp_path)}, 0)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == OLD_PYTHON, done.stderr
     assert json.loads(done.stdout) == {"old_python": json.loads(done.stdout)["old_python"]}

@@ -356,7 +356,7 @@ def test_what_cannot_be_read_is_listed_as_unreadable_never_as_missing() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="rjn-unreadable-"))
     scratch.chmod(0o755)
     # The helper as it travels (its zipapp), where any account can read it.
-    from rjn.helper_client import helper_zipapp
+    from rjn.helper_client.boot import helper_zipapp
 
     (scratch / "helper.pyz").write_bytes(helper_zipapp()[0])
     (scratch / "helper.pyz").chmod(0o644)

@@ -349,25 +349,25 @@ def test_links_are_judged_by_where_they_point(rel: str, text: str, inside: bool)
 
 
 def test_helper_lines_are_untrusted() -> None:
-    from rjn import helper_client as remote
+    from rjn.helper_client import answers
 
     seen: list[dict] = []
-    parse = remote._messages(seen.append)
+    parse = answers.messages(seen.append)
     parse('{"log": "hi"}')
     parse("Welcome to the cluster!")  # a chatty login script
     parse('["not", "an", "object"]')
-    parse("x" * (remote.MESSAGE_MAX + 1))
+    parse("x" * (answers.MESSAGE_MAX + 1))
     assert seen[0] == {"log": "hi"} and seen[1] == {"log": "Welcome to the cluster!"}
     assert "list instead of an object" in seen[2]["error"]["message"]
     assert "a line of" in seen[3]["error"]["message"]
 
 
 def test_a_blob_after_its_line_comes_raw_whatever_bytes_it_holds() -> None:
-    from rjn import helper_client as remote
     from rjn import proc
+    from rjn.helper_client import answers
 
     seen: list[dict] = []
-    split = proc._splitter(remote._messages(seen.append), None)
+    split = proc._splitter(answers.messages(seen.append), None)
     raw = b"\n\r\x00\xff{}" * 3  # line ends and invalid UTF-8 inside: not lines
     stream = b'{"file": "a", "blob": 18}\n' + raw + b'{"log": "after"}\n{"file": "b", "blob": 0}\n'
     for n in range(len(stream)):  # one byte at a time: split anywhere
@@ -419,14 +419,14 @@ def test_the_remote_helper_is_python_3_8_syntax() -> None:
     import ast
     from importlib import resources
 
-    from rjn import helper_client as remote
     from rjn.helper import runs, slurm
+    from rjn.helper_client import boot
 
     modules = resources.files("rjn.helper")
     for module in modules.iterdir():
         if module.name.endswith(".py"):
             ast.parse(module.read_text(), feature_version=(3, 8))
-    for script in (slurm.LAUNCHER, runs.SUPERVISOR, remote._BOOT):
+    for script in (slurm.LAUNCHER, runs.SUPERVISOR, boot._BOOT):
         ast.parse(script, feature_version=(3, 8))
 
 
@@ -452,7 +452,7 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
     promises: the probe, a listing of the tree, and the clear error for a bad request."""
     import subprocess
 
-    from rjn.helper_client import _agent_command, helper_zipapp
+    from rjn.helper_client.boot import boot_command, helper_zipapp
 
     (tmp_path / "p" / "data").mkdir(parents=True)
     (tmp_path / "p" / "data" / "a.csv").write_text("x\n")
@@ -461,7 +461,7 @@ def test_the_remote_helper_runs_under_python_3_8(tmp_path: Path) -> None:
 
     def helper(action: str, args: dict) -> dict:
         zipapp = helper_zipapp()[0]
-        argv, rest = _agent_command(python, action, args, len(zipapp))
+        argv, rest = boot_command(python, action, args, len(zipapp))
         cache = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
         done = subprocess.run(argv, input=zipapp + rest, capture_output=True, timeout=60,
                               cwd=tmp_path, env=cache)  # fmt: skip
@@ -513,7 +513,7 @@ def test_lines_are_split_in_linear_time_and_an_endless_one_is_cut() -> None:
 
 
 def test_errors_from_the_helper_are_checked_too() -> None:
-    from rjn.helper_client import helper_error
+    from rjn.helper_client.answers import helper_error
 
     assert helper_error("h", {"message": "m", "hint": "t"}).hint == "t"
     assert "malformed error" in helper_error("h", "boom").message
@@ -625,7 +625,7 @@ MALFORMED_PROBES = [
 def test_a_malformed_probe_answer_names_its_field(field: str, change: dict | None) -> None:
     from rjn import probe
     from rjn.errors import RemoteError
-    from rjn.helper_client import read
+    from rjn.helper_client.answers import read
     from rjn.shared.protocol import ProbeAnswer
 
     def seen(answer: object) -> probe.Probe:  # as the helper client reads it
@@ -701,11 +701,11 @@ def test_the_helper_exits_cleanly_while_its_stdin_is_still_open(tmp_path: Path) 
     import subprocess
     import sys
 
-    from rjn.helper_client import _agent_command, helper_zipapp
+    from rjn.helper_client.boot import boot_command, helper_zipapp
 
     zipapp = helper_zipapp()[0]
     run = {"dir": str(tmp_path), "argv": ["true"]}
-    argv, _ = _agent_command(sys.executable, "run", run, len(zipapp))
+    argv, _ = boot_command(sys.executable, "run", run, len(zipapp))
     cache = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "c")}
     helper = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, cwd=tmp_path, env=cache)  # fmt: skip
@@ -772,7 +772,7 @@ def test_the_helper_is_kept_by_its_hash_and_a_changed_copy_is_never_run(tmp_path
     import subprocess
     import sys
 
-    from rjn.helper_client import NEED_HELPER, _agent_command, helper_zipapp
+    from rjn.helper_client.boot import NEED_HELPER, boot_command, helper_zipapp
 
     zipapp, digest = helper_zipapp()
     assert helper_zipapp()[0] == zipapp  # built the same way every time
@@ -780,7 +780,7 @@ def test_the_helper_is_kept_by_its_hash_and_a_changed_copy_is_never_run(tmp_path
     kept = tmp_path / "cache" / "rjn" / f"helper-{digest}.pyz"
 
     def call(stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-        argv, _ = _agent_command(sys.executable, "probe", {"dir": str(tmp_path / "p")},
+        argv, _ = boot_command(sys.executable, "probe", {"dir": str(tmp_path / "p")},
                                  len(stdin))  # fmt: skip
         return subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60)
 
@@ -987,13 +987,13 @@ def test_a_remote_platform_that_is_not_one_rjn_can_fetch_for_is_refused(change: 
         wheels.Target.parse("h", {**LINUX, **change})
 
 
-# -- [remote] setup (helper_client.with_setup), run by a real bash -------------------------------
+# -- [remote] setup (helper_client/boot.with_setup), run by a real bash ----------------------------
 
 
 def test_setup_lines_run_in_the_shell_that_runs_the_command() -> None:
     import subprocess
 
-    from rjn.helper_client import SETUP_FAILED, with_setup
+    from rjn.helper_client.boot import SETUP_FAILED, with_setup
 
     assert with_setup((), ["python3", "-c", "pass"]) == ["python3", "-c", "pass"]
     argv = with_setup(("export RJN_A='it works'", "echo noise"), ["sh", "-c", 'echo "$RJN_A"'])

@@ -12,7 +12,8 @@ from rjn import probe, server, state, twoway
 from rjn.commands.common import Reporter, bring_home, prepare, reach, remote_dir
 from rjn.config import Config
 from rjn.errors import ConnectionFailed, RemoteError, RjnError
-from rjn.helper_client import HelperClient, Parts, helper_error
+from rjn.helper_client import HelperClient
+from rjn.helper_client.answers import Parts, helper_error
 from rjn.records import Ran
 from rjn.shared import protocol
 

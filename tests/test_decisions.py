@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rjn.helper import tree
-from rjn.helper.common import PART
+from rjn.helper.say import PART
 from rjn.shared import tree as shared_tree
 from rjn.shared.protocol import PlaceRequest, TrashRequest, TreeQuery
 from rjn.twoway import Plan, decide, too_many

@@ -20,7 +20,7 @@ from helpers import run_rjn
 from rjn import config as cfg
 from rjn import places, requirements
 from rjn.errors import RjnError
-from rjn.helper import common as helper_common
+from rjn.helper import places as helper_places
 from rjn.shared import folders
 from rjn.shared.protocol import HelperError
 
@@ -78,7 +78,7 @@ def victim_dir(tmp_path: Path) -> Iterator[Path]:
 
 # Where each side makes its sockets' folder, and the error it refuses a planted one with.
 SOCKET_FOLDERS = {
-    "remote": (helper_common.socket_folder, HelperError),
+    "remote": (helper_places.socket_folder, HelperError),
     "local": (places.runtime_dir, RjnError),
 }
 
@@ -105,16 +105,16 @@ def test_a_socket_folder_refuses_what_a_neighbour_planted(
 def test_the_remote_sockets_live_where_no_neighbour_reaches(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    folder = Path(helper_common.socket_folder())
+    folder = Path(helper_places.socket_folder())
     assert folder == tmp_path / "cache" / "rjn" / "s"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    assert Path(helper_common.socket_folder()) == run / "rjn"
+    assert Path(helper_places.socket_folder()) == run / "rjn"
     # A long project path puts Jupyter's socket there too, never in /tmp.
     long_project = str(tmp_path / ("p" * 120))
-    assert Path(helper_common.socket_path(long_project)).parent == run / "rjn"
+    assert Path(helper_places.socket_path(long_project)).parent == run / "rjn"
 
 
 def test_an_own_folder_open_to_others_is_closed(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import time
 
 from ..shared.folders import RJN_DIR, private, rjn_dir, venv_dir, venv_python
 from ..shared.protocol import HelperError
-from .common import data_home, log, project_dir, read_json, run_logged, write_private
+from .places import data_home, project_dir, read_json, write_private
+from .processes import run_logged
+from .say import log
 
 
 def env_record(project):

@@ -19,7 +19,8 @@ import zlib
 from ..shared.folders import private, rjn_dir
 from ..shared.protocol import HelperError
 from ..shared.tree import staging_path
-from .common import emit, emit_blob, project_dir
+from .places import project_dir
+from .say import emit, emit_blob
 
 CHUNK = 1 << 20
 

@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 from ..shared import protocol
 from ..shared.protocol import Failure, HelperError
-from .common import emit
 from .env import ensure_env
 from .files import receive, send
 from .probe import probe
 from .runs import logs, run
+from .say import emit
 from .serve import serve
 from .server import renew, start, stop
 from .tree import place, scan, trash

@@ -9,8 +9,8 @@ import sys
 
 from ..shared.folders import RJN_DIR, venv_python
 from ..shared.protocol import ProbeAnswer
-from .common import project_dir
 from .env import env_record
+from .places import project_dir
 from .server import server_state
 from .slurm import scheduler
 from .tree import listings

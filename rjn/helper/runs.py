@@ -12,7 +12,9 @@ import time
 
 from ..shared.folders import RJN_DIR, private, venv_python
 from ..shared.protocol import Detached, HelperError, RunEnd
-from .common import emit, exit_when_stdin_closes, project_dir, stop_group, wait_for_hangup
+from .places import project_dir
+from .processes import exit_when_stdin_closes, stop_group, wait_for_hangup
+from .say import emit
 from .tree import listings
 
 

@@ -13,7 +13,8 @@ import signal
 import socket
 import sys
 
-from .common import emit, socket_folder
+from .places import socket_folder
+from .say import emit
 
 # The longest request line (the tree's known hashes travel in it).
 REQUEST_MAX = 16 * 1024 * 1024

@@ -13,19 +13,9 @@ import time
 
 from ..shared.folders import RJN_DIR, private, rjn_dir, venv_dir, venv_python
 from ..shared.protocol import HelperError, Renewed, Stopped
-from .common import (
-    alive_pid,
-    api,
-    http_status,
-    process_start,
-    project_dir,
-    read_json,
-    socket_path,
-    stop_pid,
-    tail,
-    wait_for_hangup,
-    write_private,
-)
+from .jupyter_api import api, http_status
+from .places import project_dir, read_json, socket_path, tail, write_private
+from .processes import alive_pid, process_start, stop_pid, wait_for_hangup
 from .slurm import (
     NEVER_STARTS,
     job_info,

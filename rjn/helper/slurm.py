@@ -11,7 +11,10 @@ import time
 
 from ..shared.folders import RJN_DIR, venv_python
 from ..shared.protocol import HelperError
-from .common import http_status, log, read_json, tail, wait_for_hangup, write_private
+from .jupyter_api import http_status
+from .places import read_json, tail, write_private
+from .processes import wait_for_hangup
+from .say import log
 
 # Runs on the compute node as the job's main process: picks the address the login node can
 # reach and a free port, records them, then becomes Jupyter (exec), so the scheduler tracks

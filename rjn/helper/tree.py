@@ -28,7 +28,8 @@ from ..shared.tree import (
     replace_checked,
     staging_path,
 )
-from .common import in_parts, project_dir, read_json, write_private
+from .places import project_dir, read_json, write_private
+from .say import in_parts
 
 
 def replica(project):
@@ -163,7 +164,7 @@ def tree_listing(project, query):
     has that listing (`since`: its id), only what changed since is sent (`base`, `files` changed
     or new, `gone`). Beside it, a digest of its names and stamps: where the tree still matches
     it, nothing is read or hashed at all. A large answer's files come first in pieces
-    (common.in_parts)."""
+    (say.in_parts)."""
     mine = query.mine or ""
     clean_staging(project, STAGING_PREFIX + mine + "-" if mine else None)
     kept_at = os.path.join(rjn_dir(project), "listing-%s.json" % (mine if mine.isalnum() else "x"))

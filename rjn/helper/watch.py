@@ -7,7 +7,9 @@ import time
 
 from ..shared.protocol import Ready
 from ..shared.tree import is_environment, scan_tree, travels
-from .common import emit, emit_blob, exit_when_stdin_closes, project_dir
+from .places import project_dir
+from .processes import exit_when_stdin_closes
+from .say import emit, emit_blob
 
 # Where inotify sees only this host's writes (or none): the writer is usually another node.
 NETWORK_FS = {

@@ -62,7 +62,7 @@ class Answer:
 
 class Parts:
     """A long answer's mappings, sent ahead in `part` messages ({"part": {...}, "of": where in
-    the answer, as "tree.files"}; helper/common.in_parts): gathered as they come, checked as
+    the answer, as "tree.files"}; helper/say.in_parts): gathered as they come, checked as
     untrusted input, and joined into the answer where `of` says."""
 
     PLACES = ("tree.files", "placed", "kept", "moved")

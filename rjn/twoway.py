@@ -222,11 +222,11 @@ def _kept_listing(config: Config) -> dict[str, Any]:
     return data if ok and isinstance(data.get("id"), str) else {}
 
 
-def _whole(
+def _made_whole(
     config: Config, listing: protocol.TreeListing, archive: Archive
 ) -> protocol.TreeListing | None:
     """A listing made whole: a diff (`base`) applied to the last listing kept here, which it
-    must have been made from (else None: ask for all of it). The whole is kept for the next
+    must have been made from (else None: ask for all of it). The result is kept for the next
     time, as the remote sent it (checking its names comes after, every time); the archive
     names it."""
     files = listing.files
@@ -284,8 +284,8 @@ def run(
             return Outcome()
         archive = _archive(config, head, scanned)
         marks_before, state_before = (archive.gen, archive.listing, archive.clean), _state(archive)
-        whole = _remote_listing(helper, config, remote_dir, given, archive)
-        there = _checked_listing(whole, exclude, include)
+        listing = _remote_listing(helper, config, remote_dir, given, archive)
+        there = _checked_listing(listing, exclude, include)
         if scanned and scanned.gen is not None and scanned.gen == archive.gen:
             here, here_digest = scanned.listing, scanned.digest
         else:
@@ -309,7 +309,7 @@ def run(
         nothing = not any(getattr(plan, f.name) for f in fields(Plan))
         clean = nothing and not (archive.conflicts or deletions_held or new_pair or moved
                                  or here["skipped"] or there.skipped)  # fmt: skip
-        archive.clean = Clean(here_digest, whole.id, _bare(whole)) if clean else None
+        archive.clean = Clean(here_digest, listing.id, _bare(listing)) if clean else None
         # Written only when something changed: a pass with nothing to do writes nothing.
         if (archive.gen, archive.listing, archive.clean) != marks_before:
             save_archive(config.root, config.remote_name, archive)
@@ -329,18 +329,19 @@ def _remote_listing(
 ) -> protocol.TreeListing:
     """The remote's whole listing: the one given, made whole, if no pass ran since it was
     made; else asked for (a diff against the listing kept here, or all of it)."""
-    whole = _whole(config, given, archive) if given else None
-    if whole is not None and whole.gen == archive.gen:
-        return whole
+    listing = _made_whole(config, given, archive) if given else None
+    if listing is not None and listing.gen == archive.gen:
+        return listing
     query = tree_query(config, archive)
-    whole = _whole(config, helper.scan(protocol.ScanRequest(dir=remote_dir, tree=query)), archive)
-    if whole is None:  # the listing kept here changed meanwhile: ask for all of it
+    listing = _made_whole(config, helper.scan(protocol.ScanRequest(dir=remote_dir, tree=query)),
+                          archive)  # fmt: skip
+    if listing is None:  # the listing kept here changed meanwhile: ask for all of it
         query = dataclasses.replace(query, since=None)
         request = protocol.ScanRequest(dir=remote_dir, tree=query)
-        whole = _whole(config, helper.scan(request), archive)
-    if whole is None:
+        listing = _made_whole(config, helper.scan(request), archive)
+    if listing is None:
         raise transfer.Refused("the remote sent a diff of a listing it was not asked for")
-    return whole
+    return listing
 
 
 def _plan(

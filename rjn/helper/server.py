@@ -19,10 +19,10 @@ from .processes import alive_pid, process_start, stop_pid, wait_for_hangup
 from .slurm import (
     NEVER_STARTS,
     job_info,
+    job_state_text,
     never_starts,
     partition_of,
     sacct_state,
-    said,
     scancel,
     slurm_start,
     squeue,
@@ -63,7 +63,7 @@ def server_state(project):
             if queued is None:
                 del server["next"]  # it ran and ended, or was cancelled: nothing follows
             else:
-                server["next_state"] = said(queued)
+                server["next_state"] = job_state_text(queued)
         queue = squeue(server["job"])
         if queue is None:
             server.update(job_state=sacct_state(server["job"]), alive=False, running=False)

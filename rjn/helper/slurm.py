@@ -181,7 +181,7 @@ def squeue(job):
     return {"state": state, "node": node, "reason": reason, "left": left}
 
 
-def said(queue):
+def job_state_text(queue):
     """A queued job's state as rjn says it: "PENDING (Dependency)", "RUNNING"."""
     why = queue["reason"] if queue["reason"] not in ("", "None") else ""
     return queue["state"] + (" (%s)" % why if why else "")
@@ -331,7 +331,7 @@ def wait_for_job(job, server, slurm, request, folder, job_log, partition):
             )
         if (queue["state"], queue["reason"]) != seen:
             seen = (queue["state"], queue["reason"])
-            log("job %s: %s" % (job, said(queue)))
+            log("job %s: %s" % (job, job_state_text(queue)))
         if queue["state"] == "RUNNING":
             if ready_deadline is None:
                 ready_deadline = time.monotonic() + request.ready_timeout

@@ -154,11 +154,11 @@ def local_rsync() -> LocalRsync:
         seen = json.loads(memo.read_text())
         if (seen["path"], seen["stamp"]) == (path, stamp):
             return LocalRsync(path, str(seen["version"]), bool(seen["capable"]))
-    said = proc.run([path, "--version"], timeout=10)
-    first = (said.out.strip().splitlines() or [""])[0][:200]
+    version = proc.run([path, "--version"], timeout=10)
+    first = (version.out.strip().splitlines() or [""])[0][:200]
     found = re.search(_VERSION, first)
     capable = (found is not None and (int(found[1]), int(found[2])) >= (3, 1)
-               and "openrsync" not in said.out and "compatible" not in first)  # fmt: skip
+               and "openrsync" not in version.out and "compatible" not in first)  # fmt: skip
     places.write_private(memo, json.dumps({"path": path, "stamp": stamp, "version": first,
                                            "capable": capable}))  # fmt: skip
     return LocalRsync(path, first, capable)

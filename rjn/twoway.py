@@ -614,6 +614,7 @@ def _apply(
     must be empty first); the archive's files are updated once, at the end, from what each
     transition reports it did."""
     done: dict[str, Agreed | None] = {}  # rel -> its new agreed version, None: forgotten
+    moves = transfer.Transfer(helper, config)  # the route picked once for the pass
     for rel in plan.agree:
         done[rel] = _entry(local_tree[rel], remote_tree[rel])
     for rel in plan.forget:
@@ -629,7 +630,7 @@ def _apply(
         trashed_there = [rel for rel in moved if rel in wants]
         done.update(dict.fromkeys(trashed_there))
     pushed, raced = (
-        _push(helper, config, remote_dir, plan.push, local_tree, remote_tree, done, progress)
+        _push(moves, remote_dir, plan.push, local_tree, remote_tree, done, progress)
         if sends
         else ([], [])
     )
@@ -644,11 +645,7 @@ def _apply(
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
-    for item in (
-        transfer.Transfer(helper, config).pull_decided(remote_dir, wanted, progress)
-        if wanted
-        else ()
-    ):
+    for item in moves.pull_decided(remote_dir, wanted, progress) if wanted else ():
         pulled.append(item)
         if item.refused:
             continue
@@ -662,8 +659,8 @@ def _apply(
             merges[item.path] = merge
         else:
             archive.conflicts[item.path] = Conflict(item.conflict_copy, there[2])
-    merged_back, raced_merges = _send_merges(helper, config, remote_dir, merges, remote_tree,
-                                             done, progress)  # fmt: skip
+    merged_back, raced_merges = _send_merges(moves, remote_dir, merges, remote_tree, done,
+                                             progress)  # fmt: skip
     _agree(config, archive, done)
     return Outcome(
         pushed=tuple(pushed),
@@ -679,8 +676,7 @@ def _apply(
 
 
 def _push(
-    helper: HelperClient,
-    config: Config,
+    moves: transfer.Transfer,
     remote_dir: str,
     names: Sequence[str],
     local_tree: Tree,
@@ -694,8 +690,8 @@ def _push(
         return [], []
     wants = {rel: list(remote_tree[rel]) if rel in remote_tree else None for rel in names}
     sent = {rel: local_tree[rel] for rel in names}
-    staging = transfer.Transfer(helper, config).stage(remote_dir, names, progress)
-    answer = helper.place(protocol.PlaceRequest(dir=remote_dir, staging=staging, files=wants))
+    staging = moves.stage(remote_dir, names, progress)
+    answer = moves.helper.place(protocol.PlaceRequest(dir=remote_dir, staging=staging, files=wants))
     for rel, stamp in answer.placed.items():
         if rel in sent and isinstance(stamp, list) and len(stamp) == 2:
             done[rel] = _entry(sent[rel], [*stamp, sent[rel][2]])
@@ -803,8 +799,7 @@ def _merge(config: Config, archive: Archive, item: transfer.Pulled) -> Merge | N
 
 
 def _send_merges(
-    helper: HelperClient,
-    config: Config,
+    moves: transfer.Transfer,
     remote_dir: str,
     merges: dict[str, Merge],
     remote_tree: Tree,
@@ -818,6 +813,7 @@ def _send_merges(
     copy beside ours goes, its edits being in the merge."""
     if not merges:
         return [], []
+    config = moves.config
     with transfer.staging_here(config.root) as staging:
         now = time.time_ns()
         for rel, merge in merges.items():
@@ -826,8 +822,9 @@ def _send_merges(
             os.utime(staging / rel, ns=(now, now))
         names = sorted(merges)
         wants = {rel: list(remote_tree[rel]) for rel in names}
-        sent = transfer.Transfer(helper, config).stage(remote_dir, names, progress, source=staging)
-        answer = helper.place(protocol.PlaceRequest(dir=remote_dir, staging=sent, files=wants))
+        sent = moves.stage(remote_dir, names, progress, source=staging)
+        request = protocol.PlaceRequest(dir=remote_dir, staging=sent, files=wants)
+        answer = moves.helper.place(request)
         merged, raced = [], []
         for rel in names:
             merge = merges[rel]

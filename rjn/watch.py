@@ -92,6 +92,7 @@ def watch(
         python=server.venv_python(remote_dir),
         on_message=messages.put,
     )
+    moves = transfer.Transfer(helper, config)  # the route picked once for the whole watch
     checked = time.monotonic()
     backlog: collections.deque[dict[str, Any]] = collections.deque()
     budget = Budget(remote.host, config.sync.max_pull_size)
@@ -102,7 +103,7 @@ def watch(
                 checked = time.monotonic()
                 moment = clock.tick() if clock else None
                 if moment in ("last", "ended"):
-                    _bring_home(helper, config, remote_dir, on_pulled)
+                    _bring_home(moves, remote_dir, on_pulled)
                 if moment == "ended":
                     return
             try:
@@ -115,15 +116,14 @@ def watch(
                 on_ready(_ready(remote, message))
                 if catch_up:
                     started = time.monotonic()
-                    for pulled in transfer.Transfer(helper, config).pull(remote_dir):
+                    for pulled in moves.pull(remote_dir):
                         on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
             elif "changed" in message:
                 _project_saves(helper, config, remote_dir, message, messages, backlog, on_pulled)
             elif "file" in message:
-                _results(helper, config, remote_dir, message, messages, backlog, budget,
-                         on_pulled)  # fmt: skip
+                _results(moves, remote_dir, message, messages, backlog, budget, on_pulled)
     finally:
         watcher.close()
 
@@ -169,8 +169,7 @@ def _project_saves(
 
 
 def _results(
-    helper: HelperClient,
-    config: Config,
+    moves: transfer.Transfer,
     remote_dir: str,
     first: dict[str, Any],
     messages: queue.Queue[dict[str, Any]],
@@ -181,7 +180,7 @@ def _results(
     """Result files closed there, gathered for BATCH_WINDOW: small ones came whole in their
     event and are placed at once; the others come by one pull; a flood (max_burst) by one
     pull of the results folders. Anything else that comes meanwhile is handled next."""
-    remote = helper.connection
+    remote, config = moves.helper.connection, moves.config
     seen = time.monotonic()
     inline: dict[str, tuple[bytes, int]] = {}
     batch: set[str] = set()
@@ -209,30 +208,28 @@ def _results(
         except queue.Empty:
             pending = None
     if len(inline) + len(batch) >= config.sync.max_burst:
-        arrived = transfer.Transfer(helper, config).pull(remote_dir, max_bytes=budget.left())
+        arrived = moves.pull(remote_dir, max_bytes=budget.left())
     else:
         budget.spend(sum(len(data) for data, _ in inline.values()))
         arrived = transfer.receive(config, inline) if inline else []
         if batch:
-            arrived += transfer.Transfer(helper, config).pull(remote_dir, files=sorted(batch),
-                                     max_bytes=budget.left())  # fmt: skip
+            arrived += moves.pull(remote_dir, files=sorted(batch), max_bytes=budget.left())
     budget.spend(sum(p.size for p in arrived if not p.refused and p.path not in inline))
     for item in arrived:
         on_pulled(item, time.monotonic() - seen)
 
 
 def _bring_home(
-    helper: HelperClient,
-    config: Config,
+    moves: transfer.Transfer,
     remote_dir: str,
     on_pulled: Callable[[transfer.Pulled, float], Any],
 ) -> None:
     """Everything home now (the job is about to end, or ended): results, and the project's
     files saved there."""
     started = time.monotonic()
-    for pulled in transfer.Transfer(helper, config).pull(remote_dir):
+    for pulled in moves.pull(remote_dir):
         on_pulled(pulled, time.monotonic() - started)
-    _pull_tree(helper, config, remote_dir, on_pulled, started)
+    _pull_tree(moves.helper, moves.config, remote_dir, on_pulled, started)
 
 
 def _pull_tree(

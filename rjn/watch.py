@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from rjn import probe, server, state, transfer, tunnel, twoway, walltime
+from rjn import places, probe, server, state, transfer, tunnel, twoway, walltime
 from rjn.config import Config
 from rjn.connection import Connection
-from rjn.errors import ConnectionFailed, RemoteError
+from rjn.errors import ConnectionFailed, RemoteError, RjnError
 from rjn.helper_client import HelperClient
 from rjn.helper_client.answers import helper_error
 from rjn.records import Ready
@@ -88,6 +88,7 @@ def watch(
             mode=mode,
             inline_max=INLINE_MAX,
             tree=protocol.TreeQuery(exclude=exclude, include=include),
+            owner=places.copy_id(config.root),
         ),
         python=server.venv_python(remote_dir),
         on_message=messages.put,
@@ -110,7 +111,9 @@ def watch(
                 message = backlog.popleft() if backlog else messages.get(timeout=0.2)
             except queue.Empty:
                 if not watcher.alive():
-                    raise _lost(remote, watcher.stderr) from None
+                    watcher.wait(0, drain=2)  # what it said last is read first
+                    if messages.empty():
+                        raise _lost(remote, watcher.stderr) from None
                 continue
             if "ready" in message:
                 on_ready(_ready(remote, message))
@@ -120,6 +123,12 @@ def watch(
                         on_pulled(pulled, time.monotonic() - started)
             elif "error" in message:
                 raise helper_error(remote.host, message["error"])
+            elif "superseded" in message:
+                raise RjnError(
+                    f"another `rjn watch` of {config.name} took over its results from "
+                    f"{remote.host}: this one stops",
+                    hint="one watch per project folder: the newest wins",
+                )
             elif "changed" in message:
                 _project_saves(helper, config, remote_dir, message, messages, backlog, on_pulled)
             elif "file" in message:

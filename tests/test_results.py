@@ -24,8 +24,9 @@ def remote(project: Path, short_tmp: Path) -> Path:
     return short_tmp / "remote" / "gamma"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def watcher(project: Path) -> Iterator[Watcher]:
+    # One per test: a project folder has one watch at a time (a newer one takes over).
     running = Watcher(project)
     yield running
     assert running.stop() == 0
@@ -155,3 +156,37 @@ def test_polling_mode_for_filesystems_without_events(project: Path, remote: Path
 @pytest.fixture(scope="module")
 def first_url(project: Path) -> tuple[int, str]:
     return opened(run_rjn("open", "--no-browser", "--no-watch", cwd=project))
+
+
+def test_a_second_watch_of_the_folder_takes_over_and_the_first_says_so(
+    project: Path, remote: Path
+) -> None:
+    """One watch per project folder on the remote: the newer one ends the older (a watcher
+    whose link stalled and was given up here would otherwise watch on there until its sshd
+    noticed), and a watch that was taken over says so instead of reconnecting."""
+    first = Watcher(project)
+    try:
+        second = Watcher(project)
+        try:
+            wait_for(lambda: first.proc.poll() is not None, what="the first watch to stop")
+            assert first.proc.returncode != 0
+            assert any("took over" in line for line in first.lines), first.lines
+            assert len(watchers_there(remote)) == 1, watchers_there(remote)
+            (remote / "results" / "after-takeover.png").write_bytes(b"png")
+            wait_for((project / "results" / "after-takeover.png").exists,
+                     what="the second watch to bring a figure home")  # fmt: skip
+        finally:
+            assert second.stop() == 0
+    finally:
+        if first.proc.poll() is None:
+            first.stop()
+
+
+def watchers_there(remote: Path) -> list[str]:
+    """The remote's watch helpers of this project (on loopback the local ssh client's argv
+    names the helper too: those are left out)."""
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    return [ln for ln in ps.splitlines() if "rjn.helper.main" in ln and " watch " in ln
+            and str(remote) in ln and "ssh" not in ln.split()[0]]  # fmt: skip

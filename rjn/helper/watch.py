@@ -1,14 +1,18 @@
 """Watching: result files reported once closed (inline when small), and saved project files."""
 
+import contextlib
+import json
 import os
+import signal
 import stat
 import threading
 import time
 
+from ..shared.folders import rjn_dir
 from ..shared.protocol import Ready
 from ..shared.tree import is_environment, scan_tree, travels
-from .places import project_dir
-from .processes import exit_when_stdin_closes
+from .places import project_dir, read_json, write_private
+from .processes import exit_when_stdin_closes, process_start
 from .say import emit, emit_blob
 
 # Where inotify sees only this host's writes (or none): the writer is usually another node.
@@ -84,6 +88,8 @@ def watch(request):
 
     mode, kind, reason = watch_mode(project, request.mode)
     exit_when_stdin_closes()
+    if request.owner:
+        take_over(project, request.owner, lock)
     if mode == "events":
         watch_events(project, folders, tree, report, changed)
         emit(ready=Ready(mode="events", fs=kind, reason=reason).to_json())
@@ -95,6 +101,33 @@ def watch(request):
         polling.daemon = True
         polling.start()
     poll(folders, report, interval)
+
+
+def take_over(project, owner, lock):
+    """One watcher per clone of the project (`owner`): the one it started before is told to
+    end, and this one is named in its place (.rjn/watch-OWNER.json). That one is a watcher
+    whose link stalled and was given up on the other side (its sshd has not noticed yet, and
+    it would watch on, inotify's watches and all), or another `rjn watch` of the same folder,
+    which then hears that it was superseded and stops."""
+    path = os.path.join(rjn_dir(project), "watch-%s.json" % (owner if owner.isalnum() else "x"))
+    before = read_json(path)
+    if isinstance(before, dict) and isinstance(before.get("pid"), int):
+        pid, started = before["pid"], before.get("start")
+        # The very process that wrote it: a pid since reused started at another time.
+        if pid != os.getpid() and started is not None and process_start(pid) == started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    write_private(path, json.dumps({"pid": os.getpid(), "start": process_start(os.getpid())}))
+
+    def superseded(signum, frame):
+        # Said if the link still carries it; gone within 2 s either way (a stalled link may
+        # block the write, and a thread may hold the lock).
+        threading.Thread(target=lambda: (time.sleep(2), os._exit(0)), daemon=True).start()
+        with lock:
+            emit(superseded=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, superseded)
 
 
 def watch_mode(project, wanted):

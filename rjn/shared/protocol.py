@@ -388,7 +388,8 @@ class StopRequest(Request):
 class WatchRequest(Request):
     """Watch the results folders for finished files matching `patterns` (inline: those up to
     `inline_max` bytes), and the tree (`tree`) for edits; by file events, or by polling every
-    `interval` seconds (`mode`: "auto", "events" or "poll")."""
+    `interval` seconds (`mode`: "auto", "events" or "poll"). `owner`: the clone watching (its
+    machine's and folder's id); a clone's newer watcher ends its older one."""
 
     action = "watch"
     dir: str
@@ -398,6 +399,7 @@ class WatchRequest(Request):
     interval: float = 1.0
     inline_max: int = 0
     tree: TreeQuery | None = None
+    owner: str | None = None
 
 
 @record

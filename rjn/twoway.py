@@ -645,7 +645,15 @@ def _apply(
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
-    for item in moves.pull_decided(remote_dir, wanted, progress) if wanted else ():
+    def keep_base(rel: str, staged: Path) -> None:
+        # A notebook as it came is the base of the next merge: kept now, before a save here
+        # can replace the file it lands in (_agree's look would then find that save).
+        if rel.endswith(".ipynb"):
+            with contextlib.suppress(OSError):
+                _keep_base(config, staged.read_bytes())
+
+    pulled_now = moves.pull_decided(remote_dir, wanted, progress, keep_base) if wanted else []
+    for item in pulled_now:
         pulled.append(item)
         if item.refused:
             continue
@@ -655,7 +663,9 @@ def _apply(
             # have saved it again between its listing and the pull: then the next pass sees).
             if item.placed is not None and item.placed[2] == there[2]:
                 done[item.path] = _entry(item.placed, there)
-        elif item.path in plan.conflict and (merge := _merge(config, archive, item)):
+        elif (merge := _merge(config, archive, item)) is not None:
+            # A notebook changed on both sides: as planned, or saved here while its pull was
+            # on the way (the save was made from the agreed version, the merge's base too).
             merges[item.path] = merge
         else:
             archive.conflicts[item.path] = Conflict(item.conflict_copy, there[2])

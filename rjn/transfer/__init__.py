@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from rjn import places
 from rjn.config import Config
@@ -99,16 +100,18 @@ class Transfer:
         remote_dir: str,
         expected: dict[str, tuple[int, int] | None],
         progress: Progress | None = None,
+        on_staged: Callable[[str, Path], Any] | None = None,
     ) -> list[Pulled]:
         """Bring project files home that two-way sync decided to pull. `expected` is each
         file's local (mtime_ns, size) when the decision was made (None: absent); a file
-        changed since is kept, and the remote version lands beside it."""
+        changed since is kept, and the remote version lands beside it. `on_staged` sees each
+        file as it came, before it is placed."""
         names = [checked_name(name, None) for name in sorted(expected)]
         with staging_here(self.config.root) as staging:
             over = self.route.fetch(remote_dir, staging, names, results=False,
                                     max_bytes=self.config.sync.max_pull_size,
                                     progress=progress)  # fmt: skip
-            return _too_big(over) + place(self.config, staging, expected)
+            return _too_big(over) + place(self.config, staging, expected, on_staged)
 
     def stage(
         self,

@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,11 +184,14 @@ def _staged(staging: Path) -> Iterator[str]:
 
 
 def place(
-    config: Config, staging: Path, expected: dict[str, tuple[int, int] | None] | None = None
+    config: Config,
+    staging: Path,
+    expected: dict[str, tuple[int, int] | None] | None = None,
+    on_staged: Callable[[str, Path], Any] | None = None,
 ) -> list[Pulled]:
     """Move staged files into the project. A local file edited since the last pull (results:
     the pulled index tells) or since the decision (two-way: `expected`) is kept, and the remote
-    version lands beside it."""
+    version lands beside it. `on_staged` sees each file as it came, before it is placed."""
     index: dict[str, Any] = _load_index(config) if expected is None else {}
     placed: list[Pulled] = []
     root_fd = shared_tree.open_root(str(config.root))
@@ -219,6 +222,8 @@ def place(
             if expected is not None:
                 seen = expected.get(rel)
                 index[rel] = {"local": list(seen) if seen else None}
+            if on_staged and stat.S_ISREG(info.st_mode):
+                on_staged(rel, staged)
             try:
                 placed += _place_one(index, rel, staged, info, folder, config.remote_name,
                                      hashed=expected is not None)  # fmt: skip

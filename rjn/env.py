@@ -42,13 +42,13 @@ def ensure(
     wanted: str,
     on_log: Callable[[str], Any] | None = None,
     *,
-    early: bool = False,
+    requirements_text: str | None = None,
 ) -> None:
     """Create or update the environment unless the remote already has exactly this one; with
     [remote] env, check the user's own and use it as it is (what it lacks becomes a note).
 
-    `early`: the project's files may not be on the remote yet (this runs beside the sync),
-    so the requirements travel as text; only where standalone() says they can."""
+    `requirements_text` (from requirements_to_send()) travels with the request where the
+    project's files may not be on the remote yet (this runs beside the sync)."""
     request = protocol.EnvRequest(
         dir=remote_dir,
         hash=wanted,
@@ -58,7 +58,7 @@ def ensure(
         no_uv=config.remote.installer == "pip",
         env=config.remote.env,
         offline=config.remote.offline,
-        requirements_text=_requirements_text(config) if early else None,
+        requirements_text=requirements_text,
     )
     done = helper.ensure_env(request, on_log)
     if done.need_wheels is not None:
@@ -78,18 +78,20 @@ def ensure(
 _FROM_INDEX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[A-Za-z0-9._,\s-]*\])?\s*[^@/:]*")
 
 
-def standalone(config: Config) -> bool:
-    """Whether the requirements can be installed before the project's files are on the
-    remote: each names a package of the index, and the file is small enough to send."""
+def requirements_to_send(config: Config) -> str | None:
+    """The requirements' text, where they can be installed before the project's files are on
+    the remote: each names a package of the index, and the file is small enough to send;
+    else None (the install reads the file there, after the sync)."""
     text = _requirements_text(config)
     if text is None or len(text) > REQUIREMENTS_SENT_MAX:
-        return False
+        return None
     lines = (line.split(" #", 1)[0].strip() for line in text.splitlines())
-    return all(
+    from_index = all(
         _FROM_INDEX.fullmatch(line) and not line.endswith(_ARCHIVES)
         for line in lines
         if line and not line.startswith("#")
     )
+    return text if from_index else None
 
 
 _ARCHIVES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2")  # a file of the project's, to pip

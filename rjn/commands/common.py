@@ -137,9 +137,11 @@ def _prepare(
         # The install needs none of the project's files where its requirements name only
         # packages of the index: then it runs while the sync does.
         installing = None
-        if not info.env_current and env.standalone(config):
-            installing = _beside(lambda: env.ensure(helper, config, remote_dir, wanted,
-                                                    on_log=report.log, early=True))  # fmt: skip
+        sent = None if info.env_current else env.requirements_to_send(config)
+        if sent is not None:
+            installing = _beside(lambda: env.ensure(
+                helper, config, remote_dir, wanted, on_log=report.log, requirements_text=sent
+            ))  # fmt: skip
         with report.step(f"Syncing with {remote.host}:{remote_dir}"):
             synced = twoway.run(helper, config, remote_dir, info.tree, progress=report.progress,
                                 here_scan=here)  # fmt: skip

@@ -645,10 +645,13 @@ def _apply(
     wanted = {rel: _expected(local_tree.get(rel)) for rel in plan.pull}
     # A stamp no file has: the remote version of a conflict always lands beside the local one.
     wanted.update({rel: (-1, -1) for rel in plan.conflict})
+    planned = set(plan.pull)
+
     def keep_base(rel: str, staged: Path) -> None:
-        # A notebook as it came is the base of the next merge: kept now, before a save here
-        # can replace the file it lands in (_agree's look would then find that save).
-        if rel.endswith(".ipynb"):
+        # A notebook pulled as planned is the base of the next merge: kept as it came, before
+        # a save here can replace the file it lands in (_agree's look would find that save).
+        # (A conflict's remote version is no base: the merge, or the user, decides.)
+        if rel.endswith(".ipynb") and rel in planned:
             with contextlib.suppress(OSError):
                 _keep_base(config, staged.read_bytes())
 
